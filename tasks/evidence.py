@@ -75,7 +75,9 @@ def make_statement(
     for s in subject_list:
         digest = s["digest"]["sha256"]
         if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-            raise InputError(f"subject {s['name']!r} has no valid sha256 digest", where=predicate_type)
+            raise InputError(
+                f"subject {s['name']!r} has no valid sha256 digest", where=predicate_type
+            )
     return {
         "_type": STATEMENT_TYPE,
         "subject": subject_list,
@@ -189,7 +191,10 @@ def sign_statement(statement: Mapping[str, Any], key: PrivateKey) -> dict[str, A
     signature = key.sign(pae(PAYLOAD_TYPE, payload), ec.ECDSA(hashes.SHA256()))
     return {
         "mediaType": BUNDLE_MEDIA_TYPE,
-        "verificationMaterial": {"publicKey": {"hint": key_id(key.public_key())}, "tlogEntries": []},
+        "verificationMaterial": {
+            "publicKey": {"hint": key_id(key.public_key())},
+            "tlogEntries": [],
+        },
         "dsseEnvelope": {
             "payload": base64.b64encode(payload).decode(),
             "payloadType": PAYLOAD_TYPE,
@@ -235,7 +240,9 @@ def verify_bundle(
     except (KeyError, TypeError, ValueError) as exc:
         raise ControlRefused(f"malformed evidence bundle: {exc}", where=where) from exc
     if bundle.get("mediaType") != BUNDLE_MEDIA_TYPE:
-        raise ControlRefused(f"unexpected bundle media type {bundle.get('mediaType')!r}", where=where)
+        raise ControlRefused(
+            f"unexpected bundle media type {bundle.get('mediaType')!r}", where=where
+        )
     if payload_type != PAYLOAD_TYPE:
         raise ControlRefused(f"unexpected DSSE payload type {payload_type!r}", where=where)
     if hint not in trusted.keys:
@@ -261,3 +268,5 @@ def verify_bundle(
     if not isinstance(statement, dict) or statement.get("_type") != STATEMENT_TYPE:
         raise ControlRefused("signed payload is not an in-toto Statement v1", where=where)
     return VerifiedStatement(statement=statement, signer=name, key_id=hint)
+
+PREDICATE_RELEASE = "https://secmlops.dev/attestation/release/v1"

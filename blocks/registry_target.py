@@ -1,0 +1,59 @@
+"""Where models, evidence and stage pointers are stored: a directory or S3."""
+
+from __future__ import annotations
+
+import os
+
+from pydantic import Field, SecretStr
+from prefect.blocks.core import Block
+
+from tasks.registry import Registry, S3Registry, open_registry
+
+
+class RegistryTarget(Block):
+    """The model registry: a local directory (default) or ``s3://bucket/prefix``."""
+
+    _block_type_name = "SecMLOps Registry Target"
+    _description = "Model registry location (directory or S3) and S3 credentials."
+
+    uri: str = Field(
+        default="",
+        description="Directory path, file:///path or s3://bucket/prefix. Empty: "
+        "$SECMLOPS_REGISTRY, else .secmlops/registry.",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        description="S3 API endpoint for non-AWS S3 (MinIO, Ceph, moto). Empty: "
+        "$SECMLOPS_S3_ENDPOINT_URL or AWS.",
+    )
+    aws_access_key_id: SecretStr | None = Field(
+        default=None, description="AWS access key id; empty: the usual boto3 credential chain."
+    )
+    aws_secret_access_key: SecretStr | None = Field(
+        default=None, description="AWS secret access key; empty: the usual boto3 chain."
+    )
+    region_name: str | None = Field(default=None, description="AWS region of the bucket.")
+
+    def resolved_uri(self, default: str) -> str:
+        return self.uri or os.environ.get("SECMLOPS_REGISTRY") or default
+
+    def open(self, default: str) -> Registry:
+        """Open the registry this block describes (environment variables fill the gaps)."""
+        endpoint = self.s3_endpoint_url or os.environ.get("SECMLOPS_S3_ENDPOINT_URL") or None
+        registry = open_registry(self.resolved_uri(default), s3_endpoint_url=endpoint)
+        if isinstance(registry, S3Registry) and (
+            self.aws_access_key_id or self.aws_secret_access_key or self.region_name
+        ):
+            import boto3
+
+            session = boto3.session.Session(
+                aws_access_key_id=self.aws_access_key_id.get_secret_value()
+                if self.aws_access_key_id
+                else None,
+                aws_secret_access_key=self.aws_secret_access_key.get_secret_value()
+                if self.aws_secret_access_key
+                else None,
+                region_name=self.region_name,
+            )
+            registry.use_session(session)
+        return registry

@@ -1,0 +1,309 @@
+"""The ``secmlops`` command line.
+
+Exit codes everywhere: 0 passed, 1 a control refused, 2 bad usage or input, 3 tool or
+infrastructure failure. Errors print one clear message (traceback with ``-v``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import pydantic
+import typer
+
+from tasks.errors import ControlRefused, SecMLOpsError
+
+app = typer.Typer(
+    name="secmlops",
+    help="Secure ML pipeline: validate, scan, sign, verify, promote, roll back, show evidence.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+_state: dict[str, Any] = {"verbose": False, "registry": None, "endpoint": None, "keys": None}
+
+RegistryOpt = Annotated[
+    str | None,
+    typer.Option("--registry", envvar="SECMLOPS_REGISTRY",
+                 help="Registry: directory, file:///path or s3://bucket/prefix."),
+]
+EndpointOpt = Annotated[
+    str | None,
+    typer.Option("--s3-endpoint-url", envvar="SECMLOPS_S3_ENDPOINT_URL",
+                 help="S3 API endpoint (MinIO, moto, ...)."),
+]
+KeysOpt = Annotated[
+    Path | None,
+    typer.Option("--keys", envvar="SECMLOPS_KEYS", help="Key directory (default .secmlops/keys)."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+
+@app.callback()
+def _common(
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Tracebacks and debug logs.")] = False,
+    registry: RegistryOpt = None,
+    s3_endpoint_url: EndpointOpt = None,
+    keys: KeysOpt = None,
+) -> None:
+    _state.update(verbose=verbose, registry=registry, endpoint=s3_endpoint_url, keys=keys)
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+def _registry_opts(registry: str | None, endpoint: str | None) -> tuple[str | None, str | None]:
+    return registry or _state["registry"], endpoint or _state["endpoint"]
+
+
+def _keys(keys: Path | None):  # type: ignore[no-untyped-def]
+    from flows.settings import local_paths
+    from tasks.keys import KeyDirectory
+
+    root = keys or _state["keys"] or local_paths().keys
+    return KeyDirectory(Path(root))
+
+
+def _models(model: str, registry: str | None, endpoint: str | None):  # type: ignore[no-untyped-def]
+    from flows.settings import local_paths
+    from tasks.model_registry import ModelRegistry
+    from tasks.registry import open_registry
+
+    registry, endpoint = _registry_opts(registry, endpoint)
+    uri = registry or local_paths().default_registry
+    return ModelRegistry(open_registry(uri, s3_endpoint_url=endpoint), model)
+
+
+def _emit(obj: Any, as_json: bool, text: str) -> None:
+    if as_json:
+        typer.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    else:
+        typer.echo(text)
+
+
+@app.command()
+def run(
+    model: Annotated[str, typer.Option(help="Model name in the registry.")] = "churn-classifier",
+    approve_as: Annotated[str | None, typer.Option(
+        "--approve-as", help="Approve staging and production as NAME (an allowed approver with a "
+        "key); recorded as a command-line approval in the evidence.")] = None,
+    data_repo: Annotated[str | None, typer.Option(help="DVC data registry (git URL/path).")] = None,
+    data_path: Annotated[str | None, typer.Option(help="Dataset path in the data registry.")] = None,
+    data_rev: Annotated[str | None, typer.Option(help="Pinned git tag or commit of the data.")] = None,
+    schema: Annotated[str | None, typer.Option(help="pandera schema 'module:Class' or 'file.py:Class'.")] = None,
+    image: Annotated[str | None, typer.Option(help="Serving image: reference, docker-archive tar or OCI dir.")] = None,
+    trivy_cache: Annotated[Path | None, typer.Option(help="Trivy cache dir with a pre-seeded DB.")] = None,
+    staging_only: Annotated[bool, typer.Option("--staging-only", help="Stop after the staging smoke test.")] = False,
+    registry: RegistryOpt = None,
+    s3_endpoint_url: EndpointOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the whole secure pipeline once (what `make demo` runs)."""
+    from blocks import DataSource, RegistryTarget, ServingImage
+    from flows.training import secure_training
+
+    registry, s3_endpoint_url = _registry_opts(registry, s3_endpoint_url)
+    data = DataSource()
+    updates = {k: v for k, v in {"repo": data_repo, "path": data_path, "rev": data_rev,
+                                  "schema_spec": schema}.items() if v}
+    data = data.model_copy(update=updates)
+    serving = ServingImage(target=image or "", trivy_cache_dir=str(trivy_cache or ""))
+    target = RegistryTarget(uri=registry or "", s3_endpoint_url=s3_endpoint_url)
+    result = secure_training(
+        model_name=model,
+        data=data,
+        registry=target,
+        image=serving,
+        approve_as=approve_as,
+        promote_to_production=not staging_only,
+    )
+    _emit(result, as_json, _render_run(result))
+
+
+def _render_run(result: dict[str, Any]) -> str:
+    lines = [f"model {result['model']} {result['version']} in {result['registry']}"]
+    for s in result["stages"]:
+        lines.append(f"  {s['stage']:<20} {s['status']:<8} {s['seconds']:>6.2f}s  {s['detail']}")
+        lines.extend(f"  {'':<38}{e}" for e in s["evidence"])
+    lines.append(f"total {result['seconds']:.1f}s — show the evidence with: "
+                 f"secmlops evidence {result['model']} {result['version']}")
+    return "\n".join(lines)
+
+
+@app.command()
+def validate(
+    data: Annotated[Path, typer.Argument(help="Dataset file (CSV or parquet).")],
+    schema: Annotated[str, typer.Option(help="pandera schema 'module:Class' or 'file.py:Class'.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Validate a dataset against a pandera schema."""
+    from tasks.validation import validate_dataset
+
+    result = validate_dataset(data, schema)
+    _emit(result.to_json(), as_json,
+          f"PASSED: {data} ({result.rows} rows, sha256 {result.data_sha256[:12]}…) "
+          f"matches {result.schema_name}")
+
+
+@app.command("scan-image")
+def scan_image(
+    target: Annotated[str, typer.Argument(help="Image reference, docker-archive tar or OCI layout dir.")],
+    trivy_cache: Annotated[Path | None, typer.Option(help="Trivy cache dir holding db/trivy.db.")] = None,
+    seed_demo_db: Annotated[bool, typer.Option(help="Seed the cache with the offline demo DB if empty.")] = False,
+    fail_on: Annotated[list[str] | None, typer.Option(help="Blocking severity (repeatable).")] = None,
+    ignore_unfixed: Annotated[bool, typer.Option(help="Ignore vulnerabilities with no fix.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Scan a container image with Trivy and judge it against the scan policy."""
+    from flows.settings import local_paths
+    from tasks.scanning import ScanPolicy, enforce_scan_policy, scan_image as run_scan, seed_demo_trivy_db
+
+    cache = trivy_cache or local_paths().trivy_cache
+    if seed_demo_db:
+        seed_demo_trivy_db(cache)
+    policy = ScanPolicy(**({"fail_on": tuple(fail_on)} if fail_on else {}), ignore_unfixed=ignore_unfixed)
+    result = run_scan(target, cache_dir=cache, policy=policy)
+    try:
+        verdict = enforce_scan_policy(result, policy)
+    except ControlRefused:
+        if as_json:
+            typer.echo(json.dumps(result.to_json(), indent=2, default=str))
+        raise
+    _emit({"scan": result.to_json(), "verdict": verdict.to_json()}, as_json,
+          f"PASSED: {target} (sha256 {result.image_digest[:12]}…): {verdict.summary()}")
+
+
+@app.command("scan-model")
+def scan_model(
+    path: Annotated[Path, typer.Argument(help="Model directory.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Scan model files for unsafe serialization (pickle, unknown formats)."""
+    from tasks.model_scan import scan_model_files
+
+    result = scan_model_files(path)
+    _emit(result.to_json(), as_json,
+          f"PASSED: {len(result.files)} files in {path} are safe formats "
+          f"(model sha256 {result.model_digest[:12]}…)")
+
+
+@app.command()
+def sign(
+    model_dir: Annotated[Path, typer.Argument(help="Model directory to sign.")],
+    key: Annotated[Path, typer.Option("--key", help="PEM EC private key.")],
+    signature: Annotated[Path | None, typer.Option(help="Signature file (default MODEL_DIR.sig).")] = None,
+) -> None:
+    """Sign a model directory with OpenSSF model-signing and a local key."""
+    from tasks.signing import sign_model
+
+    out = signature or model_dir.parent / f"{model_dir.name}.sig"
+    sign_model(model_dir, private_key=key, signature=out)
+    typer.echo(f"signed {model_dir} -> {out}")
+
+
+@app.command()
+def verify(
+    model_dir: Annotated[Path, typer.Argument(help="Model directory.")],
+    signature: Annotated[Path, typer.Option(help="model-signing signature bundle.")],
+    public_key: Annotated[Path, typer.Option(help="PEM EC public key of the signer.")],
+) -> None:
+    """Verify a model directory's model-signing signature."""
+    from tasks.signing import verify_model_signature
+
+    verify_model_signature(model_dir, signature=signature, public_key=public_key)
+    typer.echo(f"PASSED: {model_dir} matches {signature}")
+
+
+@app.command()
+def promote(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[str, typer.Argument(help="Version, e.g. v2.")],
+    stage: Annotated[str, typer.Option(help="staging or production.")],
+    approve_as: Annotated[str | None, typer.Option(help="Record your approval first as NAME.")] = None,
+    registry: RegistryOpt = None,
+    s3_endpoint_url: EndpointOpt = None,
+    keys: KeysOpt = None,
+) -> None:
+    """Promote a version to a stage through the deploy gate."""
+    from flows.operations import promote_version
+
+    pointer = promote_version(_models(model, registry, s3_endpoint_url), version, stage,
+                              keys=_keys(keys), approve_as=approve_as)
+    typer.echo(f"{model} {stage} -> {pointer.version} (VSA {pointer.vsa})")
+
+
+@app.command()
+def rollback(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    stage: Annotated[str, typer.Option(help="staging or production.")],
+    to_version: Annotated[str | None, typer.Option(help="Earlier version (default: the previous).")] = None,
+    registry: RegistryOpt = None,
+    s3_endpoint_url: EndpointOpt = None,
+    keys: KeysOpt = None,
+) -> None:
+    """Move a stage back to the version it served before, through the same gate."""
+    from flows.operations import rollback_version
+
+    pointer = rollback_version(_models(model, registry, s3_endpoint_url), stage, keys=_keys(keys),
+                               to_version=to_version)
+    typer.echo(f"{model} {stage} rolled back -> {pointer.version} (VSA {pointer.vsa})")
+
+
+@app.command()
+def evidence(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[str, typer.Argument(help="Version, e.g. v1.")],
+    registry: RegistryOpt = None,
+    s3_endpoint_url: EndpointOpt = None,
+    keys: KeysOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show a version's evidence, every bundle re-verified (exit 1 if any does not verify)."""
+    from flows.evidence_report import evidence_report, render_report
+
+    report = evidence_report(_models(model, registry, s3_endpoint_url), version, _keys(keys))
+    _emit(report, as_json, render_report(report))
+    if not report["all_verified"]:
+        raise ControlRefused(f"evidence of {model} {version} does not all verify")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: run the app and map errors to exit codes."""
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    try:
+        app(args=argv, standalone_mode=False)
+    except SecMLOpsError as exc:
+        if _state["verbose"]:
+            traceback.print_exc()
+        typer.echo(exc.diagnostics(), err=True)
+        return exc.exit_code
+    except pydantic.ValidationError as exc:
+        typer.echo(f"bad input: {exc}", err=True)
+        return 2
+    except click.exceptions.Abort:
+        typer.echo("aborted", err=True)
+        return 2
+    except click.ClickException as exc:
+        exc.show()
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - last resort: any other failure is an infra failure
+        if _state["verbose"]:
+            traceback.print_exc()
+        typer.echo(f"tool failure: {type(exc).__name__}: {exc}\n  (rerun with -v for the traceback)",
+                   err=True)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Human-readable (and JSON) report of a model version's evidence, every bundle re-verified."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tasks.errors import SecMLOpsError
+from tasks.evidence import TrustedKeys, load_public_key, verify_bundle
+from tasks.keys import ROLES, KeyDirectory
+from tasks.model_registry import ModelRegistry
+
+
+@dataclass
+class EvidenceItem:
+    name: str
+    key: str
+    verified: bool
+    signer: str = ""
+    predicate_type: str = ""
+    subjects: list[str] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _all_trusted(keys: KeyDirectory) -> TrustedKeys:
+    trusted = TrustedKeys()
+    for role in ROLES:
+        if keys.public(role).is_file():
+            trusted.add(role, load_public_key(keys.public(role)))
+    approvers = keys.root / "approvers"
+    if approvers.is_dir():
+        for pub in sorted(approvers.glob("*.pub")):
+            trusted.add(f"approver:{pub.stem}", load_public_key(pub))
+    return trusted
+
+
+def _facts(predicate_type: str, pred: dict[str, Any]) -> dict[str, Any]:
+    short = predicate_type.rsplit("/", 2)[-2]
+    if short == "release":
+        return {"dataset": pred.get("dataset"), "image": pred.get("image"), "metrics": pred.get("metrics")}
+    if short == "approval":
+        return {k: pred.get(k) for k in ("stage", "decision", "approver", "method", "decidedAt")}
+    if short == "verification_summary":
+        return {"result": pred.get("verificationResult"), "levels": pred.get("verifiedLevels"),
+                "time": pred.get("timeVerified"), "inputs": len(pred.get("inputAttestations", []))}
+    if short == "smoke-test":
+        return {k: pred.get(k) for k in ("stage", "result", "accuracy", "minAccuracy")}
+    if short == "test-result":
+        return {"result": pred.get("result"), "configuration": pred.get("configuration")}
+    if short == "provenance":
+        return {"builder": pred.get("runDetails", {}).get("builder", {}).get("id"),
+                "byproducts": pred.get("runDetails", {}).get("byproducts")}
+    keep = ("verdict", "summary", "result", "repo", "rev", "commit", "scanner")
+    return {k: pred[k] for k in keep if k in pred}
+
+
+def evidence_report(models: ModelRegistry, version: str, keys: KeyDirectory) -> dict[str, Any]:
+    """Collect and verify every evidence bundle of ``version``; note which stages serve it."""
+    models.require_version(version)
+    trusted = _all_trusted(keys)
+    items: list[EvidenceItem] = []
+    for key in models.evidence_keys(version):
+        name = key.rsplit("/", 1)[-1].removesuffix(".json")
+        try:
+            st = verify_bundle(models.read_json(key), trusted, where=key)
+        except SecMLOpsError as exc:
+            items.append(EvidenceItem(name=name, key=models.store.describe(key), verified=False,
+                                      error=str(exc)))
+            continue
+        items.append(EvidenceItem(
+            name=name,
+            key=models.store.describe(key),
+            verified=True,
+            signer=st.signer,
+            predicate_type=st.predicate_type,
+            subjects=[f"{s['name']}@sha256:{s['digest']['sha256']}" for s in st.statement["subject"]],
+            facts=_facts(st.predicate_type, st.predicate),
+        ))
+    stages = {}
+    for stage in ("staging", "production"):
+        pointer, _ = models.read_pointer(stage)
+        if pointer is not None:
+            stages[stage] = {"version": pointer.version, "serves_this_version": pointer.version == version,
+                             "promotedAt": pointer.promoted_at, "vsa": pointer.vsa}
+    return {
+        "model": models.model,
+        "version": version,
+        "location": models.store.describe(models.version_prefix(version)),
+        "all_verified": bool(items) and all(i.verified for i in items),
+        "evidence": [i.to_json() for i in items],
+        "stages": stages,
+    }
+
+
+def render_report(report: dict[str, Any]) -> str:
+    lines = [f"Evidence for {report['model']} {report['version']}  ({report['location']})"]
+    for stage, info in report["stages"].items():
+        mark = "<- this version" if info["serves_this_version"] else ""
+        lines.append(f"  stage {stage:<10} serves {info['version']} {mark}")
+    lines.append("")
+    for item in report["evidence"]:
+        status = f"verified, signed by {item['signer']}" if item["verified"] else f"NOT VERIFIED: {item['error']}"
+        lines.append(f"- {item['name']}: {status}")
+        if item["verified"]:
+            lines.append(f"    predicate {item['predicate_type']}")
+            for s in item["subjects"][:3]:
+                lines.append(f"    subject   {s}")
+            for k, v in item["facts"].items():
+                if v is not None:
+                    lines.append(f"    {k:<9} {v}")
+    lines.append("")
+    lines.append("all evidence verified" if report["all_verified"] else "SOME EVIDENCE DID NOT VERIFY")
+    return "\n".join(lines)

@@ -1,0 +1,140 @@
+"""Operator flows, triggered from the Prefect UI or the CLI: promote, roll back, verify a stage.
+
+Each goes through the same deploy gate as the pipeline: a promotion or rollback that
+does not verify leaves the stage pointer where it was.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from blocks import RegistryTarget, SecurityPolicies
+from flows.settings import local_paths
+from tasks.approval import ApprovalRequest, approval_statement, check_stage, decide_by_preapproval
+from tasks.deploy import promote_to_stage, rollback_stage
+from tasks.errors import ControlRefused
+from tasks.evidence import load_private_key, sign_statement, utc_now
+from tasks.gate import GatePolicy, verify_release
+from tasks.keys import KeyDirectory
+from tasks.model_registry import ModelRegistry, StagePointer
+
+
+def record_approval(
+    models: ModelRegistry, version: str, stage: str, approver: str, keys: KeyDirectory,
+    policy: GatePolicy,
+) -> str:
+    """Sign and store ``approver``'s approval of ``version`` for ``stage``; return its key."""
+    stage = check_stage(stage)
+    models.require_version(version)
+    release = models.read_json(f"{models.evidence_prefix(version)}/release.json")
+    try:
+        import base64
+        import json
+
+        payload = json.loads(base64.b64decode(release["dsseEnvelope"]["payload"]))
+        digest = payload["predicate"]["modelDigest"]["sha256"]
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ControlRefused(f"release manifest of {version} is malformed", where=version) from exc
+    request = ApprovalRequest(model=models.model, version=version, model_digest=digest, stage=stage)
+    decision = decide_by_preapproval(request, approver, policy.approval)
+    bundle = sign_statement(
+        approval_statement(request, decision),
+        load_private_key(keys.require(keys.approver_private(approver))),
+    )
+    stamp = utc_now().replace(":", "").replace("-", "")
+    key, _ = models.put_evidence(version, f"approval-{stage}-{stamp}", bundle)
+    models.audit("approved", version=version, stage=stage, approver=approver, method=decision.method)
+    return key
+
+
+def promote_version(
+    models: ModelRegistry,
+    version: str,
+    stage: str,
+    *,
+    keys: KeyDirectory,
+    approve_as: str | None = None,
+    policy: GatePolicy | None = None,
+) -> StagePointer:
+    """Promote through the gate (recording ``approve_as``'s approval first, if given)."""
+    policy = policy or SecurityPolicies().gate_policy()
+    if approve_as:
+        record_approval(models, version, stage, approve_as, keys, policy)
+    actor = approve_as or "operator"
+    return promote_to_stage(models, version, stage, keys=keys, policy=policy, actor=actor).pointer
+
+
+def rollback_version(
+    models: ModelRegistry,
+    stage: str,
+    *,
+    keys: KeyDirectory,
+    to_version: str | None = None,
+    policy: GatePolicy | None = None,
+) -> StagePointer:
+    """Roll ``stage`` back through the gate."""
+    policy = policy or SecurityPolicies().gate_policy()
+    return rollback_stage(
+        models, stage, keys=keys, policy=policy, actor="operator", to_version=to_version
+    ).pointer
+
+
+def _open(model: str, registry: RegistryTarget | None) -> ModelRegistry:
+    store = (registry or RegistryTarget()).open(local_paths().default_registry)
+    return ModelRegistry(store, model)
+
+
+@flow(name="promote", log_prints=True)
+def promote(
+    model: str,
+    version: str,
+    stage: str = "production",
+    registry: RegistryTarget | None = None,
+    policies: SecurityPolicies | None = None,
+) -> dict[str, Any]:
+    """Promote a registered version to a stage through the deploy gate."""
+    pointer = promote_version(
+        _open(model, registry), version, stage, keys=KeyDirectory(local_paths().keys),
+        policy=(policies or SecurityPolicies()).gate_policy(),
+    )
+    get_run_logger().info("%s %s -> %s", model, stage, pointer.version)
+    return pointer.to_json()
+
+
+@flow(name="rollback", log_prints=True)
+def rollback(
+    model: str,
+    stage: str = "production",
+    to_version: str | None = None,
+    registry: RegistryTarget | None = None,
+    policies: SecurityPolicies | None = None,
+) -> dict[str, Any]:
+    """Roll a stage back to the version it served before, through the deploy gate."""
+    pointer = rollback_version(
+        _open(model, registry), stage, keys=KeyDirectory(local_paths().keys),
+        to_version=to_version, policy=(policies or SecurityPolicies()).gate_policy(),
+    )
+    get_run_logger().info("%s %s rolled back -> %s", model, stage, pointer.version)
+    return pointer.to_json()
+
+
+@flow(name="verify", log_prints=True)
+def verify(
+    model: str,
+    stage: str = "production",
+    registry: RegistryTarget | None = None,
+    policies: SecurityPolicies | None = None,
+) -> dict[str, Any]:
+    """Re-run the deploy gate for what a stage serves now (refuses if anything no longer verifies)."""
+    models = _open(model, registry)
+    pointer, _ = models.read_pointer(stage)
+    if pointer is None:
+        raise ControlRefused(f"nothing is deployed to {stage}", where=f"{model}:{stage}")
+    report = verify_release(
+        models, pointer.version, stage, keys=KeyDirectory(local_paths().keys),
+        policy=(policies or SecurityPolicies()).gate_policy(),
+    )
+    get_run_logger().info("%s %s %s: %d checks passed", model, stage, pointer.version, len(report.checks))
+    return {"version": pointer.version, "checks": [c.to_json() for c in report.checks]}

@@ -1,0 +1,56 @@
+"""Where the embedded default keeps its state, and how blocks resolve to concrete settings."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import flows
+
+
+def project_root() -> Path:
+    """The project checkout (holds dvc.yaml, params.yaml, uv.lock)."""
+    env = os.environ.get("SECMLOPS_PROJECT_DIR")
+    return Path(env).resolve() if env else Path(flows.__file__).resolve().parent.parent
+
+
+def state_home() -> Path:
+    """Local state of the embedded default: keys, demo data registry, Trivy cache, registry."""
+    env = os.environ.get("SECMLOPS_HOME")
+    return Path(env).resolve() if env else project_root() / ".secmlops"
+
+
+@dataclass(frozen=True)
+class LocalPaths:
+    """Paths below the state home."""
+
+    home: Path
+
+    @property
+    def keys(self) -> Path:
+        return Path(os.environ["SECMLOPS_KEYS"]) if os.environ.get("SECMLOPS_KEYS") else self.home / "keys"
+
+    @property
+    def data_registry(self) -> Path:
+        return self.home / "data-registry"
+
+    @property
+    def trivy_cache(self) -> Path:
+        return self.home / "trivy-cache"
+
+    @property
+    def images(self) -> Path:
+        return self.home / "images"
+
+    @property
+    def runs(self) -> Path:
+        return self.home / "runs"
+
+    @property
+    def default_registry(self) -> str:
+        return str(self.home / "registry")
+
+
+def local_paths() -> LocalPaths:
+    return LocalPaths(state_home())

@@ -1,0 +1,299 @@
+"""The secure training pipeline: one Prefect flow from pinned data to a verified production model.
+
+    pull data (DVC, pinned rev) -> validate schema (pandera) -> scan image (Trivy)
+      -> train + evaluate (dvc repro) -> scan model files -> sign model + attest provenance
+      -> register version -> [approval: staging] -> deploy staging (gate) -> smoke test
+      -> [approval: production] -> promote production (gate)
+
+Every control's statement is signed by the attestor key; the version is registered only
+after all build-time controls passed, and the release manifest (signed last) binds the
+model digest, the dataset digest, the image digest and every evidence file together.
+
+Run it: ``secmlops run --approve-as demo-approver`` (or ``make demo``).
+"""
+
+from __future__ import annotations
+
+import getpass
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from blocks import DataSource, RegistryTarget, SecurityPolicies, ServingImage
+from flows.settings import LocalPaths, local_paths, project_root
+from flows.summary import RunSummary
+from tasks.approval import (
+    ApprovalRequest,
+    approval_statement,
+    decide_automatically,
+    decide_by_preapproval,
+)
+from tasks.data import create_demo_data_registry, data_pull_statement, pull_dataset_task
+from tasks.deploy import promote_to_stage
+from tasks.digests import sha256_bytes, tree_digest
+from tasks.errors import ControlRefused
+from tasks.evidence import (
+    PREDICATE_RELEASE,
+    PrivateKey,
+    Subject,
+    load_private_key,
+    make_statement,
+    sign_statement,
+    utc_now,
+)
+from tasks.gate import GatePolicy
+from tasks.keys import KeyDirectory
+from tasks.model_registry import ModelRegistry
+from tasks.model_scan import model_scan_statement, scan_model_task
+from tasks.scanning import (
+    build_serving_image,
+    enforce_scan_policy,
+    image_scan_statement,
+    scan_image_task,
+    seed_demo_trivy_db,
+)
+from tasks.signing import sign_model_task
+from tasks.smoke_test import smoke_test_stage, smoke_test_statement
+from tasks.training import provenance_statement, train_model_task
+from tasks.validation import validate_dataset_task, validation_statement
+
+BUILDER_ID = "https://secmlops.dev/builders/prefect-secure-training/v1"
+DEMO_APPROVER = "demo-approver"
+
+
+@dataclass
+class _Evidence:
+    """Signed bundles collected before the version exists; written at registration."""
+
+    key: PrivateKey
+    bundles: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def add(self, name: str, statement: dict[str, Any]) -> None:
+        self.bundles[name] = sign_statement(statement, self.key)
+
+
+def _stamp() -> str:
+    return utc_now().replace(":", "").replace("-", "")
+
+
+def _approve(
+    models: ModelRegistry,
+    version: str,
+    model_digest: str,
+    stage: str,
+    policy: GatePolicy,
+    keys: KeyDirectory,
+    approve_as: str | None,
+) -> str:
+    request = ApprovalRequest(
+        model=models.model,
+        version=version,
+        model_digest=model_digest,
+        stage="production" if stage == "production" else "staging",
+        summary=f"deploy {models.model} {version} to {stage}",
+    )
+    if approve_as:
+        decision = decide_by_preapproval(request, approve_as, policy.approval)
+        signer = load_private_key(keys.require(keys.approver_private(approve_as)))
+    else:
+        decision = decide_automatically(request, policy.approval)
+        signer = load_private_key(keys.require(keys.private("attestor")))
+    bundle = sign_statement(approval_statement(request, decision), signer)
+    key, _ = models.put_evidence(version, f"approval-{stage}-{_stamp()}", bundle)
+    models.audit("approved", version=version, stage=stage, approver=decision.approver,
+                 method=decision.method)
+    return key
+
+
+@flow(name="secure-training", log_prints=True, validate_parameters=True)
+def secure_training(
+    model_name: str = "churn-classifier",
+    data: DataSource | None = None,
+    registry: RegistryTarget | None = None,
+    image: ServingImage | None = None,
+    policies: SecurityPolicies | None = None,
+    approve_as: str | None = None,
+    promote_to_production: bool = True,
+) -> dict[str, Any]:
+    """Run every control, register a signed model version, and deploy it through the gates."""
+    logger = get_run_logger()
+    paths = local_paths()
+    data = data or DataSource()
+    registry = registry or RegistryTarget()
+    image = image or ServingImage()
+    policy = (policies or SecurityPolicies()).gate_policy()
+    store = registry.open(paths.default_registry)
+    models = ModelRegistry(store, model_name)
+    summary = RunSummary(model=model_name, registry=store.uri)
+    try:
+        _run(summary, models, paths, data, image, policy, approve_as, promote_to_production)
+    finally:
+        logger.info("\n%s", summary.render())
+    return summary.to_json()
+
+
+def _run(
+    summary: RunSummary,
+    models: ModelRegistry,
+    paths: LocalPaths,
+    data: DataSource,
+    image: ServingImage,
+    policy: GatePolicy,
+    approve_as: str | None,
+    promote_to_production: bool,
+) -> None:
+    logger = get_run_logger()
+    run_id = uuid.uuid4().hex[:12]
+    workdir = paths.runs / f"{_stamp()}-{run_id}"
+    workdir.mkdir(parents=True)
+    keys = KeyDirectory(paths.keys)
+
+    with summary.stage("prepare") as st:
+        created = keys.ensure(approvers=(approve_as,) if approve_as else ())
+        if created:
+            logger.warning(
+                "generated local demo keys in %s (git-ignored; never commit them): %s",
+                keys.root,
+                ", ".join(p.name for p in created),
+            )
+        repo = data.repo
+        if not repo:
+            repo = str(create_demo_data_registry(paths.data_registry).repo)
+        cache_dir = Path(image.trivy_cache_dir) if image.trivy_cache_dir else paths.trivy_cache
+        if not image.trivy_cache_dir:
+            seed_demo_trivy_db(cache_dir)
+        if image.target:
+            target = image.target
+        else:
+            built = build_serving_image(
+                paths.images / "serving-demo.tar", lock_file=project_root() / "uv.lock"
+            )
+            target = str(built.path)
+        st.detail = f"keys {keys.root}; data {repo}@{data.rev}; image {target}"
+    evidence = _Evidence(load_private_key(keys.require(keys.private("attestor"))))
+
+    with summary.stage("pull-data") as st:
+        pulled = pull_dataset_task(repo, data.path, data.rev, workdir / "data")
+        evidence.add("data-pull", data_pull_statement(pulled))
+        st.detail = f"{data.path}@{data.rev} ({pulled.commit[:10]}) sha256 {pulled.sha256[:12]}…"
+
+    with summary.stage("validate-schema") as st:
+        validated = validate_dataset_task(pulled.path, data.schema_spec)
+        evidence.add("validation", validation_statement(validated))
+        st.detail = f"{validated.rows} rows pass {validated.schema_name}"
+
+    with summary.stage("scan-image") as st:
+        scanned = scan_image_task(target, cache_dir=cache_dir, policy=policy.scan)
+        verdict = enforce_scan_policy(scanned, policy.scan)
+        evidence.add("image-scan", image_scan_statement(scanned, verdict))
+        st.detail = f"{verdict.summary()}; DB {scanned.db.source}"
+
+    with summary.stage("train-evaluate") as st:
+        trained = train_model_task(
+            pulled.path, workspace=workdir / "train", project_dir=project_root()
+        )
+        st.detail = ", ".join(f"{k}={v:.3f}" for k, v in sorted(trained.metrics.items())
+                              if isinstance(v, float))
+
+    with summary.stage("scan-model") as st:
+        model_scan = scan_model_task(trained.model_dir)
+        evidence.add("model-scan", model_scan_statement(model_scan))
+        st.detail = f"{len(model_scan.files)} files clean"
+
+    with summary.stage("sign-attest") as st:
+        signature_path = workdir / "model.sig"
+        sign_model_task(
+            trained.model_dir,
+            private_key=keys.require(keys.private("model-signer")),
+            signature=signature_path,
+        )
+        evidence.add(
+            "provenance",
+            provenance_statement(
+                trained,
+                dataset_sha256=pulled.sha256,
+                dataset_uri=f"{repo}#{data.path}@{pulled.commit}",
+                dataset_commit=pulled.commit,
+                builder_id=BUILDER_ID,
+                invocation_id=run_id,
+            ),
+        )
+        model_digest = tree_digest(trained.model_dir)
+        st.detail = f"model sha256 {model_digest[:12]}… signed (model-signing, EC key)"
+
+    with summary.stage("register") as st:
+        version = models.allocate_version(
+            {"run": run_id, "builder": BUILDER_ID, "createdBy": getpass.getuser()}
+        )
+        summary.version = version
+        models.store.upload_tree(trained.model_dir, models.model_prefix(version))
+        sig_bytes = signature_path.read_bytes()
+        models.store.put(models.signature_key(version), sig_bytes)
+        written = {name: models.put_evidence(version, name, b) for name, b in evidence.bundles.items()}
+        release = make_statement(
+            [Subject("model", model_digest)],
+            PREDICATE_RELEASE,
+            {
+                "model": models.model,
+                "version": version,
+                "modelDigest": {"sha256": model_digest},
+                "signature": {"key": models.signature_key(version), "sha256": sha256_bytes(sig_bytes)},
+                "dataset": {
+                    "sha256": pulled.sha256,
+                    "repo": repo,
+                    "path": data.path,
+                    "rev": data.rev,
+                    "commit": pulled.commit,
+                },
+                "image": {"ref": scanned.target, "sha256": scanned.image_digest},
+                "evidence": {n: {"key": k, "sha256": s} for n, (k, s) in written.items()},
+                "metrics": trained.metrics,
+                "run": run_id,
+                "createdAt": utc_now(),
+            },
+        )
+        release_key, _ = models.put_evidence(version, "release", sign_statement(release, evidence.key))
+        models.audit("registered", version=version, model_digest=model_digest, run=run_id)
+        st.detail = f"{version} at {models.store.describe(models.version_prefix(version))}"
+        st.evidence = [models.store.describe(models.evidence_prefix(version)) + "/"]
+    actor = approve_as or "auto"
+
+    with summary.stage("approve-staging") as st:
+        key = _approve(models, version, model_digest, "staging", policy, keys, approve_as)
+        st.detail = f"approved by {actor}"
+        st.evidence = [models.store.describe(key)]
+
+    with summary.stage("deploy-staging") as st:
+        promoted = promote_to_stage(models, version, "staging", keys=keys, policy=policy, actor=actor)
+        st.detail = f"{len(promoted.report.checks)} gate checks passed; VSA written"
+        st.evidence = [models.store.describe(promoted.vsa_key)]
+
+    with summary.stage("smoke-test-staging") as st:
+        smoke = smoke_test_stage(
+            models, "staging", pulled.path, keys=keys, min_accuracy=policy.min_smoke_accuracy
+        )
+        key, _ = models.put_evidence(
+            version, f"smoke-test-staging-{_stamp()}", sign_statement(smoke_test_statement(smoke), evidence.key)
+        )
+        st.detail = f"accuracy {smoke.accuracy:.3f} on {smoke.rows} rows"
+        st.evidence = [models.store.describe(key)]
+
+    if not promote_to_production:
+        return
+    with summary.stage("approve-production") as st:
+        key = _approve(models, version, model_digest, "production", policy, keys, approve_as)
+        st.detail = f"approved by {actor}"
+        st.evidence = [models.store.describe(key)]
+
+    with summary.stage("promote-production") as st:
+        promoted = promote_to_stage(
+            models, version, "production", keys=keys, policy=policy, actor=actor
+        )
+        st.detail = f"production -> {version}; {len(promoted.report.checks)} gate checks passed"
+        st.evidence = [models.store.describe(models.stage_key("production"))]
+    shutil.rmtree(workdir / "train", ignore_errors=True)
+    _ = ControlRefused  # re-exported for callers catching refusals from the flow

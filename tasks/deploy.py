@@ -1,0 +1,144 @@
+"""Staged deploy: move a stage pointer only after the deploy gate verified everything.
+
+``promote_to_stage`` runs :func:`tasks.gate.verify_release`, writes a signed SLSA
+Verification Summary (VSA) for the version and stage, then moves the stage pointer by
+compare-and-swap. ``rollback_stage`` takes the stage back to the version it served before,
+through the same gate. Every outcome, refusals included, goes to the audit log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from tasks.approval import check_stage
+from tasks.errors import ControlRefused, InputError, SecMLOpsError
+from tasks.evidence import (
+    PREDICATE_SLSA_VSA,
+    Subject,
+    load_private_key,
+    make_statement,
+    sign_statement,
+    utc_now,
+)
+from tasks.gate import GatePolicy, GateReport, verify_release
+from tasks.keys import KeyDirectory
+from tasks.model_registry import ModelRegistry, StagePointer, canonical_json
+
+VERIFIER_ID = "https://secmlops.dev/deploy-gate/v1"
+HISTORY_LIMIT = 50
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """The result of a promotion or rollback: the new pointer and the gate's report."""
+
+    pointer: StagePointer
+    report: GateReport
+    vsa_key: str
+
+
+def vsa_statement(models: ModelRegistry, report: GateReport, policy: GatePolicy) -> dict[str, object]:
+    """SLSA Verification Summary v1 for a version that passed the gate for a stage."""
+    policy_digest = hashlib.sha256(canonical_json(policy.model_dump(mode="json"))).hexdigest()
+    return make_statement(
+        [Subject("model", report.model_digest)],
+        PREDICATE_SLSA_VSA,
+        {
+            "verifier": {"id": VERIFIER_ID},
+            "timeVerified": utc_now(),
+            "resourceUri": models.store.describe(models.version_prefix(report.version)),
+            "policy": {"uri": f"secmlops:gate-policy/{report.stage}", "digest": {"sha256": policy_digest}},
+            "inputAttestations": report.input_attestations,
+            "verificationResult": "PASSED",
+            "verifiedLevels": [f"SECMLOPS_GATE_{report.stage.upper()}"],
+            "secmlops": {
+                "model": report.model,
+                "version": report.version,
+                "stage": report.stage,
+                "datasetDigest": report.dataset_digest,
+                "imageDigest": report.image_digest,
+                "checks": [c.to_json() for c in report.checks],
+            },
+        },
+    )
+
+
+def promote_to_stage(
+    models: ModelRegistry,
+    version: str,
+    stage: str,
+    *,
+    keys: KeyDirectory,
+    policy: GatePolicy,
+    actor: str,
+    reason: str = "promote",
+) -> Promotion:
+    """Verify ``version`` for ``stage``, write its VSA, and move the stage pointer to it."""
+    stage = check_stage(stage)
+    current, current_obj = models.read_pointer(stage)
+    try:
+        report = verify_release(models, version, stage, keys=keys, policy=policy)
+    except SecMLOpsError as exc:
+        models.audit("refused", version=version, stage=stage, actor=actor, reason=reason,
+                     error=str(exc), details=exc.details)
+        raise
+    stamp = utc_now().replace(":", "").replace("-", "")
+    bundle = sign_statement(vsa_statement(models, report, policy), load_private_key(
+        keys.require(keys.private("gate"))))
+    vsa_key, vsa_sha = models.put_evidence(version, f"vsa-{stage}-{stamp}", bundle)
+    history = list(current.history) if current else []
+    if current:
+        history.append({"version": current.version, "modelDigest": current.model_digest,
+                        "promotedAt": current.promoted_at, "vsa": current.vsa})
+    pointer = StagePointer(
+        model=models.model,
+        stage=stage,
+        version=version,
+        model_digest=report.model_digest,
+        vsa=vsa_key,
+        vsa_sha256=vsa_sha,
+        promoted_at=utc_now(),
+        promoted_by=actor,
+        reason=reason,
+        history=history[-HISTORY_LIMIT:],
+    )
+    models.move_pointer(pointer, current_obj)
+    models.audit(
+        "rolled-back" if reason == "rollback" else "promoted",
+        version=version,
+        stage=stage,
+        actor=actor,
+        previous=current.version if current else None,
+        vsa=vsa_key,
+    )
+    return Promotion(pointer=pointer, report=report, vsa_key=vsa_key)
+
+
+def rollback_stage(
+    models: ModelRegistry, stage: str, *, keys: KeyDirectory, policy: GatePolicy, actor: str,
+    to_version: str | None = None,
+) -> Promotion:
+    """Move ``stage`` back to the version it served before (or ``to_version``), re-verified."""
+    stage = check_stage(stage)
+    current, _ = models.read_pointer(stage)
+    if current is None:
+        raise InputError(f"{models.model} has nothing in {stage} to roll back", where=f"stage:{stage}")
+    candidates = [h["version"] for h in reversed(current.history) if h["version"] != current.version]
+    if to_version is None:
+        if not candidates:
+            raise ControlRefused(
+                f"{stage} has no earlier version to roll back to",
+                where=models.store.describe(models.stage_key(stage)),
+                fix="promote a known-good version explicitly with `secmlops promote`",
+            )
+        to_version = candidates[0]
+    elif to_version not in candidates:
+        raise InputError(
+            f"{to_version} was never served in {stage} before",
+            where="--to-version",
+            fix=f"earlier versions: {', '.join(candidates) or 'none'}",
+        )
+    return promote_to_stage(
+        models, to_version, stage, keys=keys, policy=policy, actor=actor, reason="rollback"
+    )

@@ -1,0 +1,321 @@
+"""The deploy gate: re-verify the whole evidence chain of one model version for one stage.
+
+Nothing in the registry is trusted as stored. The gate downloads the model and checks:
+
+1. ``release``      the release manifest is signed by the attestor and names this model
+                    digest, the dataset digest, the image digest and every evidence file
+                    (by sha256) — it binds the chain together;
+2. ``model-signature``  the model files verify against the model-signer key (OpenSSF
+                    model-signing) and hash to the manifest's model digest;
+3. ``data-pull``, ``validation``, ``image-scan``, ``provenance``, ``model-scan``: each
+                    bundle is the file the manifest names, is signed by the attestor, is
+                    about the right digest, and says pass (the scan is re-judged against
+                    the current scan policy, not trusted by its stored verdict);
+4. ``approval``     an approval for this stage, signed by an allowed approver's own key,
+                    covers this exact model digest;
+5. ``staged``       (production) the version passed the gate for staging and its staging
+                    smoke test passed.
+
+Any failure raises ``ControlRefused`` listing every failed check.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from tasks.approval import ApprovalPolicy, Stage, check_stage
+from tasks.digests import sha256_bytes, tree_digest
+from tasks.errors import ControlRefused, SecMLOpsError
+from tasks.evidence import (
+    PREDICATE_APPROVAL,
+    PREDICATE_DATA_PULL,
+    PREDICATE_MODEL_SCAN,
+    PREDICATE_RELEASE,
+    PREDICATE_SLSA_PROVENANCE,
+    PREDICATE_SLSA_VSA,
+    PREDICATE_SMOKE_TEST,
+    PREDICATE_TEST_RESULT,
+    PREDICATE_VULNS,
+    TrustedKeys,
+    VerifiedStatement,
+    statement_digests,
+    verify_bundle,
+)
+from tasks.keys import KeyDirectory
+from tasks.model_registry import ModelRegistry
+from tasks.scanning import ScanPolicy, scan_predicate_verdict
+from tasks.signing import verify_model_signature
+
+#: Build-time evidence every release must carry, and the predicate each must have.
+REQUIRED_EVIDENCE: dict[str, str] = {
+    "data-pull": PREDICATE_DATA_PULL,
+    "validation": PREDICATE_TEST_RESULT,
+    "image-scan": PREDICATE_VULNS,
+    "provenance": PREDICATE_SLSA_PROVENANCE,
+    "model-scan": PREDICATE_MODEL_SCAN,
+}
+
+
+class GatePolicy(BaseModel):
+    """What the deploy gate demands. Built from blocks; defaults are the strict ones."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    approval: ApprovalPolicy = ApprovalPolicy()
+    scan: ScanPolicy = ScanPolicy()
+    min_smoke_accuracy: float = 0.6
+
+
+@dataclass
+class GateCheck:
+    """One check's outcome, kept in the VSA and in refusals."""
+
+    name: str
+    passed: bool
+    detail: str
+    evidence: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "passed": self.passed,
+            "detail": self.detail,
+            "evidence": self.evidence,
+        }
+
+
+@dataclass
+class GateReport:
+    """Everything the gate verified for one version and stage."""
+
+    model: str
+    version: str
+    stage: Stage
+    model_digest: str = ""
+    dataset_digest: str = ""
+    image_digest: str = ""
+    checks: list[GateCheck] = field(default_factory=list)
+    input_attestations: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(c.passed for c in self.checks)
+
+    def failed(self) -> list[GateCheck]:
+        return [c for c in self.checks if not c.passed]
+
+
+class _Gate:
+    def __init__(
+        self, models: ModelRegistry, version: str, stage: Stage, keys: KeyDirectory, policy: GatePolicy
+    ) -> None:
+        self.models = models
+        self.keys = keys
+        self.policy = policy
+        self.report = GateReport(model=models.model, version=version, stage=stage)
+        self.attestor = keys.trusted("attestor")
+
+    def check(self, name: str, fn: Callable[[], tuple[str, list[str]]]) -> bool:
+        try:
+            detail, evidence = fn()
+        except SecMLOpsError as exc:
+            self.report.checks.append(GateCheck(name, False, str(exc)))
+            return False
+        self.report.checks.append(GateCheck(name, True, detail, evidence))
+        return True
+
+    def load(self, key: str, trusted: TrustedKeys, expected_type: str) -> VerifiedStatement:
+        where = self.models.store.describe(key)
+        raw = self.models.store.read(key)
+        verified = verify_bundle(self.models.read_json(key), trusted, where=where)
+        if verified.predicate_type != expected_type:
+            raise ControlRefused(
+                f"{key} has predicate {verified.predicate_type}, expected {expected_type}", where=where
+            )
+        self.report.input_attestations.append({"uri": key, "digest": {"sha256": sha256_bytes(raw)}})
+        return verified
+
+    def require_subject(self, st: VerifiedStatement, digest: str, what: str, key: str) -> None:
+        if digest not in statement_digests(st.statement):
+            raise ControlRefused(f"{key} is not about this {what} ({digest[:12]}…)", where=key)
+
+
+def verify_release(
+    models: ModelRegistry, version: str, stage: str, *, keys: KeyDirectory, policy: GatePolicy
+) -> GateReport:
+    """Run every check for ``version`` -> ``stage``; raise ``ControlRefused`` on any failure."""
+    gate = _Gate(models, version, check_stage(stage), keys, policy)
+    models.require_version(version)
+    report = gate.report
+    release: dict[str, Any] = {}
+
+    def check_release() -> tuple[str, list[str]]:
+        key = f"{models.evidence_prefix(version)}/release.json"
+        st = gate.load(key, gate.attestor, PREDICATE_RELEASE)
+        pred = st.predicate
+        if pred.get("model") != models.model or pred.get("version") != version:
+            raise ControlRefused(f"release manifest is for {pred.get('model')} {pred.get('version')}")
+        release.update(pred)
+        report.model_digest = pred["modelDigest"]["sha256"]
+        report.dataset_digest = pred["dataset"]["sha256"]
+        report.image_digest = pred["image"]["sha256"]
+        gate.require_subject(st, report.model_digest, "model", key)
+        return f"signed by {st.signer}", [key]
+
+    if not gate.check("release", check_release):
+        _refuse(report)
+
+    def check_model_signature() -> tuple[str, list[str]]:
+        with tempfile.TemporaryDirectory(prefix="secmlops-gate-") as tmp:
+            model_dir, signature = models.download_model(version, Path(tmp))
+            sig_sha = sha256_bytes(signature.read_bytes())
+            if sig_sha != release["signature"]["sha256"]:
+                raise ControlRefused("model.sig is not the signature named in the release manifest")
+            verify_model_signature(
+                model_dir, signature=signature, public_key=keys.require(keys.public("model-signer"))
+            )
+            digest = tree_digest(model_dir)
+        if digest != report.model_digest:
+            raise ControlRefused(
+                f"model files hash to {digest[:12]}…, release manifest says {report.model_digest[:12]}…"
+            )
+        return "model-signing signature verifies with the model-signer key", [
+            models.signature_key(version)
+        ]
+
+    gate.check("model-signature", check_model_signature)
+
+    for name, predicate_type in REQUIRED_EVIDENCE.items():
+        gate.check(name, lambda n=name, p=predicate_type: _check_build_evidence(gate, release, n, p))
+
+    gate.check("approval", lambda: _check_approval(gate, version))
+    if report.stage == "production":
+        gate.check("staged", lambda: _check_staged(gate, version))
+    if not report.passed:
+        _refuse(report)
+    return report
+
+
+def _refuse(report: GateReport) -> None:
+    failed = report.failed()
+    summary = "; ".join(f"{c.name}: {c.detail}" for c in failed)
+    raise ControlRefused(
+        f"deploy gate refused {report.model} {report.version} for {report.stage}: {summary}",
+        where=f"gate:{report.stage}",
+        fix="fix the failed checks (see `secmlops evidence`) and rerun the pipeline",
+        details={"checks": [c.to_json() for c in report.checks]},
+    )
+
+
+def _check_build_evidence(
+    gate: _Gate, release: dict[str, Any], name: str, predicate_type: str
+) -> tuple[str, list[str]]:
+    report = gate.report
+    entry = release.get("evidence", {}).get(name)
+    if not entry:
+        raise ControlRefused(f"release manifest names no {name} evidence")
+    key = entry["key"]
+    raw = gate.models.store.read(key)
+    if sha256_bytes(raw) != entry["sha256"]:
+        raise ControlRefused(f"{key} was changed after the release manifest was signed", where=key)
+    st = gate.load(key, gate.attestor, predicate_type)
+    pred = st.predicate
+    if name in ("data-pull", "validation"):
+        gate.require_subject(st, report.dataset_digest, "dataset", key)
+    if name == "validation" and pred.get("result") != "PASSED":
+        raise ControlRefused(f"validation result is {pred.get('result')}", where=key)
+    if name == "image-scan":
+        gate.require_subject(st, report.image_digest, "image", key)
+        verdict = scan_predicate_verdict(pred, gate.policy.scan)
+        if verdict:
+            raise ControlRefused(f"image scan does not meet policy: {verdict}", where=key)
+    if name == "provenance":
+        gate.require_subject(st, report.model_digest, "model", key)
+        deps = pred.get("buildDefinition", {}).get("resolvedDependencies", [])
+        if not any(d.get("digest", {}).get("sha256") == report.dataset_digest for d in deps):
+            raise ControlRefused("provenance does not name the validated dataset", where=key)
+    if name == "model-scan":
+        gate.require_subject(st, report.model_digest, "model", key)
+        if pred.get("verdict", {}).get("passed") is not True:
+            raise ControlRefused("model-file scan did not pass", where=key)
+    return f"signed by {st.signer}", [key]
+
+
+def _check_approval(gate: _Gate, version: str) -> tuple[str, list[str]]:
+    report = gate.report
+    stage = report.stage
+    policy = gate.policy.approval
+    trusted = gate.keys.trusted_approvers(policy.allowed(stage))
+    if stage in policy.unsafe_auto_approve_stages:
+        for kid, (_, key) in gate.attestor.keys.items():
+            trusted.keys[kid] = ("auto", key)
+    keys = [
+        k
+        for k in gate.models.evidence_keys(version)
+        if k.rsplit("/", 1)[-1].startswith(f"approval-{stage}-")
+    ]
+    if not keys:
+        raise ControlRefused(f"no approval for {stage} recorded for {version}")
+    problems = []
+    for key in keys:
+        try:
+            st = gate.load(key, trusted, PREDICATE_APPROVAL)
+            gate.require_subject(st, report.model_digest, "model", key)
+            pred = st.predicate
+            if pred.get("stage") != stage or pred.get("decision") != "approved":
+                raise ControlRefused(f"{key}: decision {pred.get('decision')} for {pred.get('stage')}")
+            if st.signer == "auto" and pred.get("method") != "unsafe-auto-approval":
+                raise ControlRefused(f"{key}: attestor-signed approval is not an auto-approval")
+            if st.signer != "auto" and pred.get("approver") != st.signer:
+                raise ControlRefused(f"{key}: names {pred.get('approver')} but signed by {st.signer}")
+            if stage == "production" and policy.separation_of_duties:
+                staging = _approvers_of(gate, version, "staging")
+                if st.signer in staging:
+                    raise ControlRefused(f"{st.signer} also approved staging (separation of duties)")
+            return f"approved by {st.signer} ({pred.get('method')})", [key]
+        except SecMLOpsError as exc:
+            problems.append(str(exc))
+    raise ControlRefused("no valid approval: " + "; ".join(problems))
+
+
+def _approvers_of(gate: _Gate, version: str, stage: str) -> set[str]:
+    names = set()
+    for key in gate.models.evidence_keys(version):
+        if key.rsplit("/", 1)[-1].startswith(f"approval-{stage}-"):
+            bundle = gate.models.read_json(key)
+            try:
+                trusted = gate.keys.trusted_approvers(gate.policy.approval.allowed(stage))
+                names.add(str(verify_bundle(bundle, trusted).predicate.get("approver")))
+            except SecMLOpsError:
+                continue
+    return names
+
+
+def _check_staged(gate: _Gate, version: str) -> tuple[str, list[str]]:
+    report = gate.report
+    names = [k.rsplit("/", 1)[-1] for k in gate.models.evidence_keys(version)]
+    prefix = gate.models.evidence_prefix(version)
+    vsa_keys = [f"{prefix}/{n}" for n in names if n.startswith("vsa-staging-")]
+    smoke_keys = [f"{prefix}/{n}" for n in names if n.startswith("smoke-test-staging-")]
+    gate_keys = gate.keys.trusted("gate")
+    staged = False
+    for key in vsa_keys:
+        st = gate.load(key, gate_keys, PREDICATE_SLSA_VSA)
+        gate.require_subject(st, report.model_digest, "model", key)
+        if st.predicate.get("verificationResult") == "PASSED":
+            staged = True
+            break
+    if not staged:
+        raise ControlRefused(f"{version} never passed the gate for staging; promote it to staging first")
+    for key in smoke_keys:
+        st = gate.load(key, gate.attestor, PREDICATE_SMOKE_TEST)
+        gate.require_subject(st, report.model_digest, "model", key)
+        if st.predicate.get("result") == "PASSED":
+            return "passed the staging gate and the staging smoke test", [vsa_keys[0], key]
+    raise ControlRefused(f"{version} has no passing staging smoke test")

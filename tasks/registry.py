@@ -1,0 +1,299 @@
+"""Object storage for models and evidence: a local directory or S3 (boto3), same layout.
+
+    <root>/<model>/versions/<version>/model/...        model files
+    <root>/<model>/versions/<version>/model.sig        model-signing bundle
+    <root>/<model>/versions/<version>/evidence/*.json  signed attestations
+    <root>/<model>/versions/<version>/release.json     what this version was built from
+    <root>/<model>/stages/{staging,production}.json    stage pointers
+    <root>/<model>/audit/...                           append-only event log
+
+Writes are create-only unless the caller passes the version tag (``etag``) it read,
+so versions and evidence are immutable and a stage pointer only moves if nobody moved
+it in between (compare-and-swap). The registry is *storage*, not a trust root: every
+byte read from it is verified against keys held elsewhere before it counts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlparse
+
+from tasks.digests import sha256_bytes
+from tasks.errors import ControlRefused, InputError, ToolError
+
+
+class WriteConflict(ControlRefused):
+    """A create-only key already exists, or a pointer moved since it was read."""
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """Bytes read from the registry and the tag to pass back for a compare-and-swap write."""
+
+    data: bytes
+    etag: str
+
+
+def _check_key(key: str) -> str:
+    parts = PurePosixPath(key).parts
+    if not key or key.startswith("/") or any(p in ("..", ".", "") for p in parts):
+        raise InputError(f"invalid registry key {key!r}", where=key)
+    return key
+
+
+class Registry(ABC):
+    """A flat key space of immutable objects plus compare-and-swap pointers."""
+
+    uri: str
+
+    @abstractmethod
+    def get(self, key: str) -> StoredObject | None:
+        """The object at ``key``, or ``None`` if there is none."""
+
+    @abstractmethod
+    def put(self, key: str, data: bytes, *, replace_etag: str | None = None) -> None:
+        """Write ``key``. Create-only unless ``replace_etag`` names the version being replaced."""
+
+    @abstractmethod
+    def list_keys(self, prefix: str) -> list[str]:
+        """Keys under ``prefix`` (a folder, with or without the trailing slash), sorted."""
+
+    def read(self, key: str) -> bytes:
+        """The bytes at ``key``; ``ControlRefused`` when missing (evidence that is not there)."""
+        obj = self.get(key)
+        if obj is None:
+            raise ControlRefused(f"{self.describe(key)} does not exist", where=self.describe(key))
+        return obj.data
+
+    def exists(self, key: str) -> bool:
+        return self.get(key) is not None
+
+    def describe(self, key: str) -> str:
+        """A location a person can paste: path or s3:// URI."""
+        return f"{self.uri.rstrip('/')}/{key}"
+
+    def upload_tree(self, local_dir: Path, prefix: str) -> dict[str, str]:
+        """Upload every file below ``local_dir`` create-only; return ``{relpath: sha256}``."""
+        uploaded: dict[str, str] = {}
+        for path in sorted(local_dir.rglob("*")):
+            if path.is_symlink():
+                raise InputError(f"{path} is a symlink; refusing to upload", where=str(path))
+            if path.is_file():
+                rel = path.relative_to(local_dir).as_posix()
+                data = path.read_bytes()
+                self.put(f"{prefix.rstrip('/')}/{rel}", data)
+                uploaded[rel] = sha256_bytes(data)
+        return uploaded
+
+    def download_tree(self, prefix: str, local_dir: Path) -> list[str]:
+        """Download every object under ``prefix`` into ``local_dir``; return relative paths."""
+        base = prefix.rstrip("/") + "/"
+        rels = []
+        for key in self.list_keys(base):
+            rel = key[len(base) :]
+            target = local_dir / rel
+            if not target.resolve().is_relative_to(local_dir.resolve()):
+                raise ControlRefused(f"registry key {key} escapes the download folder", where=key)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(self.read(key))
+            rels.append(rel)
+        return rels
+
+
+class LocalRegistry(Registry):
+    """A registry in a local directory. Pointer swaps hold an advisory lock; writes are atomic."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.uri = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / _check_key(key)
+
+    def describe(self, key: str) -> str:
+        return str(self._path(key))
+
+    def get(self, key: str) -> StoredObject | None:
+        path = self._path(key)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except IsADirectoryError:
+            return None
+        except OSError as exc:
+            raise ToolError(f"cannot read {path}: {exc.strerror}", where=str(path)) from exc
+        return StoredObject(data=data, etag=sha256_bytes(data))
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / ".lock").open("a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def put(self, key: str, data: bytes, *, replace_etag: str | None = None) -> None:
+        path = self._path(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with self._lock():
+                current = self.get(key)
+                if replace_etag is None and current is not None:
+                    raise WriteConflict(
+                        f"{path} already exists and registry objects are immutable",
+                        where=str(path),
+                        fix="register a new version instead of overwriting this one",
+                    )
+                if replace_etag is not None and (current is None or current.etag != replace_etag):
+                    raise WriteConflict(
+                        f"{path} changed while this operation ran",
+                        where=str(path),
+                        fix="another promotion ran at the same time; rerun this one",
+                    )
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+                try:
+                    with os.fdopen(fd, "wb") as fh:
+                        fh.write(data)
+                        fh.flush()
+                        os.fsync(fh.fileno())
+                    os.replace(tmp, path)
+                except BaseException:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(tmp)
+                    raise
+        except OSError as exc:
+            raise ToolError(f"cannot write {path}: {exc.strerror}", where=str(path)) from exc
+
+    def list_keys(self, prefix: str) -> list[str]:
+        base = self.root / prefix.rstrip("/") if prefix.strip("/") else self.root
+        if not base.is_dir():
+            return []
+        return sorted(
+            p.relative_to(self.root).as_posix()
+            for p in base.rglob("*")
+            if p.is_file() and not p.name.startswith(".")
+        )
+
+
+class S3Registry(Registry):
+    """A registry in an S3 bucket (or any S3 API). Uses conditional writes (If-None-Match /
+    If-Match) so versions stay immutable and pointer moves are compare-and-swap."""
+
+    def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        self.endpoint_url = endpoint_url
+        self._client: Any = boto3.client(
+            "s3",
+            endpoint_url=endpoint_url,
+            config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10),
+        )
+
+    def use_session(self, session: Any) -> None:
+        """Use explicit credentials (a boto3 Session) instead of the default chain."""
+        from botocore.config import Config
+
+        self._client = session.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10),
+        )
+
+    def _key(self, key: str) -> str:
+        _check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _fail(self, action: str, key: str, exc: Exception) -> ToolError:
+        return ToolError(
+            f"S3 {action} of {self.describe(key)} failed: {exc}",
+            where=self.describe(key),
+            fix="check the bucket exists, the endpoint URL and your AWS credentials",
+        )
+
+    def get(self, key: str) -> StoredObject | None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            resp = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
+            return StoredObject(data=resp["Body"].read(), etag=str(resp["ETag"]))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise self._fail("read", key, exc) from exc
+        except BotoCoreError as exc:
+            raise self._fail("read", key, exc) from exc
+
+    def put(self, key: str, data: bytes, *, replace_etag: str | None = None) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key), "Body": data}
+        if replace_etag is None:
+            kwargs["IfNoneMatch"] = "*"
+        else:
+            kwargs["IfMatch"] = replace_etag
+        try:
+            self._client.put_object(**kwargs)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "NoSuchKey"):
+                raise WriteConflict(
+                    f"{self.describe(key)} already exists or changed while this operation ran",
+                    where=self.describe(key),
+                    fix="registry objects are immutable; rerun to take the current state",
+                ) from exc
+            raise self._fail("write", key, exc) from exc
+        except BotoCoreError as exc:
+            raise self._fail("write", key, exc) from exc
+
+    def list_keys(self, prefix: str) -> list[str]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        full = (
+            self._key(prefix.rstrip("/")) + "/"
+            if prefix.strip("/")
+            else (f"{self.prefix}/" if self.prefix else "")
+        )
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        keys: list[str] = []
+        try:
+            paginator = self._client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+                keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
+        except (ClientError, BotoCoreError) as exc:
+            raise self._fail("list", prefix, exc) from exc
+        return sorted(keys)
+
+
+def open_registry(uri: str, *, s3_endpoint_url: str | None = None) -> Registry:
+    """Open a registry from a directory path, a ``file://`` URI or ``s3://bucket/prefix``."""
+    if not uri:
+        raise InputError("no registry given", fix="pass --registry or set SECMLOPS_REGISTRY")
+    parsed = urlparse(uri)
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise InputError(f"registry URI {uri!r} names no bucket", where="--registry")
+        return S3Registry(parsed.netloc, parsed.path, endpoint_url=s3_endpoint_url)
+    if parsed.scheme == "file":
+        return LocalRegistry(Path(parsed.path))
+    if parsed.scheme in ("", None) or len(parsed.scheme) == 1:  # plain path (or C:\ on Windows)
+        return LocalRegistry(Path(uri).expanduser())
+    raise InputError(
+        f"unsupported registry URI scheme {parsed.scheme!r} in {uri!r}",
+        where="--registry",
+        fix="use a directory path, file:///path or s3://bucket/prefix",
+    )
