@@ -1,0 +1,115 @@
+"""The whole secure pipeline, for real: Prefect, git + DVC, pandera, trivy, dvc repro,
+model-signing, signed evidence, approvals, the deploy gate, staged deploy, rollback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.e2e.conftest import PipelineWorld
+
+MODEL = "churn-classifier"
+BUILD_EVIDENCE = {"release", "data-pull", "validation", "image-scan", "provenance", "model-scan"}
+
+
+def _evidence_names(registry: Path, version: str) -> list[str]:
+    return sorted(p.stem for p in (registry / MODEL / "versions" / version / "evidence").glob("*.json"))
+
+
+def _pointer(registry: Path, stage: str) -> dict:
+    return json.loads((registry / MODEL / "stages" / f"{stage}.json").read_text())
+
+
+def test_two_runs_register_two_versions_with_full_evidence(pipeline_world: PipelineWorld) -> None:
+    reg = pipeline_world.registry
+    assert [r["version"] for r in pipeline_world.runs] == ["v1", "v2"]
+    for run in pipeline_world.runs:
+        assert all(s["status"] == "passed" for s in run["stages"]), run["stages"]
+        assert [s["stage"] for s in run["stages"]][-1] == "promote-production"
+    for version in ("v1", "v2"):
+        vdir = reg / MODEL / "versions" / version
+        assert (vdir / "model.sig").is_file()
+        assert (vdir / "model" / "model.safetensors").is_file()
+        names = _evidence_names(reg, version)
+        assert BUILD_EVIDENCE <= set(names)
+        for prefix in ("approval-staging-", "vsa-staging-", "smoke-test-staging-",
+                       "approval-production-", "vsa-production-"):
+            assert any(n.startswith(prefix) for n in names), (prefix, names)
+    production = _pointer(reg, "production")
+    assert production["version"] == "v2"
+    assert [h["version"] for h in production["history"]] == ["v1"]
+    assert _pointer(reg, "staging")["version"] == "v2"
+    events = [json.loads(p.read_text())["event"] for p in sorted((reg / MODEL / "audit").glob("*.json"))]
+    assert events.count("registered") == 2 and events.count("promoted") == 4
+
+
+def test_evidence_command_shows_every_stage_verified(pipeline_world: PipelineWorld) -> None:
+    for version in ("v1", "v2"):
+        proc = pipeline_world.cli("evidence", MODEL, version, "--json")
+        assert proc.returncode == 0, proc.stderr
+        report = json.loads(proc.stdout)
+        assert report["all_verified"] is True
+        signers = {e["name"].split("-20")[0]: e["signer"] for e in report["evidence"]}
+        assert signers["release"] == "attestor"
+        assert signers["approval-production"] == "approver:demo-approver"
+        assert signers["vsa-production"] == "gate"
+    text = pipeline_world.cli("evidence", MODEL, "v2")
+    assert "all evidence verified" in text.stdout
+    assert "production serves v2" in " ".join(text.stdout.split())
+
+
+def test_rollback_then_forward_again_through_the_gate(world_copy: PipelineWorld) -> None:
+    proc = world_copy.cli("rollback", MODEL, "--stage", "production")
+    assert proc.returncode == 0, proc.stderr
+    assert _pointer(world_copy.registry, "production")["version"] == "v1"
+    proc = world_copy.cli("promote", MODEL, "v2", "--stage", "production")
+    assert proc.returncode == 0, proc.stderr
+    assert _pointer(world_copy.registry, "production")["version"] == "v2"
+
+
+def test_tampered_model_file_makes_promotion_refuse(world_copy: PipelineWorld) -> None:
+    reg = world_copy.registry
+    assert world_copy.cli("rollback", MODEL, "--stage", "production").returncode == 0
+    before = (reg / MODEL / "stages" / "production.json").read_bytes()
+    weights = reg / MODEL / "versions" / "v2" / "model" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01
+    weights.write_bytes(bytes(data))
+    proc = world_copy.cli("promote", MODEL, "v2", "--stage", "production")
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    assert "model-signature" in proc.stderr
+    assert (reg / MODEL / "stages" / "production.json").read_bytes() == before
+    refused = [json.loads(p.read_text()) for p in (reg / MODEL / "audit").glob("*-refused.json")]
+    assert any(e["version"] == "v2" and e["stage"] == "production" for e in refused)
+
+
+def test_tampered_evidence_makes_promotion_refuse(world_copy: PipelineWorld) -> None:
+    reg = world_copy.registry
+    assert world_copy.cli("rollback", MODEL, "--stage", "production").returncode == 0
+    scan = reg / MODEL / "versions" / "v2" / "evidence" / "image-scan.json"
+    bundle = json.loads(scan.read_text())
+    bundle["dsseEnvelope"]["signatures"][0]["sig"] = bundle["dsseEnvelope"]["signatures"][0]["sig"][::-1]
+    scan.write_text(json.dumps(bundle))
+    proc = world_copy.cli("promote", MODEL, "v2", "--stage", "production")
+    assert proc.returncode == 1
+    assert "image-scan" in proc.stderr
+    assert _pointer(reg, "production")["version"] == "v1"
+    assert world_copy.cli("evidence", MODEL, "v2").returncode == 1
+
+
+def test_production_needs_a_production_approval(world_copy: PipelineWorld) -> None:
+    reg = world_copy.registry
+    assert world_copy.cli("rollback", MODEL, "--stage", "production").returncode == 0
+    for approval in (reg / MODEL / "versions" / "v2" / "evidence").glob("approval-production-*.json"):
+        approval.unlink()
+    proc = world_copy.cli("promote", MODEL, "v2", "--stage", "production")
+    assert proc.returncode == 1
+    assert "no approval for production" in proc.stderr
+    proc = world_copy.cli("promote", MODEL, "v2", "--stage", "production", "--approve-as", "demo-approver")
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_bad_usage_exits_2(pipeline_world: PipelineWorld) -> None:
+    assert pipeline_world.cli("promote", MODEL, "v1", "--stage", "qa").returncode == 2
+    assert pipeline_world.cli("evidence", MODEL, "v99").returncode == 2
+    assert pipeline_world.cli("frobnicate").returncode == 2

@@ -1,0 +1,43 @@
+import pytest
+
+from tasks.approval import (
+    ApprovalPolicy,
+    ApprovalRequest,
+    approval_statement,
+    decide_automatically,
+    decide_by_preapproval,
+)
+from tasks.errors import ControlRefused, InputError
+
+REQ = ApprovalRequest(model="m", version="v1", model_digest="b" * 64, stage="production")
+
+
+def test_production_auto_approval_is_rejected_at_construction() -> None:
+    with pytest.raises(InputError, match="production"):
+        ApprovalPolicy(unsafe_auto_approve_stages=("production",))
+
+
+def test_stage_without_approvers_is_rejected() -> None:
+    with pytest.raises(InputError, match="no approver"):
+        ApprovalPolicy(approvers={"staging": ("alice",), "production": ()})
+
+
+def test_preapproval_requires_an_allowed_approver() -> None:
+    policy = ApprovalPolicy(approvers={"staging": ("alice",), "production": ("bob",)})
+    with pytest.raises(ControlRefused, match="not an allowed approver"):
+        decide_by_preapproval(REQ, "alice", policy)
+    decision = decide_by_preapproval(REQ, "bob", policy)
+    assert decision.method == "cli-preapproval" and decision.approved
+
+
+def test_no_approver_and_no_auto_policy_refuses() -> None:
+    with pytest.raises(ControlRefused, match="approval required"):
+        decide_automatically(REQ, ApprovalPolicy())
+
+
+def test_auto_approval_for_staging_is_recorded_as_automatic() -> None:
+    policy = ApprovalPolicy(unsafe_auto_approve_stages=("staging",))
+    req = ApprovalRequest(model="m", version="v1", model_digest="b" * 64, stage="staging")
+    st = approval_statement(req, decide_automatically(req, policy))
+    assert st["predicate"]["method"] == "unsafe-auto-approval"
+    assert st["subject"][0]["digest"]["sha256"] == "b" * 64
