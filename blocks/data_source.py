@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pydantic import Field
 from prefect.blocks.core import Block
+from pydantic import Field
 
 
 class DataSource(Block):

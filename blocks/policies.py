@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pydantic import Field
 from prefect.blocks.core import Block
+from pydantic import Field
 
 from tasks.approval import ApprovalPolicy
 from tasks.gate import GatePolicy
@@ -22,6 +22,11 @@ class SecurityPolicies(Block):
     )
     scan_ignore_unfixed: bool = Field(
         default=False, description="Ignore vulnerabilities without a fixed version."
+    )
+    scan_unsafe_allow_curated_db: bool = Field(
+        default=False,
+        description="DEMO ONLY: accept scans made with a curated Trivy DB (the offline demo "
+        "DB). A pass against a subset of advisories means little; evidence records it.",
     )
     staging_approvers: list[str] = Field(
         default=["demo-approver"], description="Who may approve deploys to staging."
@@ -46,7 +51,9 @@ class SecurityPolicies(Block):
         """Build the validated policy objects (raises InputError for a permissive config)."""
         return GatePolicy(
             scan=ScanPolicy(
-                fail_on=tuple(self.scan_fail_on), ignore_unfixed=self.scan_ignore_unfixed
+                fail_on=tuple(self.scan_fail_on),  # type: ignore[arg-type]  # validated
+                ignore_unfixed=self.scan_ignore_unfixed,
+                unsafe_allow_curated_db=self.scan_unsafe_allow_curated_db,
             ),
             approval=ApprovalPolicy(
                 approvers={

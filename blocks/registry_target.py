@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from pydantic import Field, SecretStr
 from prefect.blocks.core import Block
+from pydantic import Field, SecretStr
 
 from tasks.registry import Registry, S3Registry, open_registry
 

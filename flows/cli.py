@@ -32,13 +32,19 @@ _state: dict[str, Any] = {"verbose": False, "registry": None, "endpoint": None, 
 
 RegistryOpt = Annotated[
     str | None,
-    typer.Option("--registry", envvar="SECMLOPS_REGISTRY",
-                 help="Registry: directory, file:///path or s3://bucket/prefix."),
+    typer.Option(
+        "--registry",
+        envvar="SECMLOPS_REGISTRY",
+        help="Registry: directory, file:///path or s3://bucket/prefix.",
+    ),
 ]
 EndpointOpt = Annotated[
     str | None,
-    typer.Option("--s3-endpoint-url", envvar="SECMLOPS_S3_ENDPOINT_URL",
-                 help="S3 API endpoint (MinIO, moto, ...)."),
+    typer.Option(
+        "--s3-endpoint-url",
+        envvar="SECMLOPS_S3_ENDPOINT_URL",
+        help="S3 API endpoint (MinIO, moto, ...).",
+    ),
 ]
 KeysOpt = Annotated[
     Path | None,
@@ -49,14 +55,26 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tex
 
 @app.callback()
 def _common(
-    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Tracebacks and debug logs.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("-v", "--verbose", help="Tracebacks and debug logs.")
+    ] = False,
     registry: RegistryOpt = None,
     s3_endpoint_url: EndpointOpt = None,
     keys: KeysOpt = None,
+    policy: Annotated[
+        Path | None,
+        typer.Option(
+            "--policy", envvar="SECMLOPS_POLICY", help="Policy file (default secmlops-policy.yaml)."
+        ),
+    ] = None,
 ) -> None:
+    if policy:
+        os.environ["SECMLOPS_POLICY"] = str(policy)
     _state.update(verbose=verbose, registry=registry, endpoint=s3_endpoint_url, keys=keys)
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
 
 
 def _registry_opts(registry: str | None, endpoint: str | None) -> tuple[str | None, str | None]:
@@ -91,16 +109,33 @@ def _emit(obj: Any, as_json: bool, text: str) -> None:
 @app.command()
 def run(
     model: Annotated[str, typer.Option(help="Model name in the registry.")] = "churn-classifier",
-    approve_as: Annotated[str | None, typer.Option(
-        "--approve-as", help="Approve staging and production as NAME (an allowed approver with a "
-        "key); recorded as a command-line approval in the evidence.")] = None,
+    approve_as: Annotated[
+        str | None,
+        typer.Option(
+            "--approve-as",
+            help="Approve staging and production as NAME (an allowed approver with a "
+            "key); recorded as a command-line approval in the evidence.",
+        ),
+    ] = None,
     data_repo: Annotated[str | None, typer.Option(help="DVC data registry (git URL/path).")] = None,
-    data_path: Annotated[str | None, typer.Option(help="Dataset path in the data registry.")] = None,
-    data_rev: Annotated[str | None, typer.Option(help="Pinned git tag or commit of the data.")] = None,
-    schema: Annotated[str | None, typer.Option(help="pandera schema 'module:Class' or 'file.py:Class'.")] = None,
-    image: Annotated[str | None, typer.Option(help="Serving image: reference, docker-archive tar or OCI dir.")] = None,
-    trivy_cache: Annotated[Path | None, typer.Option(help="Trivy cache dir with a pre-seeded DB.")] = None,
-    staging_only: Annotated[bool, typer.Option("--staging-only", help="Stop after the staging smoke test.")] = False,
+    data_path: Annotated[
+        str | None, typer.Option(help="Dataset path in the data registry.")
+    ] = None,
+    data_rev: Annotated[
+        str | None, typer.Option(help="Pinned git tag or commit of the data.")
+    ] = None,
+    schema: Annotated[
+        str | None, typer.Option(help="pandera schema 'module:Class' or 'file.py:Class'.")
+    ] = None,
+    image: Annotated[
+        str | None, typer.Option(help="Serving image: reference, docker-archive tar or OCI dir.")
+    ] = None,
+    trivy_cache: Annotated[
+        Path | None, typer.Option(help="Trivy cache dir with a pre-seeded DB.")
+    ] = None,
+    staging_only: Annotated[
+        bool, typer.Option("--staging-only", help="Stop after the staging smoke test.")
+    ] = False,
     registry: RegistryOpt = None,
     s3_endpoint_url: EndpointOpt = None,
     as_json: JsonOpt = False,
@@ -111,8 +146,16 @@ def run(
 
     registry, s3_endpoint_url = _registry_opts(registry, s3_endpoint_url)
     data = DataSource()
-    updates = {k: v for k, v in {"repo": data_repo, "path": data_path, "rev": data_rev,
-                                  "schema_spec": schema}.items() if v}
+    updates = {
+        k: v
+        for k, v in {
+            "repo": data_repo,
+            "path": data_path,
+            "rev": data_rev,
+            "schema_spec": schema,
+        }.items()
+        if v
+    }
     data = data.model_copy(update=updates)
     serving = ServingImage(target=image or "", trivy_cache_dir=str(trivy_cache or ""))
     target = RegistryTarget(uri=registry or "", s3_endpoint_url=s3_endpoint_url)
@@ -128,13 +171,12 @@ def run(
 
 
 def _render_run(result: dict[str, Any]) -> str:
-    lines = [f"model {result['model']} {result['version']} in {result['registry']}"]
-    for s in result["stages"]:
-        lines.append(f"  {s['stage']:<20} {s['status']:<8} {s['seconds']:>6.2f}s  {s['detail']}")
-        lines.extend(f"  {'':<38}{e}" for e in s["evidence"])
-    lines.append(f"total {result['seconds']:.1f}s — show the evidence with: "
-                 f"secmlops evidence {result['model']} {result['version']}")
-    return "\n".join(lines)
+    # The flow already logged the stage-by-stage summary; end with where to look next.
+    return (
+        f"model {result['model']} {result['version']} registered in {result['registry']} "
+        f"({result['seconds']:.1f}s). Evidence: "
+        f"secmlops evidence {result['model']} {result['version']}"
+    )
 
 
 @app.command()
@@ -147,28 +189,49 @@ def validate(
     from tasks.validation import validate_dataset
 
     result = validate_dataset(data, schema)
-    _emit(result.to_json(), as_json,
-          f"PASSED: {data} ({result.rows} rows, sha256 {result.data_sha256[:12]}…) "
-          f"matches {result.schema_name}")
+    _emit(
+        result.to_json(),
+        as_json,
+        f"PASSED: {data} ({result.rows} rows, sha256 {result.data_sha256[:12]}…) "
+        f"matches {result.schema_name}",
+    )
 
 
 @app.command("scan-image")
 def scan_image(
-    target: Annotated[str, typer.Argument(help="Image reference, docker-archive tar or OCI layout dir.")],
-    trivy_cache: Annotated[Path | None, typer.Option(help="Trivy cache dir holding db/trivy.db.")] = None,
-    seed_demo_db: Annotated[bool, typer.Option(help="Seed the cache with the offline demo DB if empty.")] = False,
-    fail_on: Annotated[list[str] | None, typer.Option(help="Blocking severity (repeatable).")] = None,
-    ignore_unfixed: Annotated[bool, typer.Option(help="Ignore vulnerabilities with no fix.")] = False,
+    target: Annotated[
+        str, typer.Argument(help="Image reference, docker-archive tar or OCI layout dir.")
+    ],
+    trivy_cache: Annotated[
+        Path | None, typer.Option(help="Trivy cache dir holding db/trivy.db.")
+    ] = None,
+    seed_demo_db: Annotated[
+        bool, typer.Option(help="Seed the cache with the offline demo DB if empty.")
+    ] = False,
+    fail_on: Annotated[
+        list[str] | None, typer.Option(help="Blocking severity (repeatable).")
+    ] = None,
+    ignore_unfixed: Annotated[
+        bool, typer.Option(help="Ignore vulnerabilities with no fix.")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Scan a container image with Trivy and judge it against the scan policy."""
+    from flows.policy import load_gate_policy
     from flows.settings import local_paths
-    from tasks.scanning import ScanPolicy, enforce_scan_policy, scan_image as run_scan, seed_demo_trivy_db
+    from tasks.scanning import ScanPolicy, enforce_scan_policy, seed_demo_trivy_db
+    from tasks.scanning import scan_image as run_scan
 
     cache = trivy_cache or local_paths().trivy_cache
     if seed_demo_db:
         seed_demo_trivy_db(cache)
-    policy = ScanPolicy(**({"fail_on": tuple(fail_on)} if fail_on else {}), ignore_unfixed=ignore_unfixed)
+    overrides: dict[str, Any] = {}
+    if fail_on:
+        overrides["fail_on"] = tuple(s.upper() for s in fail_on)
+    if ignore_unfixed:
+        overrides["ignore_unfixed"] = True
+    base = load_gate_policy().scan
+    policy = ScanPolicy.model_validate({**base.model_dump(), **overrides})
     result = run_scan(target, cache_dir=cache, policy=policy)
     try:
         verdict = enforce_scan_policy(result, policy)
@@ -176,8 +239,11 @@ def scan_image(
         if as_json:
             typer.echo(json.dumps(result.to_json(), indent=2, default=str))
         raise
-    _emit({"scan": result.to_json(), "verdict": verdict.to_json()}, as_json,
-          f"PASSED: {target} (sha256 {result.image_digest[:12]}…): {verdict.summary()}")
+    _emit(
+        {"scan": result.to_json(), "verdict": verdict.to_json()},
+        as_json,
+        f"PASSED: {target} (sha256 {result.image_digest[:12]}…): {verdict.summary()}",
+    )
 
 
 @app.command("scan-model")
@@ -189,16 +255,21 @@ def scan_model(
     from tasks.model_scan import scan_model_files
 
     result = scan_model_files(path)
-    _emit(result.to_json(), as_json,
-          f"PASSED: {len(result.files)} files in {path} are safe formats "
-          f"(model sha256 {result.model_digest[:12]}…)")
+    _emit(
+        result.to_json(),
+        as_json,
+        f"PASSED: {len(result.files)} files in {path} are safe formats "
+        f"(model sha256 {result.model_digest[:12]}…)",
+    )
 
 
 @app.command()
 def sign(
     model_dir: Annotated[Path, typer.Argument(help="Model directory to sign.")],
     key: Annotated[Path, typer.Option("--key", help="PEM EC private key.")],
-    signature: Annotated[Path | None, typer.Option(help="Signature file (default MODEL_DIR.sig).")] = None,
+    signature: Annotated[
+        Path | None, typer.Option(help="Signature file (default MODEL_DIR.sig).")
+    ] = None,
 ) -> None:
     """Sign a model directory with OpenSSF model-signing and a local key."""
     from tasks.signing import sign_model
@@ -226,7 +297,9 @@ def promote(
     model: Annotated[str, typer.Argument(help="Model name.")],
     version: Annotated[str, typer.Argument(help="Version, e.g. v2.")],
     stage: Annotated[str, typer.Option(help="staging or production.")],
-    approve_as: Annotated[str | None, typer.Option(help="Record your approval first as NAME.")] = None,
+    approve_as: Annotated[
+        str | None, typer.Option(help="Record your approval first as NAME.")
+    ] = None,
     registry: RegistryOpt = None,
     s3_endpoint_url: EndpointOpt = None,
     keys: KeysOpt = None,
@@ -234,8 +307,13 @@ def promote(
     """Promote a version to a stage through the deploy gate."""
     from flows.operations import promote_version
 
-    pointer = promote_version(_models(model, registry, s3_endpoint_url), version, stage,
-                              keys=_keys(keys), approve_as=approve_as)
+    pointer = promote_version(
+        _models(model, registry, s3_endpoint_url),
+        version,
+        stage,
+        keys=_keys(keys),
+        approve_as=approve_as,
+    )
     typer.echo(f"{model} {stage} -> {pointer.version} (VSA {pointer.vsa})")
 
 
@@ -243,7 +321,9 @@ def promote(
 def rollback(
     model: Annotated[str, typer.Argument(help="Model name.")],
     stage: Annotated[str, typer.Option(help="staging or production.")],
-    to_version: Annotated[str | None, typer.Option(help="Earlier version (default: the previous).")] = None,
+    to_version: Annotated[
+        str | None, typer.Option(help="Earlier version (default: the previous).")
+    ] = None,
     registry: RegistryOpt = None,
     s3_endpoint_url: EndpointOpt = None,
     keys: KeysOpt = None,
@@ -251,8 +331,9 @@ def rollback(
     """Move a stage back to the version it served before, through the same gate."""
     from flows.operations import rollback_version
 
-    pointer = rollback_version(_models(model, registry, s3_endpoint_url), stage, keys=_keys(keys),
-                               to_version=to_version)
+    pointer = rollback_version(
+        _models(model, registry, s3_endpoint_url), stage, keys=_keys(keys), to_version=to_version
+    )
     typer.echo(f"{model} {stage} rolled back -> {pointer.version} (VSA {pointer.vsa})")
 
 
@@ -296,11 +377,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # noqa: BLE001 - last resort: any other failure is an infra failure
+    except Exception as exc:
         if _state["verbose"]:
             traceback.print_exc()
-        typer.echo(f"tool failure: {type(exc).__name__}: {exc}\n  (rerun with -v for the traceback)",
-                   err=True)
+        typer.echo(
+            f"tool failure: {type(exc).__name__}: {exc}\n  (rerun with -v for the traceback)",
+            err=True,
+        )
         return 3
     return 0
 

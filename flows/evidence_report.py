@@ -41,19 +41,29 @@ def _all_trusted(keys: KeyDirectory) -> TrustedKeys:
 def _facts(predicate_type: str, pred: dict[str, Any]) -> dict[str, Any]:
     short = predicate_type.rsplit("/", 2)[-2]
     if short == "release":
-        return {"dataset": pred.get("dataset"), "image": pred.get("image"), "metrics": pred.get("metrics")}
+        return {
+            "dataset": pred.get("dataset"),
+            "image": pred.get("image"),
+            "metrics": pred.get("metrics"),
+        }
     if short == "approval":
         return {k: pred.get(k) for k in ("stage", "decision", "approver", "method", "decidedAt")}
     if short == "verification_summary":
-        return {"result": pred.get("verificationResult"), "levels": pred.get("verifiedLevels"),
-                "time": pred.get("timeVerified"), "inputs": len(pred.get("inputAttestations", []))}
+        return {
+            "result": pred.get("verificationResult"),
+            "levels": pred.get("verifiedLevels"),
+            "time": pred.get("timeVerified"),
+            "inputs": len(pred.get("inputAttestations", [])),
+        }
     if short == "smoke-test":
         return {k: pred.get(k) for k in ("stage", "result", "accuracy", "minAccuracy")}
     if short == "test-result":
         return {"result": pred.get("result"), "configuration": pred.get("configuration")}
     if short == "provenance":
-        return {"builder": pred.get("runDetails", {}).get("builder", {}).get("id"),
-                "byproducts": pred.get("runDetails", {}).get("byproducts")}
+        return {
+            "builder": pred.get("runDetails", {}).get("builder", {}).get("id"),
+            "byproducts": pred.get("runDetails", {}).get("byproducts"),
+        }
     keep = ("verdict", "summary", "result", "repo", "rev", "commit", "scanner")
     return {k: pred[k] for k in keep if k in pred}
 
@@ -68,24 +78,35 @@ def evidence_report(models: ModelRegistry, version: str, keys: KeyDirectory) -> 
         try:
             st = verify_bundle(models.read_json(key), trusted, where=key)
         except SecMLOpsError as exc:
-            items.append(EvidenceItem(name=name, key=models.store.describe(key), verified=False,
-                                      error=str(exc)))
+            items.append(
+                EvidenceItem(
+                    name=name, key=models.store.describe(key), verified=False, error=str(exc)
+                )
+            )
             continue
-        items.append(EvidenceItem(
-            name=name,
-            key=models.store.describe(key),
-            verified=True,
-            signer=st.signer,
-            predicate_type=st.predicate_type,
-            subjects=[f"{s['name']}@sha256:{s['digest']['sha256']}" for s in st.statement["subject"]],
-            facts=_facts(st.predicate_type, st.predicate),
-        ))
+        items.append(
+            EvidenceItem(
+                name=name,
+                key=models.store.describe(key),
+                verified=True,
+                signer=st.signer,
+                predicate_type=st.predicate_type,
+                subjects=[
+                    f"{s['name']}@sha256:{s['digest']['sha256']}" for s in st.statement["subject"]
+                ],
+                facts=_facts(st.predicate_type, st.predicate),
+            )
+        )
     stages = {}
     for stage in ("staging", "production"):
         pointer, _ = models.read_pointer(stage)
         if pointer is not None:
-            stages[stage] = {"version": pointer.version, "serves_this_version": pointer.version == version,
-                             "promotedAt": pointer.promoted_at, "vsa": pointer.vsa}
+            stages[stage] = {
+                "version": pointer.version,
+                "serves_this_version": pointer.version == version,
+                "promotedAt": pointer.promoted_at,
+                "vsa": pointer.vsa,
+            }
     return {
         "model": models.model,
         "version": version,
@@ -103,7 +124,11 @@ def render_report(report: dict[str, Any]) -> str:
         lines.append(f"  stage {stage:<10} serves {info['version']} {mark}")
     lines.append("")
     for item in report["evidence"]:
-        status = f"verified, signed by {item['signer']}" if item["verified"] else f"NOT VERIFIED: {item['error']}"
+        status = (
+            f"verified, signed by {item['signer']}"
+            if item["verified"]
+            else f"NOT VERIFIED: {item['error']}"
+        )
         lines.append(f"- {item['name']}: {status}")
         if item["verified"]:
             lines.append(f"    predicate {item['predicate_type']}")
@@ -113,5 +138,7 @@ def render_report(report: dict[str, Any]) -> str:
                 if v is not None:
                     lines.append(f"    {k:<9} {v}")
     lines.append("")
-    lines.append("all evidence verified" if report["all_verified"] else "SOME EVIDENCE DID NOT VERIFY")
+    lines.append(
+        "all evidence verified" if report["all_verified"] else "SOME EVIDENCE DID NOT VERIFY"
+    )
     return "\n".join(lines)

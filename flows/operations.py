@@ -11,18 +11,23 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from blocks import RegistryTarget, SecurityPolicies
+from flows.policy import load_gate_policy, resolve_gate_policy
 from flows.settings import local_paths
 from tasks.approval import ApprovalRequest, approval_statement, check_stage, decide_by_preapproval
 from tasks.deploy import promote_to_stage, rollback_stage
 from tasks.errors import ControlRefused
-from tasks.evidence import load_private_key, sign_statement, utc_now
+from tasks.evidence import load_private_key, sign_statement
 from tasks.gate import GatePolicy, verify_release
 from tasks.keys import KeyDirectory
-from tasks.model_registry import ModelRegistry, StagePointer
+from tasks.model_registry import ModelRegistry, StagePointer, stamped
 
 
 def record_approval(
-    models: ModelRegistry, version: str, stage: str, approver: str, keys: KeyDirectory,
+    models: ModelRegistry,
+    version: str,
+    stage: str,
+    approver: str,
+    keys: KeyDirectory,
     policy: GatePolicy,
 ) -> str:
     """Sign and store ``approver``'s approval of ``version`` for ``stage``; return its key."""
@@ -43,9 +48,10 @@ def record_approval(
         approval_statement(request, decision),
         load_private_key(keys.require(keys.approver_private(approver))),
     )
-    stamp = utc_now().replace(":", "").replace("-", "")
-    key, _ = models.put_evidence(version, f"approval-{stage}-{stamp}", bundle)
-    models.audit("approved", version=version, stage=stage, approver=approver, method=decision.method)
+    key, _ = models.put_evidence(version, stamped(f"approval-{stage}"), bundle)
+    models.audit(
+        "approved", version=version, stage=stage, approver=approver, method=decision.method
+    )
     return key
 
 
@@ -59,7 +65,7 @@ def promote_version(
     policy: GatePolicy | None = None,
 ) -> StagePointer:
     """Promote through the gate (recording ``approve_as``'s approval first, if given)."""
-    policy = policy or SecurityPolicies().gate_policy()
+    policy = policy or load_gate_policy()
     if approve_as:
         record_approval(models, version, stage, approve_as, keys, policy)
     actor = approve_as or "operator"
@@ -75,7 +81,7 @@ def rollback_version(
     policy: GatePolicy | None = None,
 ) -> StagePointer:
     """Roll ``stage`` back through the gate."""
-    policy = policy or SecurityPolicies().gate_policy()
+    policy = policy or load_gate_policy()
     return rollback_stage(
         models, stage, keys=keys, policy=policy, actor="operator", to_version=to_version
     ).pointer
@@ -96,8 +102,11 @@ def promote(
 ) -> dict[str, Any]:
     """Promote a registered version to a stage through the deploy gate."""
     pointer = promote_version(
-        _open(model, registry), version, stage, keys=KeyDirectory(local_paths().keys),
-        policy=(policies or SecurityPolicies()).gate_policy(),
+        _open(model, registry),
+        version,
+        stage,
+        keys=KeyDirectory(local_paths().keys),
+        policy=resolve_gate_policy(policies),
     )
     get_run_logger().info("%s %s -> %s", model, stage, pointer.version)
     return pointer.to_json()
@@ -113,8 +122,11 @@ def rollback(
 ) -> dict[str, Any]:
     """Roll a stage back to the version it served before, through the deploy gate."""
     pointer = rollback_version(
-        _open(model, registry), stage, keys=KeyDirectory(local_paths().keys),
-        to_version=to_version, policy=(policies or SecurityPolicies()).gate_policy(),
+        _open(model, registry),
+        stage,
+        keys=KeyDirectory(local_paths().keys),
+        to_version=to_version,
+        policy=resolve_gate_policy(policies),
     )
     get_run_logger().info("%s %s rolled back -> %s", model, stage, pointer.version)
     return pointer.to_json()
@@ -127,14 +139,19 @@ def verify(
     registry: RegistryTarget | None = None,
     policies: SecurityPolicies | None = None,
 ) -> dict[str, Any]:
-    """Re-run the deploy gate for what a stage serves now (refuses if anything no longer verifies)."""
+    """Re-run the deploy gate for what a stage serves now; refuse if anything stopped verifying."""
     models = _open(model, registry)
     pointer, _ = models.read_pointer(stage)
     if pointer is None:
         raise ControlRefused(f"nothing is deployed to {stage}", where=f"{model}:{stage}")
     report = verify_release(
-        models, pointer.version, stage, keys=KeyDirectory(local_paths().keys),
-        policy=(policies or SecurityPolicies()).gate_policy(),
+        models,
+        pointer.version,
+        stage,
+        keys=KeyDirectory(local_paths().keys),
+        policy=resolve_gate_policy(policies),
     )
-    get_run_logger().info("%s %s %s: %d checks passed", model, stage, pointer.version, len(report.checks))
+    get_run_logger().info(
+        "%s %s %s: %d checks passed", model, stage, pointer.version, len(report.checks)
+    )
     return {"version": pointer.version, "checks": [c.to_json() for c in report.checks]}

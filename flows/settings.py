@@ -29,7 +29,11 @@ class LocalPaths:
 
     @property
     def keys(self) -> Path:
-        return Path(os.environ["SECMLOPS_KEYS"]) if os.environ.get("SECMLOPS_KEYS") else self.home / "keys"
+        return (
+            Path(os.environ["SECMLOPS_KEYS"])
+            if os.environ.get("SECMLOPS_KEYS")
+            else self.home / "keys"
+        )
 
     @property
     def data_registry(self) -> Path:

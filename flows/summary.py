@@ -1,4 +1,4 @@
-"""Stage-by-stage record of one pipeline run, printed at the end (passed/refused, time, evidence)."""
+"""Stage-by-stage record of one pipeline run: passed/refused, time taken, evidence."""
 
 from __future__ import annotations
 

@@ -24,6 +24,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from blocks import DataSource, RegistryTarget, SecurityPolicies, ServingImage
+from flows.policy import resolve_gate_policy
 from flows.settings import LocalPaths, local_paths, project_root
 from flows.summary import RunSummary
 from tasks.approval import (
@@ -35,7 +36,6 @@ from tasks.approval import (
 from tasks.data import create_demo_data_registry, data_pull_statement, pull_dataset_task
 from tasks.deploy import promote_to_stage
 from tasks.digests import sha256_bytes, tree_digest
-from tasks.errors import ControlRefused
 from tasks.evidence import (
     PREDICATE_RELEASE,
     PrivateKey,
@@ -47,7 +47,7 @@ from tasks.evidence import (
 )
 from tasks.gate import GatePolicy
 from tasks.keys import KeyDirectory
-from tasks.model_registry import ModelRegistry
+from tasks.model_registry import ModelRegistry, stamped
 from tasks.model_scan import model_scan_statement, scan_model_task
 from tasks.scanning import (
     build_serving_image,
@@ -103,9 +103,10 @@ def _approve(
         decision = decide_automatically(request, policy.approval)
         signer = load_private_key(keys.require(keys.private("attestor")))
     bundle = sign_statement(approval_statement(request, decision), signer)
-    key, _ = models.put_evidence(version, f"approval-{stage}-{_stamp()}", bundle)
-    models.audit("approved", version=version, stage=stage, approver=decision.approver,
-                 method=decision.method)
+    key, _ = models.put_evidence(version, stamped(f"approval-{stage}"), bundle)
+    models.audit(
+        "approved", version=version, stage=stage, approver=decision.approver, method=decision.method
+    )
     return key
 
 
@@ -125,7 +126,7 @@ def secure_training(
     data = data or DataSource()
     registry = registry or RegistryTarget()
     image = image or ServingImage()
-    policy = (policies or SecurityPolicies()).gate_policy()
+    policy = resolve_gate_policy(policies)
     store = registry.open(paths.default_registry)
     models = ModelRegistry(store, model_name)
     summary = RunSummary(model=model_name, registry=store.uri)
@@ -182,7 +183,7 @@ def _run(
         st.detail = f"{data.path}@{data.rev} ({pulled.commit[:10]}) sha256 {pulled.sha256[:12]}…"
 
     with summary.stage("validate-schema") as st:
-        validated = validate_dataset_task(pulled.path, data.schema_spec)
+        validated = validate_dataset_task(pulled.local_path, data.schema_spec)
         evidence.add("validation", validation_statement(validated))
         st.detail = f"{validated.rows} rows pass {validated.schema_name}"
 
@@ -194,10 +195,11 @@ def _run(
 
     with summary.stage("train-evaluate") as st:
         trained = train_model_task(
-            pulled.path, workspace=workdir / "train", project_dir=project_root()
+            pulled.local_path, workspace=workdir / "train", project_dir=project_root()
         )
-        st.detail = ", ".join(f"{k}={v:.3f}" for k, v in sorted(trained.metrics.items())
-                              if isinstance(v, float))
+        st.detail = ", ".join(
+            f"{k}={v:.3f}" for k, v in sorted(trained.metrics.items()) if isinstance(v, float)
+        )
 
     with summary.stage("scan-model") as st:
         model_scan = scan_model_task(trained.model_dir)
@@ -233,7 +235,9 @@ def _run(
         models.store.upload_tree(trained.model_dir, models.model_prefix(version))
         sig_bytes = signature_path.read_bytes()
         models.store.put(models.signature_key(version), sig_bytes)
-        written = {name: models.put_evidence(version, name, b) for name, b in evidence.bundles.items()}
+        written = {
+            name: models.put_evidence(version, name, b) for name, b in evidence.bundles.items()
+        }
         release = make_statement(
             [Subject("model", model_digest)],
             PREDICATE_RELEASE,
@@ -241,7 +245,10 @@ def _run(
                 "model": models.model,
                 "version": version,
                 "modelDigest": {"sha256": model_digest},
-                "signature": {"key": models.signature_key(version), "sha256": sha256_bytes(sig_bytes)},
+                "signature": {
+                    "key": models.signature_key(version),
+                    "sha256": sha256_bytes(sig_bytes),
+                },
                 "dataset": {
                     "sha256": pulled.sha256,
                     "repo": repo,
@@ -256,7 +263,7 @@ def _run(
                 "createdAt": utc_now(),
             },
         )
-        release_key, _ = models.put_evidence(version, "release", sign_statement(release, evidence.key))
+        models.put_evidence(version, "release", sign_statement(release, evidence.key))
         models.audit("registered", version=version, model_digest=model_digest, run=run_id)
         st.detail = f"{version} at {models.store.describe(models.version_prefix(version))}"
         st.evidence = [models.store.describe(models.evidence_prefix(version)) + "/"]
@@ -268,16 +275,20 @@ def _run(
         st.evidence = [models.store.describe(key)]
 
     with summary.stage("deploy-staging") as st:
-        promoted = promote_to_stage(models, version, "staging", keys=keys, policy=policy, actor=actor)
+        promoted = promote_to_stage(
+            models, version, "staging", keys=keys, policy=policy, actor=actor
+        )
         st.detail = f"{len(promoted.report.checks)} gate checks passed; VSA written"
         st.evidence = [models.store.describe(promoted.vsa_key)]
 
     with summary.stage("smoke-test-staging") as st:
         smoke = smoke_test_stage(
-            models, "staging", pulled.path, keys=keys, min_accuracy=policy.min_smoke_accuracy
+            models, "staging", pulled.local_path, keys=keys, min_accuracy=policy.min_smoke_accuracy
         )
         key, _ = models.put_evidence(
-            version, f"smoke-test-staging-{_stamp()}", sign_statement(smoke_test_statement(smoke), evidence.key)
+            version,
+            stamped("smoke-test-staging"),
+            sign_statement(smoke_test_statement(smoke), evidence.key),
         )
         st.detail = f"accuracy {smoke.accuracy:.3f} on {smoke.rows} rows"
         st.evidence = [models.store.describe(key)]
@@ -296,4 +307,3 @@ def _run(
         st.detail = f"production -> {version}; {len(promoted.report.checks)} gate checks passed"
         st.evidence = [models.store.describe(models.stage_key("production"))]
     shutil.rmtree(workdir / "train", ignore_errors=True)
-    _ = ControlRefused  # re-exported for callers catching refusals from the flow

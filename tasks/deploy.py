@@ -23,7 +23,7 @@ from tasks.evidence import (
 )
 from tasks.gate import GatePolicy, GateReport, verify_release
 from tasks.keys import KeyDirectory
-from tasks.model_registry import ModelRegistry, StagePointer, canonical_json
+from tasks.model_registry import ModelRegistry, StagePointer, canonical_json, stamped
 
 VERIFIER_ID = "https://secmlops.dev/deploy-gate/v1"
 HISTORY_LIMIT = 50
@@ -38,7 +38,9 @@ class Promotion:
     vsa_key: str
 
 
-def vsa_statement(models: ModelRegistry, report: GateReport, policy: GatePolicy) -> dict[str, object]:
+def vsa_statement(
+    models: ModelRegistry, report: GateReport, policy: GatePolicy
+) -> dict[str, object]:
     """SLSA Verification Summary v1 for a version that passed the gate for a stage."""
     policy_digest = hashlib.sha256(canonical_json(policy.model_dump(mode="json"))).hexdigest()
     return make_statement(
@@ -48,7 +50,10 @@ def vsa_statement(models: ModelRegistry, report: GateReport, policy: GatePolicy)
             "verifier": {"id": VERIFIER_ID},
             "timeVerified": utc_now(),
             "resourceUri": models.store.describe(models.version_prefix(report.version)),
-            "policy": {"uri": f"secmlops:gate-policy/{report.stage}", "digest": {"sha256": policy_digest}},
+            "policy": {
+                "uri": f"secmlops:gate-policy/{report.stage}",
+                "digest": {"sha256": policy_digest},
+            },
             "inputAttestations": report.input_attestations,
             "verificationResult": "PASSED",
             "verifiedLevels": [f"SECMLOPS_GATE_{report.stage.upper()}"],
@@ -80,17 +85,30 @@ def promote_to_stage(
     try:
         report = verify_release(models, version, stage, keys=keys, policy=policy)
     except SecMLOpsError as exc:
-        models.audit("refused", version=version, stage=stage, actor=actor, reason=reason,
-                     error=str(exc), details=exc.details)
+        models.audit(
+            "refused",
+            version=version,
+            stage=stage,
+            actor=actor,
+            reason=reason,
+            error=str(exc),
+            details=exc.details,
+        )
         raise
-    stamp = utc_now().replace(":", "").replace("-", "")
-    bundle = sign_statement(vsa_statement(models, report, policy), load_private_key(
-        keys.require(keys.private("gate"))))
-    vsa_key, vsa_sha = models.put_evidence(version, f"vsa-{stage}-{stamp}", bundle)
+    bundle = sign_statement(
+        vsa_statement(models, report, policy), load_private_key(keys.require(keys.private("gate")))
+    )
+    vsa_key, vsa_sha = models.put_evidence(version, stamped(f"vsa-{stage}"), bundle)
     history = list(current.history) if current else []
     if current:
-        history.append({"version": current.version, "modelDigest": current.model_digest,
-                        "promotedAt": current.promoted_at, "vsa": current.vsa})
+        history.append(
+            {
+                "version": current.version,
+                "modelDigest": current.model_digest,
+                "promotedAt": current.promoted_at,
+                "vsa": current.vsa,
+            }
+        )
     pointer = StagePointer(
         model=models.model,
         stage=stage,
@@ -116,15 +134,24 @@ def promote_to_stage(
 
 
 def rollback_stage(
-    models: ModelRegistry, stage: str, *, keys: KeyDirectory, policy: GatePolicy, actor: str,
+    models: ModelRegistry,
+    stage: str,
+    *,
+    keys: KeyDirectory,
+    policy: GatePolicy,
+    actor: str,
     to_version: str | None = None,
 ) -> Promotion:
     """Move ``stage`` back to the version it served before (or ``to_version``), re-verified."""
     stage = check_stage(stage)
     current, _ = models.read_pointer(stage)
     if current is None:
-        raise InputError(f"{models.model} has nothing in {stage} to roll back", where=f"stage:{stage}")
-    candidates = [h["version"] for h in reversed(current.history) if h["version"] != current.version]
+        raise InputError(
+            f"{models.model} has nothing in {stage} to roll back", where=f"stage:{stage}"
+        )
+    candidates = [
+        h["version"] for h in reversed(current.history) if h["version"] != current.version
+    ]
     if to_version is None:
         if not candidates:
             raise ControlRefused(

@@ -67,7 +67,7 @@ def _rebuild(
     return cls(message, where=where, fix=fix, details=details)
 
 
-class ControlRefused(SecMLOpsError):
+class ControlRefused(SecMLOpsError):  # noqa: N818 - the name STYLE.md gives it
     """A security control looked and said no. Exit code 1."""
 
     exit_code = 1

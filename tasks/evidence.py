@@ -149,7 +149,7 @@ def load_public_key(path: Path) -> PublicKey:
 
 
 def key_id(key: PublicKey) -> str:
-    """The key's hint: sha256 of its DER SubjectPublicKeyInfo (as model-signing uses)."""
+    """Our key id (bundle hint): sha256 of the DER SubjectPublicKeyInfo."""
     der = key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -268,5 +268,6 @@ def verify_bundle(
     if not isinstance(statement, dict) or statement.get("_type") != STATEMENT_TYPE:
         raise ControlRefused("signed payload is not an in-toto Statement v1", where=where)
     return VerifiedStatement(statement=statement, signer=name, key_id=hint)
+
 
 PREDICATE_RELEASE = "https://secmlops.dev/attestation/release/v1"

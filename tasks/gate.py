@@ -21,6 +21,7 @@ Any failure raises ``ControlRefused`` listing every failed check.
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -113,7 +114,12 @@ class GateReport:
 
 class _Gate:
     def __init__(
-        self, models: ModelRegistry, version: str, stage: Stage, keys: KeyDirectory, policy: GatePolicy
+        self,
+        models: ModelRegistry,
+        version: str,
+        stage: Stage,
+        keys: KeyDirectory,
+        policy: GatePolicy,
     ) -> None:
         self.models = models
         self.keys = keys
@@ -136,7 +142,8 @@ class _Gate:
         verified = verify_bundle(self.models.read_json(key), trusted, where=where)
         if verified.predicate_type != expected_type:
             raise ControlRefused(
-                f"{key} has predicate {verified.predicate_type}, expected {expected_type}", where=where
+                f"{key} has predicate {verified.predicate_type}, expected {expected_type}",
+                where=where,
             )
         self.report.input_attestations.append({"uri": key, "digest": {"sha256": sha256_bytes(raw)}})
         return verified
@@ -160,7 +167,9 @@ def verify_release(
         st = gate.load(key, gate.attestor, PREDICATE_RELEASE)
         pred = st.predicate
         if pred.get("model") != models.model or pred.get("version") != version:
-            raise ControlRefused(f"release manifest is for {pred.get('model')} {pred.get('version')}")
+            raise ControlRefused(
+                f"release manifest is for {pred.get('model')} {pred.get('version')}"
+            )
         release.update(pred)
         report.model_digest = pred["modelDigest"]["sha256"]
         report.dataset_digest = pred["dataset"]["sha256"]
@@ -183,7 +192,8 @@ def verify_release(
             digest = tree_digest(model_dir)
         if digest != report.model_digest:
             raise ControlRefused(
-                f"model files hash to {digest[:12]}…, release manifest says {report.model_digest[:12]}…"
+                f"model files hash to {digest[:12]}…, "
+                f"release manifest says {report.model_digest[:12]}…"
             )
         return "model-signing signature verifies with the model-signer key", [
             models.signature_key(version)
@@ -192,7 +202,9 @@ def verify_release(
     gate.check("model-signature", check_model_signature)
 
     for name, predicate_type in REQUIRED_EVIDENCE.items():
-        gate.check(name, lambda n=name, p=predicate_type: _check_build_evidence(gate, release, n, p))
+        gate.check(
+            name, functools.partial(_check_build_evidence, gate, release, name, predicate_type)
+        )
 
     gate.check("approval", lambda: _check_approval(gate, version))
     if report.stage == "production":
@@ -242,8 +254,10 @@ def _check_build_evidence(
             raise ControlRefused("provenance does not name the validated dataset", where=key)
     if name == "model-scan":
         gate.require_subject(st, report.model_digest, "model", key)
-        if pred.get("verdict", {}).get("passed") is not True:
-            raise ControlRefused("model-file scan did not pass", where=key)
+        files = pred.get("files") or []
+        bad = [f.get("path") for f in files if f.get("verdict") != "pass"]
+        if pred.get("verdict") != "pass" or not files or bad:
+            raise ControlRefused(f"model-file scan did not pass (files: {bad})", where=key)
     return f"signed by {st.signer}", [key]
 
 
@@ -253,8 +267,8 @@ def _check_approval(gate: _Gate, version: str) -> tuple[str, list[str]]:
     policy = gate.policy.approval
     trusted = gate.keys.trusted_approvers(policy.allowed(stage))
     if stage in policy.unsafe_auto_approve_stages:
-        for kid, (_, key) in gate.attestor.keys.items():
-            trusted.keys[kid] = ("auto", key)
+        for kid, (_, public) in gate.attestor.keys.items():
+            trusted.keys[kid] = ("auto", public)
     keys = [
         k
         for k in gate.models.evidence_keys(version)
@@ -269,15 +283,21 @@ def _check_approval(gate: _Gate, version: str) -> tuple[str, list[str]]:
             gate.require_subject(st, report.model_digest, "model", key)
             pred = st.predicate
             if pred.get("stage") != stage or pred.get("decision") != "approved":
-                raise ControlRefused(f"{key}: decision {pred.get('decision')} for {pred.get('stage')}")
+                raise ControlRefused(
+                    f"{key}: decision {pred.get('decision')} for {pred.get('stage')}"
+                )
             if st.signer == "auto" and pred.get("method") != "unsafe-auto-approval":
                 raise ControlRefused(f"{key}: attestor-signed approval is not an auto-approval")
             if st.signer != "auto" and pred.get("approver") != st.signer:
-                raise ControlRefused(f"{key}: names {pred.get('approver')} but signed by {st.signer}")
+                raise ControlRefused(
+                    f"{key}: names {pred.get('approver')} but signed by {st.signer}"
+                )
             if stage == "production" and policy.separation_of_duties:
                 staging = _approvers_of(gate, version, "staging")
                 if st.signer in staging:
-                    raise ControlRefused(f"{st.signer} also approved staging (separation of duties)")
+                    raise ControlRefused(
+                        f"{st.signer} also approved staging (separation of duties)"
+                    )
             return f"approved by {st.signer} ({pred.get('method')})", [key]
         except SecMLOpsError as exc:
             problems.append(str(exc))
@@ -312,7 +332,9 @@ def _check_staged(gate: _Gate, version: str) -> tuple[str, list[str]]:
             staged = True
             break
     if not staged:
-        raise ControlRefused(f"{version} never passed the gate for staging; promote it to staging first")
+        raise ControlRefused(
+            f"{version} never passed the gate for staging; promote it to staging first"
+        )
     for key in smoke_keys:
         st = gate.load(key, gate.attestor, PREDICATE_SMOKE_TEST)
         gate.require_subject(st, report.model_digest, "model", key)

@@ -7,6 +7,7 @@ appended to the audit log as its own object.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import uuid
@@ -40,6 +41,12 @@ def check_version(version: str) -> str:
             f"invalid model version {version!r}", where="version", fix="versions look like v1, v2"
         )
     return version
+
+
+def stamped(name: str) -> str:
+    """An evidence name unique in time: ``<name>-<UTC yyyymmddThhmmss>-<random>``."""
+    now = dt.datetime.now(dt.UTC).strftime("%Y%m%dt%H%M%S")
+    return f"{name}-{now}-{uuid.uuid4().hex[:6]}"
 
 
 def canonical_json(obj: Any) -> bytes:

@@ -89,7 +89,9 @@ def smoke_test_stage(
     try:
         frame = pd.read_csv(sample)
     except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read smoke-test sample {sample}: {exc}", where=str(sample)) from exc
+        raise InputError(
+            f"cannot read smoke-test sample {sample}: {exc}", where=str(sample)
+        ) from exc
     frame = frame.head(max_rows)
     with tempfile.TemporaryDirectory(prefix="secmlops-smoke-") as tmp:
         model_dir, signature = models.download_model(pointer.version, Path(tmp))

@@ -61,9 +61,7 @@ def resolve_binary(name: str, env_var: str | None = None) -> Path:
     )
 
 
-def tool_env(
-    allow: Iterable[str] = (), extra: Mapping[str, str] | None = None
-) -> dict[str, str]:
+def tool_env(allow: Iterable[str] = (), extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """Build the environment for a tool: the base allow-list plus named variables and extras."""
     names = set(BASE_ENV_ALLOW) | set(allow)
     env = {k: v for k, v in os.environ.items() if k in names}
@@ -126,8 +124,9 @@ def run_tool(
         ) from exc
     if proc.returncode not in set(ok_codes):
         tail = stderr_tail(proc.stderr) or stderr_tail(proc.stdout)
+        last_line = tail.splitlines()[-1] if tail else "no output"
         raise ToolError(
-            f"{label} failed with exit code {proc.returncode}: {tail.splitlines()[-1] if tail else 'no output'}",
+            f"{label} failed with exit code {proc.returncode}: {last_line}",
             where=" ".join(args[:3]),
             fix="read the tool output in the error details; rerun with -v for the traceback",
             details={"exit_code": proc.returncode, "stderr_tail": tail},

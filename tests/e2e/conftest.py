@@ -26,7 +26,11 @@ class PipelineWorld:
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(SECMLOPS), *args], env=self.env, capture_output=True, text=True, timeout=600,
+            [str(SECMLOPS), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=600,
             check=False,
         )
 
@@ -61,7 +65,7 @@ def pipeline_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipelin
         assert second.returncode == 0, second.stderr[-3000:]
         import json
 
-        runs.append(json.loads(second.stdout[second.stdout.index("{"):]))
+        runs.append(json.loads(second.stdout[second.stdout.index("{") :]))
         yield world
     finally:
         for k, v in saved.items():
@@ -77,5 +81,6 @@ def world_copy(pipeline_world: PipelineWorld, tmp_path: Path) -> PipelineWorld:
     registry = tmp_path / "registry"
     shutil.copytree(pipeline_world.registry, registry)
     env = {**pipeline_world.env, "SECMLOPS_REGISTRY": str(registry)}
-    return PipelineWorld(home=pipeline_world.home, registry=registry, env=env,
-                         runs=pipeline_world.runs)
+    return PipelineWorld(
+        home=pipeline_world.home, registry=registry, env=env, runs=pipeline_world.runs
+    )

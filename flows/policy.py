@@ -1,0 +1,53 @@
+"""Load the gate policy (policy as code) from ``secmlops-policy.yaml`` or a Prefect block."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pydantic
+import yaml
+
+from blocks import SecurityPolicies
+from flows.settings import project_root
+from tasks.errors import InputError
+from tasks.gate import GatePolicy
+
+POLICY_FILE = "secmlops-policy.yaml"
+
+
+def policy_path() -> Path:
+    """``$SECMLOPS_POLICY``, else ``secmlops-policy.yaml`` in the project root."""
+    env = os.environ.get("SECMLOPS_POLICY")
+    return Path(env) if env else project_root() / POLICY_FILE
+
+
+def load_gate_policy(path: Path | None = None) -> GatePolicy:
+    """Parse and validate a policy file; ``InputError`` naming the file and field if bad."""
+    path = path or policy_path()
+    if not path.is_file():
+        raise InputError(
+            f"policy file {path} does not exist",
+            where=str(path),
+            fix=f"create {POLICY_FILE} in the project root (see the template's copy) "
+            "or point SECMLOPS_POLICY at one",
+        )
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path} is not valid YAML: {exc}", where=str(path)) from exc
+    try:
+        return GatePolicy.model_validate(raw)
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise InputError(
+            f"{path}: {field}: {first['msg']}",
+            where=f"{path}:{field}",
+            fix="fix that field (unknown keys are refused; see docs/security-model.md)",
+        ) from exc
+
+
+def resolve_gate_policy(block: SecurityPolicies | None) -> GatePolicy:
+    """A block passed to a flow run wins; otherwise the policy file."""
+    return block.gate_policy() if block is not None else load_gate_policy()

@@ -1,0 +1,663 @@
+"""Scan model files for unsafe serialization before they are signed or deployed.
+
+Loading a pickle runs code chosen by whoever wrote the file (``os.system`` via ``REDUCE`` is
+the classic), and pickles hide in many containers: PyTorch ``.pt`` zips, joblib files,
+``.npy`` object arrays. This scanner recognises formats by their *content* (magic bytes and
+structure, never the file name), walks pickle opcodes with :func:`pickletools.genops` (it
+never unpickles), validates safetensors headers, and refuses anything that is not on the
+policy's allow-list. Symlinks, special files and anything escaping the model directory are
+refused.
+
+Example::
+
+    result = scan_model_files(Path("model"))          # raises ControlRefused if not clean
+    statement = model_scan_statement(result)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import pickletools
+import stat
+import struct
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tasks.digests import manifest_digest, sha256_file
+from tasks.errors import ControlRefused, InputError
+from tasks.evidence import PREDICATE_MODEL_SCAN, Subject, make_statement
+from tasks.model_format import MAX_SAFETENSORS_HEADER_BYTES, read_safetensors_header
+
+log = logging.getLogger(__name__)
+
+SCANNER_NAME = "secmlops-model-scan"
+SCANNER_VERSION = "1.0.0"
+
+#: Formats that carry data only; a policy may allow these and nothing else.
+SAFE_FORMATS = frozenset({"safetensors", "json", "text", "npy", "zip"})
+#: Every format the scanner can name.
+Format = Literal["safetensors", "json", "text", "npy", "zip", "pickle", "hdf5", "gguf", "unknown"]
+
+#: Module prefixes whose globals are refused in any pickle, whatever the policy says.
+DANGEROUS_MODULES = frozenset(
+    {
+        "os",
+        "posix",
+        "nt",
+        "posixpath",
+        "ntpath",
+        "subprocess",
+        "sys",
+        "socket",
+        "shutil",
+        "runpy",
+        "importlib",
+        "pty",
+        "commands",
+        "webbrowser",
+        "ctypes",
+        "multiprocessing",
+        "code",
+        "codeop",
+        "pdb",
+        "bdb",
+        "pickle",
+        "_pickle",
+        "cPickle",
+        "dill",
+        "marshal",
+        "shelve",
+        "signal",
+        "asyncio",
+        "threading",
+        "_thread",
+        "tempfile",
+        "pathlib",
+        "glob",
+        "http",
+        "httplib",
+        "urllib",
+        "urllib2",
+        "requests",
+        "ftplib",
+        "smtplib",
+        "telnetlib",
+        "xmlrpc",
+        "paramiko",
+        "platform",
+        "pip",
+        "setuptools",
+        "distutils",
+        "venv",
+        "zipimport",
+        "pkgutil",
+        "types",
+        "gc",
+        "inspect",
+        "operator",
+        "functools",
+    }
+)
+#: Builtins that can run code, reach the file system, or fetch arbitrary attributes.
+DANGEROUS_BUILTINS = frozenset(
+    {
+        "eval",
+        "exec",
+        "execfile",
+        "compile",
+        "open",
+        "file",
+        "__import__",
+        "getattr",
+        "setattr",
+        "delattr",
+        "globals",
+        "locals",
+        "vars",
+        "input",
+        "breakpoint",
+        "apply",
+        "reload",
+        "memoryview",
+        "help",
+        "exit",
+        "quit",
+    }
+)
+_BUILTIN_MODULES = frozenset({"builtins", "__builtin__", "__builtins__"})
+
+#: Text files a model directory may carry (model cards, licences).
+TEXT_SUFFIXES = frozenset({".md", ".txt", ".rst"})
+TEXT_NAMES = frozenset({"README", "LICENSE", "LICENCE", "NOTICE", "CHANGELOG"})
+_EXPECTED_BY_SUFFIX: dict[str, str] = {
+    ".safetensors": "safetensors",
+    ".json": "json",
+    ".md": "text",
+    ".txt": "text",
+    ".rst": "text",
+    ".npy": "npy",
+    ".zip": "zip",
+}
+_MAX_ZIP_DEPTH = 3
+_MAX_ZIP_MEMBERS = 10_000
+
+
+def is_dangerous_global(ref: str) -> bool:
+    """Whether a pickle global ``module.name`` can run code or touch the system."""
+    module, _, name = ref.rpartition(".")
+    root = module.split(".", 1)[0]
+    if root in DANGEROUS_MODULES:
+        return True
+    if module in _BUILTIN_MODULES:
+        return name in DANGEROUS_BUILTINS or name.startswith("_")
+    # A reference we could not resolve statically is treated as hostile.
+    return ref.startswith("<")
+
+
+class ModelScanPolicy(BaseModel):
+    """What a model directory may contain.
+
+    By default only safetensors, JSON and small text files pass and any pickle is refused.
+    ``unsafe_allow_pickle_globals`` lets pickles through whose every global import is on the
+    list (e.g. ``collections.OrderedDict``); dangerous globals are refused regardless.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    allowed_formats: frozenset[str] = Field(
+        default=frozenset({"safetensors", "json", "text"}),
+        description="Formats (detected by content) that may appear in a model directory.",
+    )
+    max_file_bytes: int = Field(
+        default=8 * 1024**3, gt=0, description="Larger files are refused, not skipped."
+    )
+    max_text_bytes: int = Field(
+        default=1024**2, gt=0, description="Largest JSON or text file accepted."
+    )
+    unsafe_allow_pickle_globals: frozenset[str] = Field(
+        default=frozenset(),
+        description="Pickle globals (module.name) tolerated in pickles. Empty: no pickles.",
+    )
+
+    @field_validator("allowed_formats")
+    @classmethod
+    def _formats_are_safe(cls, value: frozenset[str]) -> frozenset[str]:
+        if not value:
+            raise ValueError("allowed_formats is empty: a model directory could hold nothing")
+        unsafe = value - SAFE_FORMATS
+        if unsafe:
+            raise ValueError(
+                f"allowed_formats may only name {sorted(SAFE_FORMATS)}; got {sorted(unsafe)} "
+                "(pickles are allowed only through unsafe_allow_pickle_globals)"
+            )
+        return value
+
+    @field_validator("unsafe_allow_pickle_globals")
+    @classmethod
+    def _globals_not_dangerous(cls, value: frozenset[str]) -> frozenset[str]:
+        bad = sorted(g for g in value if "." not in g or is_dangerous_global(g))
+        if bad:
+            raise ValueError(f"these pickle globals can never be allowed: {bad}")
+        if value:
+            log.warning(
+                "model scan policy allows pickles importing %s: loading them runs code",
+                sorted(value),
+            )
+        return value
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "allowed_formats": sorted(self.allowed_formats),
+            "max_file_bytes": self.max_file_bytes,
+            "max_text_bytes": self.max_text_bytes,
+            "unsafe_allow_pickle_globals": sorted(self.unsafe_allow_pickle_globals),
+        }
+
+
+@dataclass
+class _Finding:
+    """What content analysis found in one blob (a file or a zip member)."""
+
+    format: str
+    issues: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    pickle_globals: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class FileScan:
+    """The scan of one file."""
+
+    path: str
+    sha256: str | None
+    size: int
+    format: str
+    verdict: Literal["pass", "warn", "refused"]
+    issues: tuple[str, ...]
+    pickle_globals: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "sha256": self.sha256,
+            "size": self.size,
+            "format": self.format,
+            "verdict": self.verdict,
+            "issues": list(self.issues),
+            "pickle_globals": list(self.pickle_globals),
+        }
+
+
+@dataclass(frozen=True)
+class ModelScanResult:
+    """The scan of a model directory: its digest, every file, and the verdict."""
+
+    model_dir: Path
+    model_digest: str
+    files: tuple[FileScan, ...]
+    policy: ModelScanPolicy
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.files) and all(f.verdict != "refused" for f in self.files)
+
+    @property
+    def refused(self) -> tuple[FileScan, ...]:
+        return tuple(f for f in self.files if f.verdict == "refused")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model_dir": str(self.model_dir),
+            "model_digest": self.model_digest,
+            "passed": self.passed,
+            "files": [f.to_json() for f in self.files],
+            "policy": self.policy.to_json(),
+        }
+
+
+# --- pickle analysis -----------------------------------------------------------------------
+
+_STRING_OPS = frozenset(
+    {
+        "SHORT_BINUNICODE",
+        "BINUNICODE",
+        "BINUNICODE8",
+        "UNICODE",
+        "STRING",
+        "BINSTRING",
+        "SHORT_BINSTRING",
+    }
+)
+_MEMO_PUT = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+_MEMO_GET = frozenset({"GET", "BINGET", "LONG_BINGET"})
+_CALLS = frozenset({"REDUCE", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX", "BUILD"})
+
+
+def pickle_references(data: bytes) -> tuple[list[str], list[str], int]:
+    """Walk pickle opcodes (never executing them) and return (globals, problems, end offset).
+
+    Globals are ``module.name`` strings from GLOBAL/INST and from STACK_GLOBAL, whose module
+    and name are the last two strings pushed (followed through the memo). A STACK_GLOBAL whose
+    arguments cannot be resolved, or the extension registry (EXT*), yields ``<unresolved>``.
+    """
+    globals_found: list[str] = []
+    problems: list[str] = []
+    recent: list[Any] = []  # values pushed, as far as a static walk can tell
+    memo: dict[int, Any] = {}
+    memo_next = 0
+    end = 0
+    calls = 0
+    try:
+        for opcode, arg, pos in pickletools.genops(io.BytesIO(data)):
+            name = opcode.name
+            end = pos if pos is not None else end
+            if name in _STRING_OPS:
+                recent.append(arg.decode("latin-1") if isinstance(arg, bytes) else str(arg))
+            elif name in ("GLOBAL", "INST"):
+                module, _, attr = str(arg).partition(" ")
+                globals_found.append(f"{module}.{attr}")
+                recent.append(None)
+            elif name == "STACK_GLOBAL":
+                if len(recent) >= 2 and isinstance(recent[-1], str) and isinstance(recent[-2], str):
+                    globals_found.append(f"{recent[-2]}.{recent[-1]}")
+                else:
+                    globals_found.append("<unresolved STACK_GLOBAL>")
+                recent.append(None)
+            elif name in ("EXT1", "EXT2", "EXT4"):
+                globals_found.append(f"<extension registry code {arg}>")
+                recent.append(None)
+            elif name in _MEMO_PUT:
+                memo[arg if isinstance(arg, int) else -1] = recent[-1] if recent else None
+            elif name == "MEMOIZE":
+                memo[memo_next] = recent[-1] if recent else None
+                memo_next += 1
+            elif name in _MEMO_GET:
+                recent.append(memo.get(arg) if isinstance(arg, int) else None)
+            else:
+                if name in _CALLS:
+                    calls += 1
+                recent.append(None)
+            if name == "STOP":
+                end = (pos or 0) + 1
+    except (ValueError, EOFError, struct.error, UnicodeDecodeError) as exc:
+        problems.append(f"pickle opcode stream is malformed ({exc}); refusing what cannot be read")
+    if calls and not globals_found:
+        problems.append(f"pickle makes {calls} call(s) without a visible import")
+    return globals_found, problems, end
+
+
+def _looks_like_pickle(data: bytes) -> bool:
+    """Protocol 2+ starts with PROTO; protocol 0/1 has no magic, so check that the whole
+    stream disassembles (stack and memo checked) to a STOP."""
+    if len(data) >= 2 and data[0] == 0x80 and 2 <= data[1] <= 5:
+        return True
+    if not data or data[:1] in (b"{", b"[", b'"') or len(data) > 64 * 1024**2:
+        return False
+    try:
+        pickletools.dis(data, out=io.StringIO())
+    except Exception:  # dis raises many types; any of them means "not a pickle"
+        return False
+    return True
+
+
+def _analyse_pickle(data: bytes, policy: ModelScanPolicy, finding: _Finding) -> None:
+    refs, problems, _ = pickle_references(data)
+    finding.pickle_globals.extend(refs)
+    finding.issues.extend(problems)
+    dangerous = sorted({r for r in refs if is_dangerous_global(r)})
+    if dangerous:
+        finding.issues.append(f"pickle imports dangerous callables {dangerous}")
+    if not policy.unsafe_allow_pickle_globals:
+        finding.issues.append(
+            "pickle files execute code on load; use safetensors (any pickle is refused)"
+        )
+        return
+    unlisted = sorted({r for r in refs if r not in policy.unsafe_allow_pickle_globals})
+    if unlisted:
+        finding.issues.append(
+            f"pickle imports globals not in unsafe_allow_pickle_globals: {unlisted}"
+        )
+    elif not dangerous and not problems:
+        finding.warnings.append("pickle allowed by unsafe_allow_pickle_globals")
+
+
+# --- format detection ----------------------------------------------------------------------
+
+
+def _looks_like_safetensors(head: bytes, size: int) -> bool:
+    if len(head) < 9:
+        return False
+    (n,) = struct.unpack("<Q", head[:8])
+    # A plausible header length and a JSON object after it: from here on it is safetensors,
+    # and a length past the end of the file is reported as a malformed safetensors file.
+    return 0 < n <= MAX_SAFETENSORS_HEADER_BYTES and head[8:9] == b"{" and size >= 9
+
+
+def _read_npy_header(data: bytes) -> tuple[dict[str, Any], int]:
+    """Parse a .npy header (literal dict via numpy's safe parser); returns (header, offset)."""
+    import numpy as np
+
+    stream = io.BytesIO(data)
+    version = np.lib.format.read_magic(stream)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+    else:
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
+    return {"shape": shape, "fortran_order": fortran, "dtype": dtype}, stream.tell()
+
+
+def _classify(data: bytes, size: int, policy: ModelScanPolicy, depth: int) -> _Finding:
+    """Detect the format of ``data`` by content and collect its issues."""
+    if data[:2] == b"PK" and data[2:4] in (b"\x03\x04", b"\x05\x06"):
+        return _analyse_zip(data, policy, depth)
+    if data[:6] == b"\x93NUMPY":
+        finding = _Finding("npy")
+        try:
+            header, offset = _read_npy_header(data)
+        except (ValueError, SyntaxError) as exc:
+            finding.issues.append(f"malformed .npy header: {exc}")
+            return finding
+        if header["dtype"].hasobject:
+            # Object arrays are stored as a pickle after the header (np.load allow_pickle).
+            finding.issues.append(".npy object array: its payload is a pickle")
+            _analyse_pickle(data[offset:], policy, finding)
+        return finding
+    if _looks_like_pickle(data):
+        finding = _Finding("pickle")
+        _analyse_pickle(data, policy, finding)
+        return finding
+    if _looks_like_safetensors(data[:16], size):
+        finding = _Finding("safetensors")
+        try:
+            read_safetensors_header(data, where="model scan")
+        except InputError as exc:
+            finding.issues.append(exc.message)
+        return finding
+    if data[:8] == b"\x89HDF\r\n\x1a\n":
+        return _Finding("hdf5", issues=["HDF5/Keras files can hold Lambda layers that run code"])
+    if data[:4] == b"GGUF":
+        return _Finding("gguf")
+    if b"\x00" not in data:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return _Finding("unknown", issues=["unrecognised binary content"])
+        try:
+            json.loads(text)
+        except ValueError:
+            return _Finding("text")
+        return _Finding("json")
+    return _Finding("unknown", issues=["unrecognised binary content"])
+
+
+def _analyse_zip(data: bytes, policy: ModelScanPolicy, depth: int) -> _Finding:
+    """Classify every member of a zip (PyTorch .pt, joblib/npz archives hide pickles here)."""
+    finding = _Finding("zip")
+    if depth >= _MAX_ZIP_DEPTH:
+        finding.issues.append("zip nested too deeply to scan")
+        return finding
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            members = archive.infolist()
+            if len(members) > _MAX_ZIP_MEMBERS:
+                finding.issues.append(f"zip has {len(members)} members; too many to scan")
+                return finding
+            for info in members:
+                if info.is_dir():
+                    continue
+                if info.file_size > policy.max_file_bytes:
+                    finding.issues.append(f"zip member {info.filename} is too large to scan")
+                    continue
+                member = archive.read(info)
+                inner = _classify(member, len(member), policy, depth + 1)
+                if inner.format == "pickle" or inner.pickle_globals:
+                    finding.pickle_globals.extend(inner.pickle_globals)
+                if (
+                    inner.format not in policy.allowed_formats
+                    and not inner.issues
+                    and not (inner.format == "pickle" and inner.warnings)
+                ):
+                    inner.issues.append(f"format {inner.format} is not allowed by policy")
+                finding.issues.extend(f"{info.filename}: {msg}" for msg in inner.issues)
+                finding.warnings.extend(f"{info.filename}: {msg}" for msg in inner.warnings)
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        NotImplementedError,
+        RuntimeError,
+        OSError,
+    ) as exc:
+        finding.issues.append(f"zip archive cannot be read: {exc}")
+    return finding
+
+
+# --- the directory walk --------------------------------------------------------------------
+
+
+def _walk(root: Path) -> Iterator[tuple[str, Path, os.stat_result]]:
+    """Every non-directory entry below ``root``, symlinks included but never followed."""
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        base = Path(dirpath)
+        for name in sorted(dirnames + filenames):
+            path = base / name
+            st = path.lstat()
+            if not stat.S_ISDIR(st.st_mode):  # a symlink to a directory lands here too
+                yield path.relative_to(root).as_posix(), path, st
+
+
+def _scan_file(
+    rel: str, path: Path, st: os.stat_result, root: Path, policy: ModelScanPolicy
+) -> FileScan:
+    if stat.S_ISLNK(st.st_mode):
+        target = os.readlink(path)
+        return FileScan(
+            rel,
+            None,
+            st.st_size,
+            "symlink",
+            "refused",
+            (f"symlink to {target}: model directories may hold regular files only",),
+        )
+    if not stat.S_ISREG(st.st_mode):
+        return FileScan(
+            rel,
+            None,
+            st.st_size,
+            "special",
+            "refused",
+            ("not a regular file (device, fifo or socket)",),
+        )
+    if not path.resolve().is_relative_to(root):
+        return FileScan(
+            rel, None, st.st_size, "unknown", "refused", ("resolves outside the model directory",)
+        )
+    digest = sha256_file(path)
+    if st.st_size > policy.max_file_bytes:
+        return FileScan(
+            rel,
+            digest,
+            st.st_size,
+            "unknown",
+            "refused",
+            (f"{st.st_size} bytes exceeds max_file_bytes {policy.max_file_bytes}",),
+        )
+    with path.open("rb") as fh:
+        head = fh.read(16)
+    if _looks_like_safetensors(head, st.st_size):
+        # Read the header only: safetensors weights can be gigabytes and hold no code.
+        with path.open("rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header_bytes = fh.read(n)
+        finding = _safetensors_header_only(head[:8] + header_bytes, st.st_size, rel)
+    else:
+        finding = _classify(path.read_bytes(), st.st_size, policy, depth=0)
+    issues = list(finding.issues)
+    if finding.format in ("json", "text") and st.st_size > policy.max_text_bytes:
+        issues.append(f"{finding.format} file of {st.st_size} bytes exceeds max_text_bytes")
+    if finding.format == "text" and not _is_text_name(rel):
+        issues.append("text content in a file not named like a model card (README, *.md, *.txt)")
+    expected = _EXPECTED_BY_SUFFIX.get(PurePosixPath(rel).suffix.lower())
+    if expected and expected != finding.format:
+        issues.append(f"file name says {expected} but the content is {finding.format}")
+    pickle_ok = finding.format == "pickle" and finding.warnings and not issues
+    if finding.format not in policy.allowed_formats and not pickle_ok:
+        issues.append(f"format {finding.format} is not allowed by policy")
+    if issues:
+        verdict: Literal["pass", "warn", "refused"] = "refused"
+    else:
+        verdict = "warn" if finding.warnings else "pass"
+    return FileScan(
+        rel,
+        digest,
+        st.st_size,
+        finding.format,
+        verdict,
+        tuple(dict.fromkeys(issues + finding.warnings)),
+        tuple(dict.fromkeys(finding.pickle_globals)),
+    )
+
+
+def _safetensors_header_only(head_and_header: bytes, size: int, rel: str) -> _Finding:
+    """Validate a safetensors header against the real file size without reading the weights."""
+    finding = _Finding("safetensors")
+    try:
+        read_safetensors_header(head_and_header, where=rel, file_size=size)
+    except InputError as exc:
+        finding.issues.append(exc.message)
+    return finding
+
+
+def _is_text_name(rel: str) -> bool:
+    path = PurePosixPath(rel)
+    return path.suffix.lower() in TEXT_SUFFIXES or path.stem.upper() in TEXT_NAMES
+
+
+def scan_model_files(model_dir: Path, policy: ModelScanPolicy | None = None) -> ModelScanResult:
+    """Scan every file below ``model_dir``; return the result if clean, else raise.
+
+    ``InputError`` if ``model_dir`` is not a directory (or is a symlink); ``ControlRefused``
+    naming each offending file and why, with the per-file results in ``details["files"]``.
+    """
+    policy = policy or ModelScanPolicy()
+    if model_dir.is_symlink() or not model_dir.is_dir():
+        raise InputError(
+            f"model directory {model_dir} does not exist or is a symlink",
+            where=str(model_dir),
+            fix="point the scan at the real directory holding the model files",
+        )
+    root = model_dir.resolve()
+    files = tuple(_scan_file(rel, path, st, root, policy) for rel, path, st in _walk(root))
+    manifest = {f.path: f.sha256 for f in files if f.sha256 is not None}
+    result = ModelScanResult(
+        model_dir=model_dir, model_digest=manifest_digest(manifest), files=files, policy=policy
+    )
+    if not files:
+        raise ControlRefused(
+            f"model directory {model_dir} holds no files",
+            where=str(model_dir),
+            fix="check the training stage wrote the model",
+            details=result.to_json(),
+        )
+    if not result.passed:
+        reasons = "; ".join(f"{f.path}: {', '.join(f.issues)}" for f in result.refused)
+        raise ControlRefused(
+            f"model scan refused {len(result.refused)} file(s): {reasons}",
+            where=str(model_dir),
+            fix="save the model as safetensors + JSON (tasks.model_format); remove other files",
+            details=result.to_json(),
+        )
+    return result
+
+
+def model_scan_statement(result: ModelScanResult) -> dict[str, Any]:
+    """The in-toto Statement for a scan: subject ``model`` (tree digest) plus each file."""
+    subjects = [Subject("model", result.model_digest)]
+    subjects += [Subject(f"model/{f.path}", f.sha256) for f in result.files if f.sha256]
+    predicate = {
+        "scanner": {"name": SCANNER_NAME, "version": SCANNER_VERSION},
+        "policy": result.policy.to_json(),
+        "files": [f.to_json() for f in result.files],
+        "verdict": "pass" if result.passed else "refused",
+    }
+    return make_statement(subjects, PREDICATE_MODEL_SCAN, predicate)
+
+
+# --- Prefect -------------------------------------------------------------------------------
+
+from prefect import task  # noqa: E402 - the plain functions above must not need Prefect
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+
+@task(name="scan-model", cache_policy=NO_CACHE, retries=0, timeout_seconds=600)
+def scan_model_task(model_dir: Path, policy: ModelScanPolicy | None = None) -> ModelScanResult:
+    """Prefect wrapper for :func:`scan_model_files` (never cached: a scan is a verification)."""
+    return scan_model_files(model_dir, policy)

@@ -1,0 +1,230 @@
+"""Model-file scan: formats detected by content, pickles refused without being loaded."""
+
+from __future__ import annotations
+
+import collections
+import io
+import json
+import os
+import pickle
+import struct
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+from safetensors.numpy import save_file
+
+from tasks.digests import tree_digest
+from tasks.errors import ControlRefused, InputError
+from tasks.evidence import PREDICATE_MODEL_SCAN
+from tasks.model_scan import (
+    ModelScanPolicy,
+    model_scan_statement,
+    pickle_references,
+    scan_model_files,
+)
+
+
+class _RunsShell:
+    """The classic malicious pickle: loading it calls os.system."""
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, ("echo pwned > /tmp/should-never-exist",))
+
+
+class _Evals:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (eval, ("1+1",))
+
+
+@pytest.fixture
+def clean_dir(tmp_path: Path) -> Path:
+    model = tmp_path / "model"
+    model.mkdir()
+    save_file({"w": np.arange(6, dtype=np.float64).reshape(2, 3)}, str(model / "model.safetensors"))
+    (model / "model.json").write_text(json.dumps({"format": "x", "classes": [0, 1]}))
+    (model / "README.md").write_text("# churn model\nTrained by the pipeline.\n")
+    return model
+
+
+def _refusal(model: Path, policy: ModelScanPolicy | None = None) -> dict[str, dict[str, object]]:
+    with pytest.raises(ControlRefused) as err:
+        scan_model_files(model, policy)
+    files = err.value.details["files"]
+    return {f["path"]: f for f in files}
+
+
+def test_clean_safetensors_dir_passes(clean_dir: Path) -> None:
+    result = scan_model_files(clean_dir)
+    assert result.passed
+    assert result.model_digest == tree_digest(clean_dir)
+    formats = {f.path: f.format for f in result.files}
+    assert formats == {
+        "README.md": "text",
+        "model.json": "json",
+        "model.safetensors": "safetensors",
+    }
+    assert all(f.verdict == "pass" and f.sha256 for f in result.files)
+
+
+def test_statement_subjects_and_predicate(clean_dir: Path) -> None:
+    st = model_scan_statement(scan_model_files(clean_dir))
+    assert st["predicateType"] == PREDICATE_MODEL_SCAN
+    assert st["subject"][0] == {"name": "model", "digest": {"sha256": tree_digest(clean_dir)}}
+    assert {s["name"] for s in st["subject"][1:]} == {
+        "model/README.md",
+        "model/model.json",
+        "model/model.safetensors",
+    }
+    assert st["predicate"]["verdict"] == "pass"
+    assert st["predicate"]["scanner"]["name"]
+    assert st["predicate"]["policy"]["unsafe_allow_pickle_globals"] == []
+
+
+def test_os_system_reduce_refused_without_running_it(clean_dir: Path) -> None:
+    (clean_dir / "model.pkl").write_bytes(pickle.dumps(_RunsShell()))
+    files = _refusal(clean_dir)
+    entry = files["model.pkl"]
+    assert entry["format"] == "pickle" and entry["verdict"] == "refused"
+    assert "posix.system" in entry["pickle_globals"] or "os.system" in entry["pickle_globals"]
+    assert any("dangerous" in i for i in entry["issues"])  # type: ignore[union-attr]
+    assert not Path("/tmp/should-never-exist").exists()
+    assert files["model.safetensors"]["verdict"] == "pass"
+
+
+@pytest.mark.parametrize("protocol", range(6))
+def test_every_pickle_protocol_detected(tmp_path: Path, protocol: int) -> None:
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "weights.bin").write_bytes(pickle.dumps(_Evals(), protocol=protocol))
+    entry = _refusal(model)["weights.bin"]
+    assert entry["format"] == "pickle"
+    # Protocols 0-2 spell the module the Python 2 way.
+    assert {"builtins.eval", "__builtin__.eval"} & set(entry["pickle_globals"])  # type: ignore[arg-type]
+
+
+def test_benign_pickle_refused_by_default(clean_dir: Path) -> None:
+    (clean_dir / "extra.pkl").write_bytes(pickle.dumps({"weights": [1.0, 2.0]}))
+    entry = _refusal(clean_dir)["extra.pkl"]
+    assert entry["format"] == "pickle"
+    assert any("any pickle is refused" in i for i in entry["issues"])  # type: ignore[union-attr]
+
+
+def test_pickle_renamed_to_json_detected_by_content(clean_dir: Path) -> None:
+    (clean_dir / "model.json").write_bytes(pickle.dumps(_RunsShell(), protocol=0))
+    entry = _refusal(clean_dir)["model.json"]
+    assert entry["format"] == "pickle"
+    assert any("file name says json" in i for i in entry["issues"])  # type: ignore[union-attr]
+
+
+def test_pickle_inside_zip_detected(tmp_path: Path) -> None:
+    """A PyTorch-style .pt: a zip whose data.pkl is a pickle."""
+    model = tmp_path / "m"
+    model.mkdir()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("archive/data.pkl", pickle.dumps(_RunsShell(), protocol=2))
+        zf.writestr("archive/version", "3\n")
+    (model / "model.pt").write_bytes(buf.getvalue())
+    entry = _refusal(model)["model.pt"]
+    assert entry["format"] == "zip"
+    assert any(str(i).startswith("archive/data.pkl:") for i in entry["issues"])  # type: ignore[union-attr]
+    assert set(entry["pickle_globals"]) & {"posix.system", "os.system"}  # type: ignore[arg-type]
+
+
+def test_npy_object_array_pickle_detected(tmp_path: Path) -> None:
+    model = tmp_path / "m"
+    model.mkdir()
+    np.save(model / "arr.npy", np.array([_Evals()], dtype=object), allow_pickle=True)
+    entry = _refusal(model)["arr.npy"]
+    assert entry["format"] == "npy"
+    assert "builtins.eval" in entry["pickle_globals"]
+
+
+def test_symlink_refused(clean_dir: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "secret.safetensors"
+    save_file({"w": np.zeros(2)}, str(outside))
+    (clean_dir / "linked.safetensors").symlink_to(outside)
+    (clean_dir / "linkdir").symlink_to(tmp_path, target_is_directory=True)
+    files = _refusal(clean_dir)
+    assert files["linked.safetensors"]["format"] == "symlink"
+    assert files["linkdir"]["verdict"] == "refused"
+
+
+def test_truncated_safetensors_refused(clean_dir: Path) -> None:
+    path = clean_dir / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:-5])
+    entry = _refusal(clean_dir)["model.safetensors"]
+    assert entry["format"] == "safetensors"
+    assert any("malformed safetensors" in i for i in entry["issues"])  # type: ignore[union-attr]
+
+
+def test_header_length_past_end_refused(clean_dir: Path) -> None:
+    path = clean_dir / "model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(struct.pack("<Q", 10_000) + data[8:])
+    entry = _refusal(clean_dir)["model.safetensors"]
+    assert any("runs past the end" in i for i in entry["issues"])  # type: ignore[union-attr]
+
+
+def test_unknown_binary_and_misnamed_text_refused(clean_dir: Path) -> None:
+    (clean_dir / "blob.bin").write_bytes(bytes(range(256)))
+    (clean_dir / "loader.py").write_text("import os\nos.system('x')\n")
+    files = _refusal(clean_dir)
+    assert files["blob.bin"]["format"] == "unknown"
+    assert files["loader.py"]["format"] == "text"
+    assert files["README.md"]["verdict"] == "pass"
+
+
+def test_refusal_message_names_file_and_reason(clean_dir: Path) -> None:
+    (clean_dir / "evil.pkl").write_bytes(pickle.dumps(_RunsShell()))
+    with pytest.raises(ControlRefused, match=r"evil\.pkl: .*dangerous"):
+        scan_model_files(clean_dir)
+
+
+def test_unsafe_allow_list_lets_listed_globals_through(
+    clean_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (clean_dir / "state.pkl").write_bytes(pickle.dumps(collections.OrderedDict(a=1)))
+    policy = ModelScanPolicy(unsafe_allow_pickle_globals=frozenset({"collections.OrderedDict"}))
+    assert "loading them runs code" in caplog.text
+    result = scan_model_files(clean_dir, policy)
+    entry = {f.path: f for f in result.files}["state.pkl"]
+    assert entry.verdict == "warn"
+    # Another pickle with a global outside the list is still refused.
+    (clean_dir / "other.pkl").write_bytes(pickle.dumps(collections.Counter(a=1)))
+    assert _refusal(clean_dir, policy)["other.pkl"]["verdict"] == "refused"
+
+
+def test_policy_rejects_permissive_settings() -> None:
+    with pytest.raises(ValidationError, match="never be allowed"):
+        ModelScanPolicy(unsafe_allow_pickle_globals=frozenset({"os.system"}))
+    with pytest.raises(ValidationError, match="never be allowed"):
+        ModelScanPolicy(unsafe_allow_pickle_globals=frozenset({"builtins.eval"}))
+    with pytest.raises(ValidationError, match="allowed_formats"):
+        ModelScanPolicy(allowed_formats=frozenset({"pickle"}))
+    with pytest.raises(ValidationError, match="empty"):
+        ModelScanPolicy(allowed_formats=frozenset())
+    with pytest.raises(ValidationError):
+        ModelScanPolicy(allow_everything=True)  # type: ignore[call-arg]
+
+
+def test_size_limit_refuses_instead_of_skipping(clean_dir: Path) -> None:
+    files = _refusal(clean_dir, ModelScanPolicy(max_file_bytes=64))
+    assert any("max_file_bytes" in i for i in files["model.safetensors"]["issues"])  # type: ignore[union-attr]
+
+
+def test_empty_or_missing_dir(tmp_path: Path) -> None:
+    with pytest.raises(InputError):
+        scan_model_files(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ControlRefused, match="no files"):
+        scan_model_files(tmp_path / "empty")
+
+
+def test_stack_global_through_memo_resolved() -> None:
+    refs, problems, _ = pickle_references(pickle.dumps(_RunsShell(), protocol=4))
+    assert not problems
+    assert refs in (["posix.system"], ["os.system"], ["nt.system"])

@@ -1,0 +1,331 @@
+"""ScanPolicy construction rules and enforce_scan_policy decisions on constructed results."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from tasks.errors import ControlRefused, InputError
+from tasks.evidence import PREDICATE_VULNS
+from tasks.scanning import (
+    OFFLINE_FLAGS,
+    AllowedVulnerability,
+    Finding,
+    ImageScanResult,
+    ScanPolicy,
+    enforce_scan_policy,
+    evaluate_scan_policy,
+    image_scan_statement,
+    scan_predicate_verdict,
+    trivy_invocation,
+)
+from tasks.toolrun import tool_env
+from tasks.trivy_db import DEMO_SOURCE_LABEL, UPSTREAM_SOURCE_LABEL, TrivyDbInfo
+
+TODAY = dt.date.today()
+DIGEST = "ab" * 32
+
+
+def _db(source: str = UPSTREAM_SOURCE_LABEL, updated: str = "2026-01-01T00:00:00Z") -> TrivyDbInfo:
+    return TrivyDbInfo(
+        path=Path("/cache/db/trivy.db"),
+        sha256="cd" * 32,
+        schema_version=2,
+        updated_at=updated,
+        next_update=None,
+        downloaded_at=updated,
+        source=source,
+        advisory_count=None,
+    )
+
+
+def _finding(vid: str, pkg: str, sev: Any, fixed: str = "9.9", **kw: Any) -> Finding:
+    return Finding(
+        id=vid,
+        package=pkg,
+        installed="1.0",
+        fixed=fixed,
+        status="fixed" if fixed else "affected",
+        severity=sev,
+        title=f"{vid} title",
+        target="img (debian 12.7)",
+        kind=kw.pop("kind", "os-pkgs"),
+        **kw,
+    )
+
+
+def _result(*findings: Finding, db: TrivyDbInfo | None = None, **kw: Any) -> ImageScanResult:
+    fields: dict[str, Any] = {
+        "target": "img.tar",
+        "artifact_name": "img.tar",
+        "artifact_type": "container_image",
+        "image_digest": DIGEST,
+        "archive_sha256": "ef" * 32,
+        "repo_tags": ("secmlops/serving:demo",),
+        "os_family": "debian",
+        "os_name": "12.7",
+        "os_eosl": False,
+        "packages_scanned": 10,
+        "trivy_version": "0.76.0",
+        "db": db or _db(),
+        "scanners": ("vuln", "secret"),
+        "findings": tuple(findings),
+        "report_sha256": "01" * 32,
+        "scan_started_at": "2026-11-25T00:00:00Z",
+        "scan_finished_at": "2026-11-25T00:00:01Z",
+        "raw_report": b"{}",
+    }
+    fields.update(kw)
+    return ImageScanResult(**fields)
+
+
+def _allow(vid: str, days: int = 30, **kw: Any) -> AllowedVulnerability:
+    return AllowedVulnerability(
+        id=vid,
+        reason="not reachable: we never call it",
+        expires=TODAY + dt.timedelta(days=days),
+        **kw,
+    )
+
+
+# --- construction ----------------------------------------------------------------------------
+
+
+def test_defaults_are_strict() -> None:
+    policy = ScanPolicy()
+    assert policy.fail_on == ("CRITICAL", "HIGH")
+    assert policy.offline and not policy.ignore_unfixed and not policy.unsafe_report_only
+    assert policy.timeout_seconds == 600 and "vuln" in policy.scanners
+
+
+def test_empty_fail_on_refused_unless_unsafe(caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(ValidationError, match="fail_on is empty"):
+        ScanPolicy(fail_on=())
+    with caplog.at_level(logging.WARNING):
+        policy = ScanPolicy(fail_on=(), unsafe_report_only=True)
+    assert policy.unsafe_report_only
+    assert "unsafe_report_only" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"fail_on": ("HIGH", "HIGH")},
+        {"fail_on": ("SEVERE",)},
+        {"scanners": ("secret",)},
+        {"timeout_seconds": 0},
+        {"surprise": True},
+        {"allowed": (_allow("CVE-2024-0001"), _allow("CVE-2024-0001"))},
+        {"allowed": (_allow("CVE-2024-0001", days=400),)},
+    ],
+)
+def test_bad_policies_refused(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        ScanPolicy(**kwargs)
+
+
+def test_policy_is_frozen() -> None:
+    policy = ScanPolicy()
+    with pytest.raises(ValidationError):
+        policy.ignore_unfixed = True  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("reason", ["", "   ", "x"])
+def test_allow_entry_needs_a_reason(reason: str) -> None:
+    with pytest.raises(ValidationError, match="reason"):
+        AllowedVulnerability(id="CVE-2024-6387", reason=reason, expires=TODAY)
+    with pytest.raises(ValidationError):
+        AllowedVulnerability(id="CVE-2024-6387", expires=TODAY)  # type: ignore[call-arg]
+
+
+# --- decisions ----------------------------------------------------------------------------
+
+
+def test_clean_result_passes_with_low_findings_visible() -> None:
+    low = _finding("CVE-2010-4756", "libc6", "LOW", fixed="")
+    verdict = enforce_scan_policy(_result(low), ScanPolicy())
+    assert verdict.passed and not verdict.blocking
+    assert verdict.below_threshold == (low,)
+    assert verdict.counts["LOW"] == 1 and verdict.counts["CRITICAL"] == 0
+
+
+def test_blocking_findings_refused_with_ids_and_verdict() -> None:
+    crit = _finding("CVE-2020-14343", "pyyaml", "CRITICAL", fixed="5.4", kind="lang-pkgs")
+    high = _finding("CVE-2023-5363", "libssl3", "HIGH", fixed="3.0.11-1~deb12u2")
+    med = _finding("CVE-2023-32681", "requests", "MEDIUM", fixed="2.31.0")
+    with pytest.raises(ControlRefused) as excinfo:
+        enforce_scan_policy(_result(crit, high, med), ScanPolicy())
+    err = excinfo.value
+    assert err.exit_code == 1
+    assert "CVE-2020-14343 pyyaml 1.0 -> 5.4 (CRITICAL)" in err.message
+    assert "CVE-2023-5363 libssl3" in err.message
+    assert "CVE-2023-32681" not in err.message  # MEDIUM does not block by default
+    assert err.fix and "fixed version" in err.fix and "ScanPolicy.allowed" in err.fix
+    verdict = err.details["verdict"]
+    assert verdict["passed"] is False
+    assert {f["id"] for f in verdict["blocking"]} == {"CVE-2020-14343", "CVE-2023-5363"}
+    # MEDIUM blocks once the policy says so.
+    with pytest.raises(ControlRefused, match="CVE-2023-32681"):
+        enforce_scan_policy(_result(med), ScanPolicy(fail_on=("MEDIUM",)))
+
+
+def test_active_allow_entry_applies_with_reason() -> None:
+    high = _finding("CVE-2024-6387", "openssh-client", "HIGH")
+    policy = ScanPolicy(allowed=(_allow("CVE-2024-6387"), _allow("CVE-2099-0001")))
+    verdict = enforce_scan_policy(_result(high), policy)
+    assert verdict.passed
+    assert [a.finding.id for a in verdict.allowed] == ["CVE-2024-6387"]
+    assert verdict.allowed[0].reason == "not reachable: we never call it"
+    assert verdict.unused_allow_entries == ("CVE-2099-0001",)
+    # The reason lands in the evidence.
+    statement = image_scan_statement(_result(high), verdict)
+    assert statement["predicate"]["verdict"]["allowed"][0]["reason"]
+
+
+def test_expired_allow_entry_does_not_apply_and_is_reported() -> None:
+    high = _finding("CVE-2024-6387", "openssh-client", "HIGH")
+    expired = AllowedVulnerability(
+        id="CVE-2024-6387", reason="temporary, until the rebuild", expires=TODAY - dt.timedelta(1)
+    )
+    policy = ScanPolicy(allowed=(expired,))  # constructing with an expired entry is fine
+    verdict = evaluate_scan_policy(_result(high), policy)
+    assert not verdict.passed and verdict.blocking == (high,)
+    assert verdict.expired_allow_entries == ("CVE-2024-6387",)
+    with pytest.raises(ControlRefused, match="expired allow entries"):
+        enforce_scan_policy(_result(high), policy)
+    # It still applied the day it expired.
+    assert enforce_scan_policy(_result(high), policy, today=expired.expires).passed
+
+
+def test_package_scoped_allow_entry() -> None:
+    libc = _finding("CVE-2023-4911", "libc6", "HIGH")
+    libc_bin = _finding("CVE-2023-4911", "libc-bin", "HIGH")
+    policy = ScanPolicy(allowed=(_allow("CVE-2023-4911", package="libc6"),))
+    verdict = evaluate_scan_policy(_result(libc, libc_bin), policy)
+    assert verdict.blocking == (libc_bin,)
+
+
+def test_ignore_unfixed() -> None:
+    unfixed = _finding("CVE-2025-0001", "zlib1g", "CRITICAL", fixed="")
+    fixed = _finding("CVE-2025-0002", "zlib1g", "CRITICAL")
+    secret = _finding("aws-access-key-id", "", "CRITICAL", fixed="", kind="secret")
+    assert not evaluate_scan_policy(_result(unfixed), ScanPolicy()).passed
+    verdict = evaluate_scan_policy(_result(unfixed, fixed, secret), ScanPolicy(ignore_unfixed=True))
+    assert verdict.ignored_unfixed == (unfixed,)
+    # A secret has no "fix" to wait for: ignore_unfixed never hides it.
+    assert verdict.blocking == (fixed, secret)
+
+
+def test_curated_db_needs_explicit_unsafe_opt_in() -> None:
+    result = _result(db=_db(source=DEMO_SOURCE_LABEL))
+    with pytest.raises(ControlRefused, match="not an upstream trivy-db") as excinfo:
+        enforce_scan_policy(result, ScanPolicy())
+    assert excinfo.value.fix and "unsafe_allow_curated_db" in excinfo.value.fix
+    assert enforce_scan_policy(result, ScanPolicy(unsafe_allow_curated_db=True)).passed
+
+
+def test_eosl_nothing_scanned_and_stale_db_block() -> None:
+    with pytest.raises(ControlRefused, match="end of life"):
+        enforce_scan_policy(_result(os_eosl=True), ScanPolicy())
+    assert enforce_scan_policy(_result(os_eosl=True), ScanPolicy(fail_on_eosl=False)).passed
+    with pytest.raises(ControlRefused, match="no packages"):
+        enforce_scan_policy(_result(packages_scanned=0), ScanPolicy())
+    old = _result(db=_db(updated="2020-01-01T00:00:00Z"))
+    with pytest.raises(ControlRefused, match="days old"):
+        enforce_scan_policy(old, ScanPolicy(max_db_age_days=30))
+    assert enforce_scan_policy(old, ScanPolicy()).passed
+
+
+def test_report_only_never_blocks_but_records_it() -> None:
+    crit = _finding("CVE-2020-14343", "pyyaml", "CRITICAL")
+    verdict = enforce_scan_policy(_result(crit), ScanPolicy(unsafe_report_only=True))
+    assert verdict.passed and verdict.report_only and verdict.blocking == (crit,)
+    assert verdict.to_json()["reportOnly"] is True
+
+
+def test_statement_shape() -> None:
+    low = _finding("CVE-2010-4756", "libc6", "LOW", fixed="", severity_source="debian")
+    result = _result(low, low)
+    verdict = enforce_scan_policy(result, ScanPolicy())
+    st = image_scan_statement(result, verdict)
+    assert st["predicateType"] == PREDICATE_VULNS
+    assert st["subject"] == [{"name": "secmlops/serving:demo", "digest": {"sha256": DIGEST}}]
+    pred = st["predicate"]
+    assert pred["scanner"]["version"] == "0.76.0"
+    assert pred["scanner"]["db"]["lastUpdate"] == "2026-01-01T00:00:00Z"
+    assert pred["scanner"]["db"]["digest"] == {"sha256": "cd" * 32}
+    assert pred["scanner"]["result"][0]["id"] == "CVE-2010-4756"
+    assert pred["scanner"]["result"][0]["severity"] == [{"method": "debian", "score": "LOW"}]
+    assert len(pred["scanner"]["result"][0]["annotations"]) == 2
+    assert set(pred["metadata"]) == {"scanStartedOn", "scanFinishedOn"}
+    assert pred["verdict"]["passed"] is True and pred["report"]["sha256"] == "01" * 32
+    other = evaluate_scan_policy(_result(image_digest="00" * 32), ScanPolicy())
+    with pytest.raises(InputError):
+        image_scan_statement(result, other)
+
+
+def test_stored_evidence_is_rejudged_against_the_current_policy() -> None:
+    med = _finding("CVE-2023-32681", "requests", "MEDIUM", fixed="2.31.0", kind="lang-pkgs")
+    low = _finding("CVE-2010-4756", "libc6", "LOW", fixed="")
+    result = _result(med, low)
+    verdict = enforce_scan_policy(result, ScanPolicy())
+    assert verdict.summary().startswith("passed, 0 blocking")
+    predicate = image_scan_statement(result, verdict)["predicate"]
+    assert scan_predicate_verdict(predicate, ScanPolicy()) is None
+    stricter = scan_predicate_verdict(predicate, ScanPolicy(fail_on=("HIGH", "MEDIUM")))
+    assert stricter and "CVE-2023-32681 requests 1.0 -> 2.31.0 (MEDIUM)" in stricter
+    curated = image_scan_statement(
+        _result(db=_db(source=DEMO_SOURCE_LABEL)), evaluate_scan_policy(result, ScanPolicy())
+    )
+    assert "not an upstream trivy-db" in (
+        scan_predicate_verdict(curated["predicate"], ScanPolicy()) or ""
+    )
+    assert scan_predicate_verdict({"scanner": {}}, ScanPolicy())  # malformed never passes
+
+
+# --- the trivy command ----------------------------------------------------------------------
+
+
+def test_invocation_is_offline_and_passes_no_aws_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tarfile
+
+    archive = tmp_path / "img.tar"
+    with tarfile.open(archive, "w"):
+        pass
+    inv = trivy_invocation(archive, cache_dir=tmp_path / "cache", policy=ScanPolicy())
+    argv = list(inv.argv)
+    for flag in OFFLINE_FLAGS:
+        assert flag in argv
+    assert argv[argv.index("--input") + 1] == str(archive)
+    assert argv[argv.index("--format") + 1] == "json" and "--quiet" in argv
+    assert argv[argv.index("--cache-backend") + 1] == "memory"
+
+    ref = trivy_invocation("registry.local/app:1", cache_dir=tmp_path, policy=ScanPolicy())
+    assert ref.argv[-1] == "registry.local/app:1" and "--input" not in ref.argv
+    online = trivy_invocation(archive, cache_dir=tmp_path, policy=ScanPolicy(offline=False))
+    assert "--skip-db-update" not in online.argv
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "should-not-leak")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIA0000000000000000")
+    monkeypatch.setenv("TRIVY_IGNOREFILE", "/tmp/hide-everything")
+    env = tool_env(inv.env_allow, inv.extra_env)
+    assert not {k for k in env if k.startswith(("AWS_", "TRIVY_"))}
+
+
+def test_bad_targets_are_input_errors(tmp_path: Path) -> None:
+    (tmp_path / "not-a-tar").write_text("hello")
+    with pytest.raises(InputError, match="not a tar"):
+        trivy_invocation(tmp_path / "not-a-tar", cache_dir=tmp_path, policy=ScanPolicy())
+    with pytest.raises(InputError, match="OCI image layout"):
+        trivy_invocation(tmp_path, cache_dir=tmp_path, policy=ScanPolicy())
+    with pytest.raises(InputError, match="does not exist"):
+        trivy_invocation(tmp_path / "missing.tar", cache_dir=tmp_path, policy=ScanPolicy())
+    with pytest.raises(InputError):
+        trivy_invocation("--help", cache_dir=tmp_path, policy=ScanPolicy())
