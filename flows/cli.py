@@ -14,7 +14,6 @@ import traceback
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import pydantic
 import typer
 
@@ -369,11 +368,15 @@ def main(argv: list[str] | None = None) -> int:
     except pydantic.ValidationError as exc:
         typer.echo(f"bad input: {exc}", err=True)
         return 2
-    except click.exceptions.Abort:
+    except typer.Abort:
         typer.echo("aborted", err=True)
         return 2
-    except click.ClickException as exc:
-        exc.show()
+    except typer.TyperException as exc:  # click usage errors: unknown command, bad option
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
+            typer.echo(f"bad usage: {exc}", err=True)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -64,8 +64,48 @@ def _facts(predicate_type: str, pred: dict[str, Any]) -> dict[str, Any]:
             "builder": pred.get("runDetails", {}).get("builder", {}).get("id"),
             "byproducts": pred.get("runDetails", {}).get("byproducts"),
         }
-    keep = ("verdict", "summary", "result", "repo", "rev", "commit", "scanner")
+    if short == "vulns":
+        verdict = pred.get("verdict") or {}
+        scanner = pred.get("scanner") or {}
+        return {
+            "passed": verdict.get("passed"),
+            "counts": verdict.get("counts"),
+            "blocking": [
+                b.get("id") if isinstance(b, dict) else b for b in verdict.get("blocking", [])
+            ],
+            "trivy": scanner.get("version"),
+            "db": (scanner.get("db") or {}).get("source"),
+        }
+    if short == "model-scan":
+        files = pred.get("files") or []
+        return {
+            "verdict": pred.get("verdict"),
+            "files": [f"{f.get('path')} ({f.get('format')})" for f in files],
+        }
+    keep = ("verdict", "repo", "rev", "commit", "sizeBytes")
     return {k: pred[k] for k in keep if k in pred}
+
+
+_ORDER = (
+    "data-pull",
+    "validation",
+    "image-scan",
+    "provenance",
+    "model-scan",
+    "release",
+    "approval-staging",
+    "vsa-staging",
+    "smoke-test-staging",
+    "approval-production",
+    "vsa-production",
+)
+
+
+def _rank(name: str) -> tuple[int, str]:
+    for i, prefix in enumerate(_ORDER):
+        if name == prefix or name.startswith(prefix + "-"):
+            return i, name
+    return len(_ORDER), name
 
 
 def evidence_report(models: ModelRegistry, version: str, keys: KeyDirectory) -> dict[str, Any]:
@@ -73,7 +113,10 @@ def evidence_report(models: ModelRegistry, version: str, keys: KeyDirectory) -> 
     models.require_version(version)
     trusted = _all_trusted(keys)
     items: list[EvidenceItem] = []
-    for key in models.evidence_keys(version):
+    for key in sorted(
+        models.evidence_keys(version),
+        key=lambda k: _rank(k.rsplit("/", 1)[-1].removesuffix(".json")),
+    ):
         name = key.rsplit("/", 1)[-1].removesuffix(".json")
         try:
             st = verify_bundle(models.read_json(key), trusted, where=key)
