@@ -128,3 +128,39 @@ def test_bad_usage_exits_2(pipeline_world: PipelineWorld) -> None:
     assert pipeline_world.cli("promote", MODEL, "v1", "--stage", "qa").returncode == 2
     assert pipeline_world.cli("evidence", MODEL, "v99").returncode == 2
     assert pipeline_world.cli("frobnicate").returncode == 2
+
+
+def test_separation_of_duties_refuses_the_staging_approver(world_copy: PipelineWorld) -> None:
+    policy = world_copy.home / "sod-policy.yaml"
+    text = (Path(__file__).resolve().parents[2] / "secmlops-policy.yaml").read_text()
+    policy.write_text(text.replace("separation_of_duties: false", "separation_of_duties: true"))
+    env = {**world_copy.env, "SECMLOPS_POLICY": str(policy)}
+    world = PipelineWorld(world_copy.home, world_copy.registry, env, world_copy.runs)
+    proc = world.cli("rollback", MODEL, "--stage", "production")
+    assert proc.returncode == 1
+    assert "separation of duties" in proc.stderr
+    assert _pointer(world_copy.registry, "production")["version"] == "v2"
+
+
+def test_approval_signed_by_an_unlisted_key_is_refused(world_copy: PipelineWorld) -> None:
+    from tasks.approval import ApprovalDecision, ApprovalRequest, approval_statement
+    from tasks.evidence import generate_keypair, load_private_key, sign_statement
+
+    reg = world_copy.registry
+    assert world_copy.cli("rollback", MODEL, "--stage", "production").returncode == 0
+    evidence = reg / MODEL / "versions" / "v2" / "evidence"
+    for approval in evidence.glob("approval-production-*.json"):
+        approval.unlink()
+    digest = _pointer(reg, "staging")["modelDigest"]["sha256"]
+    generate_keypair(world_copy.home / "mallory.pem", world_copy.home / "mallory.pub")
+    request = ApprovalRequest(MODEL, "v2", digest, "production")
+    forged = approval_statement(
+        request,
+        ApprovalDecision("demo-approver", True, "cli-preapproval", "", "2026-01-01T00:00:00Z"),
+    )
+    bundle = sign_statement(forged, load_private_key(world_copy.home / "mallory.pem"))
+    (evidence / "approval-production-forged.json").write_text(json.dumps(bundle))
+    proc = world_copy.cli("promote", MODEL, "v2", "--stage", "production")
+    assert proc.returncode == 1
+    assert "untrusted key" in proc.stderr
+    assert _pointer(reg, "production")["version"] == "v1"
