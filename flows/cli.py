@@ -358,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point: run the app and map errors to exit codes."""
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if os.environ.get("PREFECT_HOME"):  # Prefect's SQLite cannot create a missing parent dir
+        Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
     try:
         app(args=argv, standalone_mode=False)
     except SecMLOpsError as exc:

@@ -34,7 +34,7 @@ from tasks.approval import (
     decide_by_preapproval,
 )
 from tasks.data import create_demo_data_registry, data_pull_statement, pull_dataset_task
-from tasks.deploy import promote_to_stage
+from tasks.deploy import promote_to_stage_task
 from tasks.digests import sha256_bytes, tree_digest
 from tasks.evidence import (
     PREDICATE_RELEASE,
@@ -57,7 +57,7 @@ from tasks.scanning import (
     seed_demo_trivy_db,
 )
 from tasks.signing import sign_model_task
-from tasks.smoke_test import smoke_test_stage, smoke_test_statement
+from tasks.smoke_test import smoke_test_stage_task, smoke_test_statement
 from tasks.training import provenance_statement, train_model_task
 from tasks.validation import validate_dataset_task, validation_statement
 
@@ -275,14 +275,14 @@ def _run(
         st.evidence = [models.store.describe(key)]
 
     with summary.stage("deploy-staging") as st:
-        promoted = promote_to_stage(
+        promoted = promote_to_stage_task(
             models, version, "staging", keys=keys, policy=policy, actor=actor
         )
         st.detail = f"{len(promoted.report.checks)} gate checks passed; VSA written"
         st.evidence = [models.store.describe(promoted.vsa_key)]
 
     with summary.stage("smoke-test-staging") as st:
-        smoke = smoke_test_stage(
+        smoke = smoke_test_stage_task(
             models, "staging", pulled.local_path, keys=keys, min_accuracy=policy.min_smoke_accuracy
         )
         key, _ = models.put_evidence(
@@ -301,7 +301,7 @@ def _run(
         st.evidence = [models.store.describe(key)]
 
     with summary.stage("promote-production") as st:
-        promoted = promote_to_stage(
+        promoted = promote_to_stage_task(
             models, version, "production", keys=keys, policy=policy, actor=actor
         )
         st.detail = f"production -> {version}; {len(promoted.report.checks)} gate checks passed"

@@ -169,3 +169,23 @@ def rollback_stage(
     return promote_to_stage(
         models, to_version, stage, keys=keys, policy=policy, actor=actor, reason="rollback"
     )
+
+
+# --- Prefect -------------------------------------------------------------------------------
+
+from prefect import task  # noqa: E402 - the plain functions above must not need Prefect
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+
+@task(name="deploy-gate-promote", cache_policy=NO_CACHE, retries=0, timeout_seconds=900)
+def promote_to_stage_task(
+    models: ModelRegistry,
+    version: str,
+    stage: str,
+    *,
+    keys: KeyDirectory,
+    policy: GatePolicy,
+    actor: str,
+) -> Promotion:
+    """Prefect wrapper for :func:`promote_to_stage` (never cached, never retried: a gate)."""
+    return promote_to_stage(models, version, stage, keys=keys, policy=policy, actor=actor)

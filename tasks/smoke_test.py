@@ -139,3 +139,17 @@ def smoke_test_statement(result: SmokeTestResult) -> dict[str, Any]:
     return make_statement(
         [Subject("model", result.model_digest)], PREDICATE_SMOKE_TEST, result.to_json()
     )
+
+
+# --- Prefect -------------------------------------------------------------------------------
+
+from prefect import task  # noqa: E402 - the plain functions above must not need Prefect
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+
+@task(name="smoke-test-stage", cache_policy=NO_CACHE, retries=0, timeout_seconds=600)
+def smoke_test_stage_task(
+    models: ModelRegistry, stage: str, sample: Path, *, keys: KeyDirectory, min_accuracy: float
+) -> SmokeTestResult:
+    """Prefect wrapper for :func:`smoke_test_stage` (a verification: never cached)."""
+    return smoke_test_stage(models, stage, sample, keys=keys, min_accuracy=min_accuracy)
