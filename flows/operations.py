@@ -6,6 +6,8 @@ does not verify leaves the stage pointer where it was.
 
 from __future__ import annotations
 
+import base64
+import json
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -13,7 +15,13 @@ from prefect import flow, get_run_logger
 from blocks import RegistryTarget, SecurityPolicies
 from flows.policy import load_gate_policy, resolve_gate_policy
 from flows.settings import local_paths
-from tasks.approval import ApprovalRequest, approval_statement, check_stage, decide_by_preapproval
+from tasks.approval import (
+    ApprovalRequest,
+    approval_statement,
+    check_stage,
+    decide_automatically,
+    decide_by_preapproval,
+)
 from tasks.deploy import promote_to_stage, rollback_stage
 from tasks.errors import ControlRefused
 from tasks.evidence import load_private_key, sign_statement
@@ -22,35 +30,49 @@ from tasks.keys import KeyDirectory
 from tasks.model_registry import ModelRegistry, StagePointer, stamped
 
 
+def _release_digest(models: ModelRegistry, version: str) -> str:
+    """The model digest a version's release manifest names (for approval requests)."""
+    release = models.read_json(f"{models.evidence_prefix(version)}/release.json")
+    try:
+        payload = json.loads(base64.b64decode(release["dsseEnvelope"]["payload"]))
+        return str(payload["predicate"]["modelDigest"]["sha256"])
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ControlRefused(f"release manifest of {version} is malformed", where=version) from exc
+
+
 def record_approval(
     models: ModelRegistry,
     version: str,
     stage: str,
-    approver: str,
+    *,
     keys: KeyDirectory,
     policy: GatePolicy,
+    approve_as: str | None,
+    model_digest: str | None = None,
 ) -> str:
-    """Sign and store ``approver``'s approval of ``version`` for ``stage``; return its key."""
-    stage = check_stage(stage)
-    models.require_version(version)
-    release = models.read_json(f"{models.evidence_prefix(version)}/release.json")
-    try:
-        import base64
-        import json
+    """Decide, sign and store an approval of ``version`` for ``stage``; return its key.
 
-        payload = json.loads(base64.b64decode(release["dsseEnvelope"]["payload"]))
-        digest = payload["predicate"]["modelDigest"]["sha256"]
-    except (KeyError, ValueError, TypeError) as exc:
-        raise ControlRefused(f"release manifest of {version} is malformed", where=version) from exc
-    request = ApprovalRequest(model=models.model, version=version, model_digest=digest, stage=stage)
-    decision = decide_by_preapproval(request, approver, policy.approval)
-    bundle = sign_statement(
-        approval_statement(request, decision),
-        load_private_key(keys.require(keys.approver_private(approver))),
+    With ``approve_as`` the named approver approves (signed with their own key); without
+    it only a dev policy's auto-approval can pass (signed by the attestor, recorded as
+    automatic), otherwise ``ControlRefused``. The gate later checks who signed it.
+    """
+    request = ApprovalRequest(
+        model=models.model,
+        version=version,
+        model_digest=model_digest or _release_digest(models, version),
+        stage=check_stage(stage),
+        summary=f"deploy {models.model} {version} to {stage}",
     )
+    if approve_as:
+        decision = decide_by_preapproval(request, approve_as, policy.approval)
+        signer = load_private_key(keys.require(keys.approver_private(approve_as)))
+    else:
+        decision = decide_automatically(request, policy.approval)
+        signer = load_private_key(keys.require(keys.private("attestor")))
+    bundle = sign_statement(approval_statement(request, decision), signer)
     key, _ = models.put_evidence(version, stamped(f"approval-{stage}"), bundle)
     models.audit(
-        "approved", version=version, stage=stage, approver=approver, method=decision.method
+        "approved", version=version, stage=stage, approver=decision.approver, method=decision.method
     )
     return key
 
@@ -67,7 +89,8 @@ def promote_version(
     """Promote through the gate (recording ``approve_as``'s approval first, if given)."""
     policy = policy or load_gate_policy()
     if approve_as:
-        record_approval(models, version, stage, approve_as, keys, policy)
+        models.require_version(version)
+        record_approval(models, version, stage, keys=keys, policy=policy, approve_as=approve_as)
     actor = approve_as or "operator"
     return promote_to_stage(models, version, stage, keys=keys, policy=policy, actor=actor).pointer
 

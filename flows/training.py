@@ -24,15 +24,10 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from blocks import DataSource, RegistryTarget, SecurityPolicies, ServingImage
+from flows.operations import record_approval
 from flows.policy import resolve_gate_policy
 from flows.settings import LocalPaths, local_paths, project_root
 from flows.summary import RunSummary
-from tasks.approval import (
-    ApprovalRequest,
-    approval_statement,
-    decide_automatically,
-    decide_by_preapproval,
-)
 from tasks.data import create_demo_data_registry, data_pull_statement, pull_dataset_task
 from tasks.deploy import promote_to_stage_task
 from tasks.digests import sha256_bytes, tree_digest
@@ -78,36 +73,6 @@ class _Evidence:
 
 def _stamp() -> str:
     return utc_now().replace(":", "").replace("-", "")
-
-
-def _approve(
-    models: ModelRegistry,
-    version: str,
-    model_digest: str,
-    stage: str,
-    policy: GatePolicy,
-    keys: KeyDirectory,
-    approve_as: str | None,
-) -> str:
-    request = ApprovalRequest(
-        model=models.model,
-        version=version,
-        model_digest=model_digest,
-        stage="production" if stage == "production" else "staging",
-        summary=f"deploy {models.model} {version} to {stage}",
-    )
-    if approve_as:
-        decision = decide_by_preapproval(request, approve_as, policy.approval)
-        signer = load_private_key(keys.require(keys.approver_private(approve_as)))
-    else:
-        decision = decide_automatically(request, policy.approval)
-        signer = load_private_key(keys.require(keys.private("attestor")))
-    bundle = sign_statement(approval_statement(request, decision), signer)
-    key, _ = models.put_evidence(version, stamped(f"approval-{stage}"), bundle)
-    models.audit(
-        "approved", version=version, stage=stage, approver=decision.approver, method=decision.method
-    )
-    return key
 
 
 @flow(name="secure-training", log_prints=True, validate_parameters=True)
@@ -269,11 +234,21 @@ def _run(
         st.evidence = [models.store.describe(models.evidence_prefix(version)) + "/"]
     actor = approve_as or "auto"
 
-    with summary.stage("approve-staging") as st:
-        key = _approve(models, version, model_digest, "staging", policy, keys, approve_as)
-        st.detail = f"approved by {actor}"
-        st.evidence = [models.store.describe(key)]
+    def approve(stage: str) -> None:
+        with summary.stage(f"approve-{stage}") as st:
+            key = record_approval(
+                models,
+                version,
+                stage,
+                keys=keys,
+                policy=policy,
+                approve_as=approve_as,
+                model_digest=model_digest,
+            )
+            st.detail = f"approved by {actor}"
+            st.evidence = [models.store.describe(key)]
 
+    approve("staging")
     with summary.stage("deploy-staging") as st:
         promoted = promote_to_stage_task(
             models, version, "staging", keys=keys, policy=policy, actor=actor
@@ -293,17 +268,12 @@ def _run(
         st.detail = f"accuracy {smoke.accuracy:.3f} on {smoke.rows} rows"
         st.evidence = [models.store.describe(key)]
 
-    if not promote_to_production:
-        return
-    with summary.stage("approve-production") as st:
-        key = _approve(models, version, model_digest, "production", policy, keys, approve_as)
-        st.detail = f"approved by {actor}"
-        st.evidence = [models.store.describe(key)]
-
-    with summary.stage("promote-production") as st:
-        promoted = promote_to_stage_task(
-            models, version, "production", keys=keys, policy=policy, actor=actor
-        )
-        st.detail = f"production -> {version}; {len(promoted.report.checks)} gate checks passed"
-        st.evidence = [models.store.describe(models.stage_key("production"))]
+    if promote_to_production:
+        approve("production")
+        with summary.stage("promote-production") as st:
+            promoted = promote_to_stage_task(
+                models, version, "production", keys=keys, policy=policy, actor=actor
+            )
+            st.detail = f"production -> {version}; {len(promoted.report.checks)} gate checks passed"
+            st.evidence = [models.store.describe(models.stage_key("production"))]
     shutil.rmtree(workdir / "train", ignore_errors=True)

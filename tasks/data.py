@@ -39,6 +39,7 @@ from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 
+from tasks.atomic import write_atomic
 from tasks.errors import ControlRefused, InputError, ToolError
 from tasks.evidence import PREDICATE_DATA_PULL, Subject, make_statement, utc_now
 from tasks.toolrun import resolve_binary, run_tool
@@ -185,17 +186,7 @@ def churn_csv_bytes(frame: pd.DataFrame) -> bytes:
 
 def write_dataset_csv(frame: pd.DataFrame, path: Path) -> None:
     """Write ``frame`` as canonical CSV to ``path`` atomically (temp file, then rename)."""
-    _atomic_write(path, churn_csv_bytes(frame))
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, churn_csv_bytes(frame))
 
 
 # --- the demo data registry ------------------------------------------------------------

@@ -21,10 +21,8 @@ Example::
 from __future__ import annotations
 
 import json
-import os
 import platform
 import struct
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tasks.atomic import write_atomic
 from tasks.errors import InputError
 
 FORMAT_NAME = "secmlops-linear-v1"
@@ -174,19 +173,6 @@ def _framework_versions() -> dict[str, str]:
     }
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        # mkstemp makes 0600 files; model files are not secrets, serving needs to read them.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_model(
     pipeline: Any,
     spec: FeatureSpec,
@@ -245,8 +231,8 @@ def save_model(
     model_dir.mkdir(parents=True, exist_ok=True)
     weights = st_save(tensors, metadata={"format": FORMAT_NAME})
     spec_bytes = (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
-    _write_atomic(model_dir / WEIGHTS_FILE, weights)
-    _write_atomic(model_dir / SPEC_FILE, spec_bytes)
+    write_atomic(model_dir / WEIGHTS_FILE, weights)
+    write_atomic(model_dir / SPEC_FILE, spec_bytes)
     # Refuse to hand back something that does not load: the round trip is the contract.
     load_model(model_dir)
     return [model_dir / WEIGHTS_FILE, model_dir / SPEC_FILE]

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
+from tasks.atomic import write_atomic
 from tasks.digests import sha256_bytes
 from tasks.errors import ControlRefused, InputError, ToolError
 
@@ -161,17 +160,7 @@ class LocalRegistry(Registry):
                         where=str(path),
                         fix="another promotion ran at the same time; rerun this one",
                     )
-                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-                try:
-                    with os.fdopen(fd, "wb") as fh:
-                        fh.write(data)
-                        fh.flush()
-                        os.fsync(fh.fileno())
-                    os.replace(tmp, path)
-                except BaseException:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(tmp)
-                    raise
+                write_atomic(path, data)
         except OSError as exc:
             raise ToolError(f"cannot write {path}: {exc.strerror}", where=str(path)) from exc
 

@@ -33,6 +33,7 @@ from typing import Any
 
 from packaging.markers import InvalidMarker, Marker
 
+from tasks.atomic import write_atomic
 from tasks.digests import sha256_bytes, sha256_file
 from tasks.errors import InputError
 
@@ -383,16 +384,7 @@ def build_serving_image(
     ]
     archive = _archive_tar({**blobs, "manifest.json": _canonical_json(manifest)})
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(archive)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(out_path, archive)
     return ServingImage(
         path=out_path,
         tag=tag,

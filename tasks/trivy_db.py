@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
 import struct
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tasks.atomic import write_atomic
 from tasks.digests import sha256_bytes, sha256_file
 from tasks.errors import InputError, ToolError
 
@@ -395,21 +394,6 @@ def build_trivy_db_tree(advisories: Iterable[Advisory]) -> dict[bytes, Any]:
     return tree
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _as_utc(value: dt.datetime | None, default: dt.datetime) -> dt.datetime:
     if value is None:
         return default
@@ -437,7 +421,7 @@ def write_trivy_db(
     nxt = _as_utc(next_update, updated + dt.timedelta(days=3650))
     data = write_bolt_bytes(build_trivy_db_tree(advisory_list))
     db_dir = cache_dir / "db"
-    _atomic_write(db_dir / "trivy.db", data)
+    write_atomic(db_dir / "trivy.db", data)
     metadata = {
         "Version": SCHEMA_VERSION,
         "NextUpdate": _rfc3339(nxt),
@@ -448,7 +432,7 @@ def write_trivy_db(
         "SecMLOpsAdvisoryCount": len(advisory_list),
         "SecMLOpsDbSha256": sha256_bytes(data),
     }
-    _atomic_write(db_dir / "metadata.json", json.dumps(metadata, indent=2).encode() + b"\n")
+    write_atomic(db_dir / "metadata.json", json.dumps(metadata, indent=2).encode() + b"\n")
     return read_trivy_db_info(cache_dir)
 
 

@@ -164,3 +164,35 @@ def test_approval_signed_by_an_unlisted_key_is_refused(world_copy: PipelineWorld
     assert proc.returncode == 1
     assert "untrusted key" in proc.stderr
     assert _pointer(reg, "production")["version"] == "v1"
+
+
+def test_run_without_an_approver_stops_before_staging(
+    pipeline_world: PipelineWorld, tmp_path: Path
+) -> None:
+    registry = tmp_path / "registry"
+    env = {**pipeline_world.env, "SECMLOPS_REGISTRY": str(registry)}
+    world = PipelineWorld(pipeline_world.home, registry, env, pipeline_world.runs)
+    proc = world.cli("run")
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "approval required for staging" in proc.stderr
+    assert (registry / MODEL / "versions" / "v1" / "evidence" / "release.json").is_file()
+    assert not (registry / MODEL / "stages").exists()
+
+
+def test_run_with_a_vulnerable_image_registers_nothing(
+    pipeline_world: PipelineWorld, tmp_path: Path
+) -> None:
+    from tasks.serving_image import build_serving_image
+
+    image = build_serving_image(
+        tmp_path / "vulnerable.tar",
+        lock_file=Path(__file__).resolve().parents[2] / "uv.lock",
+        extra_python_packages={"PyYAML": "5.3"},
+    )
+    registry = tmp_path / "registry"
+    env = {**pipeline_world.env, "SECMLOPS_REGISTRY": str(registry)}
+    world = PipelineWorld(pipeline_world.home, registry, env, pipeline_world.runs)
+    proc = world.cli("run", "--approve-as", "demo-approver", "--image", str(image.path))
+    assert proc.returncode == 1
+    assert "CVE-2020-14343" in proc.stderr
+    assert not (registry / MODEL / "versions").exists()
