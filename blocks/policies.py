@@ -7,7 +7,7 @@ from pydantic import Field
 
 from tasks.approval import ApprovalPolicy
 from tasks.gate import GatePolicy
-from tasks.scanning import ScanPolicy
+from tasks.scanning import ScanPolicy, Severity
 
 
 class SecurityPolicies(Block):
@@ -16,7 +16,7 @@ class SecurityPolicies(Block):
     _block_type_name = "SecMLOps Security Policies"
     _description = "Policies the pipeline's gates enforce (scan, approval, smoke test)."
 
-    scan_fail_on: list[str] = Field(
+    scan_fail_on: list[Severity] = Field(
         default=["CRITICAL", "HIGH"],
         description="Vulnerability severities that block a release. Must not be empty.",
     )
@@ -51,7 +51,7 @@ class SecurityPolicies(Block):
         """Build the validated policy objects (raises InputError for a permissive config)."""
         return GatePolicy(
             scan=ScanPolicy(
-                fail_on=tuple(self.scan_fail_on),  # type: ignore[arg-type]  # validated
+                fail_on=tuple(self.scan_fail_on),
                 ignore_unfixed=self.scan_ignore_unfixed,
                 unsafe_allow_curated_db=self.scan_unsafe_allow_curated_db,
             ),

@@ -12,12 +12,16 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import pydantic
 import typer
 
 from tasks.errors import ControlRefused, SecMLOpsError
+
+if TYPE_CHECKING:  # the CLI imports heavy modules lazily, per command
+    from tasks.keys import KeyDirectory
+    from tasks.model_registry import ModelRegistry
 
 app = typer.Typer(
     name="secmlops",
@@ -80,7 +84,7 @@ def _registry_opts(registry: str | None, endpoint: str | None) -> tuple[str | No
     return registry or _state["registry"], endpoint or _state["endpoint"]
 
 
-def _keys(keys: Path | None):  # type: ignore[no-untyped-def]
+def _keys(keys: Path | None) -> KeyDirectory:
     from flows.settings import local_paths
     from tasks.keys import KeyDirectory
 
@@ -88,7 +92,7 @@ def _keys(keys: Path | None):  # type: ignore[no-untyped-def]
     return KeyDirectory(Path(root))
 
 
-def _models(model: str, registry: str | None, endpoint: str | None):  # type: ignore[no-untyped-def]
+def _models(model: str, registry: str | None, endpoint: str | None) -> ModelRegistry:
     from flows.settings import local_paths
     from tasks.model_registry import ModelRegistry
     from tasks.registry import open_registry
