@@ -80,6 +80,41 @@ def _common(
     )
 
 
+class _WithoutTraceback(logging.Formatter):
+    """Wraps a console formatter so log records print without tracebacks (``-v`` shows them).
+
+    The record is restored afterwards, so other handlers (Prefect's API log handler, which
+    feeds the UI) still get the full traceback.
+    """
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
+def _quiet_console_tracebacks() -> None:
+    if _state["verbose"]:
+        return
+    loggers = [logging.getLogger()] + [
+        lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+    ]
+    for logger in loggers:
+        for handler in logger.handlers:
+            is_console = isinstance(handler, logging.StreamHandler) and not isinstance(
+                handler, logging.FileHandler
+            )
+            if is_console and not isinstance(handler.formatter, _WithoutTraceback):
+                handler.setFormatter(_WithoutTraceback(handler.formatter))
+
+
 def _registry_opts(registry: str | None, endpoint: str | None) -> tuple[str | None, str | None]:
     return registry or _state["registry"], endpoint or _state["endpoint"]
 
@@ -146,6 +181,8 @@ def run(
     """Run the whole secure pipeline once (what `make demo` runs)."""
     from blocks import DataSource, RegistryTarget, ServingImage
     from flows.training import secure_training
+
+    _quiet_console_tracebacks()
 
     registry, s3_endpoint_url = _registry_opts(registry, s3_endpoint_url)
     data = DataSource()
