@@ -6,14 +6,13 @@ does not verify leaves the stage pointer where it was.
 
 from __future__ import annotations
 
-import base64
 import json
 from typing import Any
 
 from prefect import flow, get_run_logger
 
-from blocks import RegistryTarget, SecurityPolicies
-from flows.policy import load_gate_policy, resolve_gate_policy
+from blocks import RegistryTarget
+from flows.policy import load_gate_policy
 from flows.settings import local_paths
 from tasks.approval import (
     ApprovalRequest,
@@ -23,21 +22,33 @@ from tasks.approval import (
     decide_by_preapproval,
 )
 from tasks.deploy import promote_to_stage, rollback_stage
+from tasks.digests import sha256_bytes
 from tasks.errors import ControlRefused
-from tasks.evidence import load_private_key, sign_statement
+from tasks.evidence import load_private_key, sign_statement, verify_bundle
 from tasks.gate import GatePolicy, verify_release
 from tasks.keys import KeyDirectory
 from tasks.model_registry import ModelRegistry, StagePointer, stamped
 
 
-def _release_digest(models: ModelRegistry, version: str) -> str:
-    """The model digest a version's release manifest names (for approval requests)."""
-    release = models.read_json(f"{models.evidence_prefix(version)}/release.json")
+def _verified_release(models: ModelRegistry, version: str, keys: KeyDirectory) -> tuple[str, str]:
+    """The (model digest, sha256) of a version's release manifest, after verifying its signature.
+
+    An approver signs off on exactly this manifest; one that does not verify is not approved.
+    """
+    key = f"{models.evidence_prefix(version)}/release.json"
+    raw = models.store.read(key)
     try:
-        payload = json.loads(base64.b64decode(release["dsseEnvelope"]["payload"]))
-        return str(payload["predicate"]["modelDigest"]["sha256"])
-    except (KeyError, ValueError, TypeError) as exc:
-        raise ControlRefused(f"release manifest of {version} is malformed", where=version) from exc
+        bundle = json.loads(raw)
+    except ValueError as exc:
+        raise ControlRefused(f"release manifest of {version} is not JSON", where=key) from exc
+    statement = verify_bundle(bundle, keys.trusted("attestor"), where=key)
+    try:
+        digest = str(statement.predicate["modelDigest"]["sha256"])
+    except (KeyError, TypeError) as exc:
+        raise ControlRefused(
+            f"release manifest of {version} names no model digest", where=key
+        ) from exc
+    return digest, sha256_bytes(raw)
 
 
 def record_approval(
@@ -48,7 +59,6 @@ def record_approval(
     keys: KeyDirectory,
     policy: GatePolicy,
     approve_as: str | None,
-    model_digest: str | None = None,
 ) -> str:
     """Decide, sign and store an approval of ``version`` for ``stage``; return its key.
 
@@ -56,10 +66,12 @@ def record_approval(
     it only a dev policy's auto-approval can pass (signed by the attestor, recorded as
     automatic), otherwise ``ControlRefused``. The gate later checks who signed it.
     """
+    model_digest, release_sha256 = _verified_release(models, version, keys)
     request = ApprovalRequest(
         model=models.model,
         version=version,
-        model_digest=model_digest or _release_digest(models, version),
+        model_digest=model_digest,
+        release_sha256=release_sha256,
         stage=check_stage(stage),
         summary=f"deploy {models.model} {version} to {stage}",
     )
@@ -121,7 +133,6 @@ def promote(
     version: str,
     stage: str = "production",
     registry: RegistryTarget | None = None,
-    policies: SecurityPolicies | None = None,
 ) -> dict[str, Any]:
     """Promote a registered version to a stage through the deploy gate."""
     pointer = promote_version(
@@ -129,7 +140,7 @@ def promote(
         version,
         stage,
         keys=KeyDirectory(local_paths().keys),
-        policy=resolve_gate_policy(policies),
+        policy=load_gate_policy(),
     )
     get_run_logger().info("%s %s -> %s", model, stage, pointer.version)
     return pointer.to_json()
@@ -141,7 +152,6 @@ def rollback(
     stage: str = "production",
     to_version: str | None = None,
     registry: RegistryTarget | None = None,
-    policies: SecurityPolicies | None = None,
 ) -> dict[str, Any]:
     """Roll a stage back to the version it served before, through the deploy gate."""
     pointer = rollback_version(
@@ -149,7 +159,7 @@ def rollback(
         stage,
         keys=KeyDirectory(local_paths().keys),
         to_version=to_version,
-        policy=resolve_gate_policy(policies),
+        policy=load_gate_policy(),
     )
     get_run_logger().info("%s %s rolled back -> %s", model, stage, pointer.version)
     return pointer.to_json()
@@ -160,7 +170,6 @@ def verify(
     model: str,
     stage: str = "production",
     registry: RegistryTarget | None = None,
-    policies: SecurityPolicies | None = None,
 ) -> dict[str, Any]:
     """Re-run the deploy gate for what a stage serves now; refuse if anything stopped verifying."""
     models = _open(model, registry)
@@ -172,7 +181,7 @@ def verify(
         pointer.version,
         stage,
         keys=KeyDirectory(local_paths().keys),
-        policy=resolve_gate_policy(policies),
+        policy=load_gate_policy(),
     )
     get_run_logger().info(
         "%s %s %s: %d checks passed", model, stage, pointer.version, len(report.checks)

@@ -1,4 +1,8 @@
-"""Load the gate policy (policy as code) from ``secmlops-policy.yaml`` or a Prefect block."""
+"""Load the gate policy (policy as code) from ``secmlops-policy.yaml``.
+
+The file is read where the flow runs (the worker's checkout), never taken from flow-run
+parameters: whoever can start a run in the UI must not be able to weaken a gate.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,6 @@ from pathlib import Path
 import pydantic
 import yaml
 
-from blocks import SecurityPolicies
 from flows.settings import project_root
 from tasks.errors import InputError
 from tasks.gate import GatePolicy
@@ -46,8 +49,3 @@ def load_gate_policy(path: Path | None = None) -> GatePolicy:
             where=f"{path}:{field}",
             fix="fix that field (unknown keys are refused; see docs/security-model.md)",
         ) from exc
-
-
-def resolve_gate_policy(block: SecurityPolicies | None) -> GatePolicy:
-    """A block passed to a flow run wins; otherwise the policy file."""
-    return block.gate_policy() if block is not None else load_gate_policy()

@@ -23,9 +23,9 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from blocks import DataSource, RegistryTarget, SecurityPolicies, ServingImage
+from blocks import DataSource, RegistryTarget, ServingImage
 from flows.operations import record_approval
-from flows.policy import resolve_gate_policy
+from flows.policy import load_gate_policy
 from flows.settings import LocalPaths, local_paths, project_root
 from flows.summary import RunSummary
 from tasks.data import create_demo_data_registry, data_pull_statement, pull_dataset_task
@@ -53,7 +53,7 @@ from tasks.scanning import (
 )
 from tasks.signing import sign_model_task
 from tasks.smoke_test import smoke_test_stage_task, smoke_test_statement
-from tasks.training import provenance_statement, train_model_task
+from tasks.training import provenance_statement, train_model_task, write_held_out_sample
 from tasks.validation import validate_dataset_task, validation_statement
 
 BUILDER_ID = "https://secmlops.dev/builders/prefect-secure-training/v1"
@@ -81,7 +81,6 @@ def secure_training(
     data: DataSource | None = None,
     registry: RegistryTarget | None = None,
     image: ServingImage | None = None,
-    policies: SecurityPolicies | None = None,
     approve_as: str | None = None,
     promote_to_production: bool = True,
 ) -> dict[str, Any]:
@@ -91,7 +90,7 @@ def secure_training(
     data = data or DataSource()
     registry = registry or RegistryTarget()
     image = image or ServingImage()
-    policy = resolve_gate_policy(policies)
+    policy = load_gate_policy()
     store = registry.open(paths.default_registry)
     models = ModelRegistry(store, model_name)
     summary = RunSummary(model=model_name, registry=store.uri)
@@ -243,7 +242,6 @@ def _run(
                 keys=keys,
                 policy=policy,
                 approve_as=approve_as,
-                model_digest=model_digest,
             )
             st.detail = f"approved by {actor}"
             st.evidence = [models.store.describe(key)]
@@ -257,8 +255,15 @@ def _run(
         st.evidence = [models.store.describe(promoted.vsa_key)]
 
     with summary.stage("smoke-test-staging") as st:
+        sample = workdir / "held-out.csv"
+        write_held_out_sample(pulled.local_path, trained.params, sample)
         smoke = smoke_test_stage_task(
-            models, "staging", pulled.local_path, keys=keys, min_accuracy=policy.min_smoke_accuracy
+            models,
+            "staging",
+            sample,
+            keys=keys,
+            min_accuracy=policy.min_smoke_accuracy,
+            expect_version=version,
         )
         key, _ = models.put_evidence(
             version,

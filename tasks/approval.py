@@ -95,6 +95,7 @@ class ApprovalRequest:
     version: str
     model_digest: str
     stage: Stage
+    release_sha256: str
     summary: str = ""
 
 
@@ -161,6 +162,7 @@ def approval_statement(request: ApprovalRequest, decision: ApprovalDecision) -> 
             "method": decision.method,
             "comment": decision.comment,
             "decidedAt": decision.decided_at or utc_now(),
+            "release": {"sha256": request.release_sha256},
             "request": asdict(request),
         },
     )

@@ -8,6 +8,7 @@ through the same gate. Every outcome, refusals included, goes to the audit log.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass
 
@@ -21,11 +22,16 @@ from tasks.evidence import (
     sign_statement,
     utc_now,
 )
-from tasks.gate import GatePolicy, GateReport, verify_release
+from tasks.gate import (
+    VERIFIER_ID,
+    GatePolicy,
+    GateReport,
+    passed_gate_before,
+    verify_release,
+)
 from tasks.keys import KeyDirectory
 from tasks.model_registry import ModelRegistry, StagePointer, canonical_json, stamped
 
-VERIFIER_ID = "https://secmlops.dev/deploy-gate/v1"
 HISTORY_LIMIT = 50
 
 
@@ -63,6 +69,8 @@ def vsa_statement(
                 "stage": report.stage,
                 "datasetDigest": report.dataset_digest,
                 "imageDigest": report.image_digest,
+                "release": {"sha256": report.release_sha256},
+                "approval": {"approver": report.approver, "method": report.approval_method},
                 "checks": [c.to_json() for c in report.checks],
             },
         },
@@ -84,16 +92,18 @@ def promote_to_stage(
     current, current_obj = models.read_pointer(stage)
     try:
         report = verify_release(models, version, stage, keys=keys, policy=policy)
-    except SecMLOpsError as exc:
-        models.audit(
-            "refused",
-            version=version,
-            stage=stage,
-            actor=actor,
-            reason=reason,
-            error=str(exc),
-            details=exc.details,
-        )
+    except Exception as exc:
+        # Every outcome is audited, a crash included; the audit write must not mask the cause.
+        with contextlib.suppress(Exception):
+            models.audit(
+                "refused" if isinstance(exc, ControlRefused) else "failed",
+                version=version,
+                stage=stage,
+                actor=actor,
+                reason=reason,
+                error=str(exc),
+                details=exc.details if isinstance(exc, SecMLOpsError) else {},
+            )
         raise
     bundle = sign_statement(
         vsa_statement(models, report, policy), load_private_key(keys.require(keys.private("gate")))
@@ -149,9 +159,15 @@ def rollback_stage(
         raise InputError(
             f"{models.model} has nothing in {stage} to roll back", where=f"stage:{stage}"
         )
-    candidates = [
-        h["version"] for h in reversed(current.history) if h["version"] != current.version
-    ]
+    # The pointer's history is unsigned: only versions with a gate-signed VSA for this
+    # stage count as "served before". The target then goes through the full gate again.
+    candidates: list[str] = []
+    for entry in reversed(current.history):
+        version = str(entry.get("version", ""))
+        if version == current.version or version in candidates:
+            continue
+        if passed_gate_before(models, version, stage, keys):
+            candidates.append(version)
     if to_version is None:
         if not candidates:
             raise ControlRefused(

@@ -239,6 +239,8 @@ def verify_bundle(
         payload_type = envelope["payloadType"]
     except (KeyError, TypeError, ValueError) as exc:
         raise ControlRefused(f"malformed evidence bundle: {exc}", where=where) from exc
+    if not isinstance(hint, str) or not isinstance(signatures, list) or not signatures:
+        raise ControlRefused("malformed evidence bundle: bad key hint or signatures", where=where)
     if bundle.get("mediaType") != BUNDLE_MEDIA_TYPE:
         raise ControlRefused(
             f"unexpected bundle media type {bundle.get('mediaType')!r}", where=where
@@ -256,7 +258,7 @@ def verify_bundle(
     for sig in signatures:
         try:
             key.verify(base64.b64decode(sig["sig"]), message, ec.ECDSA(hashes.SHA256()))
-        except (InvalidSignature, KeyError, TypeError, ValueError):
+        except (InvalidSignature, KeyError, TypeError, ValueError, AttributeError):
             continue
         break
     else:
@@ -265,7 +267,13 @@ def verify_bundle(
         statement = json.loads(payload)
     except ValueError as exc:
         raise ControlRefused(f"signed payload is not JSON: {exc}", where=where) from exc
-    if not isinstance(statement, dict) or statement.get("_type") != STATEMENT_TYPE:
+    if (
+        not isinstance(statement, dict)
+        or statement.get("_type") != STATEMENT_TYPE
+        or not isinstance(statement.get("subject"), list)
+        or not isinstance(statement.get("predicate"), dict)
+        or not isinstance(statement.get("predicateType"), str)
+    ):
         raise ControlRefused("signed payload is not an in-toto Statement v1", where=where)
     return VerifiedStatement(statement=statement, signer=name, key_id=hint)
 

@@ -21,14 +21,16 @@ Any failure raises ``ControlRefused`` listing every failed check.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
+import json
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.approval import ApprovalPolicy, Stage, check_stage
 from tasks.digests import sha256_bytes, tree_digest
@@ -45,13 +47,14 @@ from tasks.evidence import (
     PREDICATE_VULNS,
     TrustedKeys,
     VerifiedStatement,
-    statement_digests,
     verify_bundle,
 )
 from tasks.keys import KeyDirectory
 from tasks.model_registry import ModelRegistry
 from tasks.scanning import ScanPolicy, scan_predicate_verdict
 from tasks.signing import verify_model_signature
+
+VERIFIER_ID = "https://secmlops.dev/deploy-gate/v1"
 
 #: Build-time evidence every release must carry, and the predicate each must have.
 REQUIRED_EVIDENCE: dict[str, str] = {
@@ -70,7 +73,10 @@ class GatePolicy(BaseModel):
 
     approval: ApprovalPolicy = ApprovalPolicy()
     scan: ScanPolicy = ScanPolicy()
-    min_smoke_accuracy: float = 0.6
+    min_smoke_accuracy: float = Field(default=0.6, ge=0, le=1)
+    #: Approvals older than this no longer count (None: no limit). Rollbacks then need a
+    #: fresh approval, so an old approval cannot be replayed forever.
+    max_approval_age_days: int | None = Field(default=None, ge=1)
 
 
 @dataclass
@@ -101,6 +107,9 @@ class GateReport:
     model_digest: str = ""
     dataset_digest: str = ""
     image_digest: str = ""
+    release_sha256: str = ""
+    approver: str = ""
+    approval_method: str = ""
     checks: list[GateCheck] = field(default_factory=list)
     input_attestations: list[dict[str, Any]] = field(default_factory=list)
 
@@ -133,24 +142,61 @@ class _Gate:
         except SecMLOpsError as exc:
             self.report.checks.append(GateCheck(name, False, str(exc)))
             return False
+        except Exception as exc:
+            self.report.checks.append(GateCheck(name, False, f"{type(exc).__name__}: {exc}"))
+            return False
         self.report.checks.append(GateCheck(name, True, detail, evidence))
         return True
 
-    def load(self, key: str, trusted: TrustedKeys, expected_type: str) -> VerifiedStatement:
+    def load(
+        self,
+        key: str,
+        trusted: TrustedKeys,
+        expected_type: str,
+        *,
+        expected_sha256: str | None = None,
+    ) -> tuple[VerifiedStatement, str]:
+        """Read ``key`` once; hash, verify and parse those same bytes. Returns (statement, sha)."""
         where = self.models.store.describe(key)
         raw = self.models.store.read(key)
-        verified = verify_bundle(self.models.read_json(key), trusted, where=where)
+        digest = sha256_bytes(raw)
+        if expected_sha256 is not None and digest != expected_sha256:
+            raise ControlRefused(
+                f"{key} was changed after the release manifest was signed", where=where
+            )
+        try:
+            bundle = json.loads(raw)
+        except ValueError as exc:
+            raise ControlRefused(f"{key} is not JSON", where=where) from exc
+        if not isinstance(bundle, dict):
+            raise ControlRefused(f"{key} is not a JSON object", where=where)
+        verified = verify_bundle(bundle, trusted, where=where)
         if verified.predicate_type != expected_type:
             raise ControlRefused(
                 f"{key} has predicate {verified.predicate_type}, expected {expected_type}",
                 where=where,
             )
-        self.report.input_attestations.append({"uri": key, "digest": {"sha256": sha256_bytes(raw)}})
-        return verified
+        self.report.input_attestations.append({"uri": key, "digest": {"sha256": digest}})
+        return verified, digest
 
-    def require_subject(self, st: VerifiedStatement, digest: str, what: str, key: str) -> None:
-        if digest not in statement_digests(st.statement):
-            raise ControlRefused(f"{key} is not about this {what} ({digest[:12]}…)", where=key)
+    def require_subject(
+        self, st: VerifiedStatement, digest: str, what: str, key: str, *, name: str | None = None
+    ) -> None:
+        """The statement must name ``digest`` (under subject ``name``, when given)."""
+        for subject in st.statement.get("subject", []):
+            if subject.get("digest", {}).get("sha256") == digest and (
+                name is None or subject.get("name") == name
+            ):
+                return
+        raise ControlRefused(f"{key} is not about this {what} ({digest[:12]}…)", where=key)
+
+    def require_fields(self, pred: dict[str, Any], key: str, **expected: str) -> None:
+        """The predicate must carry exactly these values (model, version, stage, ...)."""
+        for field_name, value in expected.items():
+            if pred.get(field_name) != value:
+                raise ControlRefused(
+                    f"{key} is for {field_name}={pred.get(field_name)!r}, not {value!r}", where=key
+                )
 
 
 def verify_release(
@@ -164,7 +210,7 @@ def verify_release(
 
     def check_release() -> tuple[str, list[str]]:
         key = f"{models.evidence_prefix(version)}/release.json"
-        st = gate.load(key, gate.attestor, PREDICATE_RELEASE)
+        st, report.release_sha256 = gate.load(key, gate.attestor, PREDICATE_RELEASE)
         pred = st.predicate
         if pred.get("model") != models.model or pred.get("version") != version:
             raise ControlRefused(
@@ -174,7 +220,7 @@ def verify_release(
         report.model_digest = pred["modelDigest"]["sha256"]
         report.dataset_digest = pred["dataset"]["sha256"]
         report.image_digest = pred["image"]["sha256"]
-        gate.require_subject(st, report.model_digest, "model", key)
+        gate.require_subject(st, report.model_digest, "model", key, name="model")
         return f"signed by {st.signer}", [key]
 
     if not gate.check("release", check_release):
@@ -232,11 +278,10 @@ def _check_build_evidence(
     entry = release.get("evidence", {}).get(name)
     if not entry:
         raise ControlRefused(f"release manifest names no {name} evidence")
-    key = entry["key"]
-    raw = gate.models.store.read(key)
-    if sha256_bytes(raw) != entry["sha256"]:
-        raise ControlRefused(f"{key} was changed after the release manifest was signed", where=key)
-    st = gate.load(key, gate.attestor, predicate_type)
+    key = str(entry["key"])
+    if not key.startswith(gate.models.evidence_prefix(report.version) + "/"):
+        raise ControlRefused(f"release manifest points {name} outside this version: {key}")
+    st, _ = gate.load(key, gate.attestor, predicate_type, expected_sha256=entry["sha256"])
     pred = st.predicate
     if name in ("data-pull", "validation"):
         gate.require_subject(st, report.dataset_digest, "dataset", key)
@@ -248,12 +293,12 @@ def _check_build_evidence(
         if verdict:
             raise ControlRefused(f"image scan does not meet policy: {verdict}", where=key)
     if name == "provenance":
-        gate.require_subject(st, report.model_digest, "model", key)
+        gate.require_subject(st, report.model_digest, "model", key, name="model")
         deps = pred.get("buildDefinition", {}).get("resolvedDependencies", [])
         if not any(d.get("digest", {}).get("sha256") == report.dataset_digest for d in deps):
             raise ControlRefused("provenance does not name the validated dataset", where=key)
     if name == "model-scan":
-        gate.require_subject(st, report.model_digest, "model", key)
+        gate.require_subject(st, report.model_digest, "model", key, name="model")
         files = pred.get("files") or []
         bad = [f.get("path") for f in files if f.get("verdict") != "pass"]
         if pred.get("verdict") != "pass" or not files or bad:
@@ -261,7 +306,29 @@ def _check_build_evidence(
     return f"signed by {st.signer}", [key]
 
 
+def _stage_evidence(gate: _Gate, version: str, prefix: str) -> list[str]:
+    return [
+        k
+        for k in gate.models.evidence_keys(version)
+        if k.rsplit("/", 1)[-1].startswith(f"{prefix}-")
+    ]
+
+
+def _approval_age_problem(decided_at: Any, max_days: int | None) -> str | None:
+    if max_days is None:
+        return None
+    try:
+        when = dt.datetime.strptime(str(decided_at), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+    except ValueError:
+        return f"approval has no valid decidedAt ({decided_at!r})"
+    age = dt.datetime.now(dt.UTC) - when
+    if age > dt.timedelta(days=max_days):
+        return f"approval from {decided_at} is older than {max_days} days; approve again"
+    return None
+
+
 def _check_approval(gate: _Gate, version: str) -> tuple[str, list[str]]:
+    """An approval for this stage, by an allowed approver's own key, for exactly this release."""
     report = gate.report
     stage = report.stage
     policy = gate.policy.approval
@@ -269,75 +336,119 @@ def _check_approval(gate: _Gate, version: str) -> tuple[str, list[str]]:
     if stage in policy.unsafe_auto_approve_stages:
         for kid, (_, public) in gate.attestor.keys.items():
             trusted.keys[kid] = ("auto", public)
-    keys = [
-        k
-        for k in gate.models.evidence_keys(version)
-        if k.rsplit("/", 1)[-1].startswith(f"approval-{stage}-")
-    ]
+    keys = _stage_evidence(gate, version, f"approval-{stage}")
     if not keys:
         raise ControlRefused(f"no approval for {stage} recorded for {version}")
+    staging_approvers = _staging_approvers(gate, version) if stage == "production" else set()
     problems = []
     for key in keys:
         try:
-            st = gate.load(key, trusted, PREDICATE_APPROVAL)
-            gate.require_subject(st, report.model_digest, "model", key)
+            st, _ = gate.load(key, trusted, PREDICATE_APPROVAL)
+            gate.require_subject(st, report.model_digest, "model", key, name="model")
             pred = st.predicate
-            if pred.get("stage") != stage or pred.get("decision") != "approved":
-                raise ControlRefused(
-                    f"{key}: decision {pred.get('decision')} for {pred.get('stage')}"
-                )
+            gate.require_fields(
+                pred, key, model=report.model, version=version, stage=stage, decision="approved"
+            )
+            if (pred.get("release") or {}).get("sha256") != report.release_sha256:
+                raise ControlRefused(f"{key} approves a different release manifest")
             if st.signer == "auto" and pred.get("method") != "unsafe-auto-approval":
                 raise ControlRefused(f"{key}: attestor-signed approval is not an auto-approval")
             if st.signer != "auto" and pred.get("approver") != st.signer:
                 raise ControlRefused(
                     f"{key}: names {pred.get('approver')} but signed by {st.signer}"
                 )
-            if stage == "production" and policy.separation_of_duties:
-                staging = _approvers_of(gate, version, "staging")
-                if st.signer in staging:
-                    raise ControlRefused(
-                        f"{st.signer} also approved staging (separation of duties)"
-                    )
+            too_old = _approval_age_problem(
+                pred.get("decidedAt"), gate.policy.max_approval_age_days
+            )
+            if too_old:
+                raise ControlRefused(f"{key}: {too_old}")
+            if policy.separation_of_duties and st.signer in staging_approvers:
+                raise ControlRefused(f"{st.signer} also approved staging (separation of duties)")
+            report.approver, report.approval_method = st.signer, str(pred.get("method"))
             return f"approved by {st.signer} ({pred.get('method')})", [key]
         except SecMLOpsError as exc:
             problems.append(str(exc))
     raise ControlRefused("no valid approval: " + "; ".join(problems))
 
 
-def _approvers_of(gate: _Gate, version: str, stage: str) -> set[str]:
-    names = set()
-    for key in gate.models.evidence_keys(version):
-        if key.rsplit("/", 1)[-1].startswith(f"approval-{stage}-"):
-            bundle = gate.models.read_json(key)
-            try:
-                trusted = gate.keys.trusted_approvers(gate.policy.approval.allowed(stage))
-                names.add(str(verify_bundle(bundle, trusted).predicate.get("approver")))
-            except SecMLOpsError:
-                continue
-    return names
+def _staging_vsas(gate: _Gate, version: str) -> list[tuple[str, VerifiedStatement]]:
+    """Gate-signed staging VSAs that passed, for exactly this model, version and digest."""
+    found = []
+    for key in _stage_evidence(gate, version, "vsa-staging"):
+        try:
+            st, _ = gate.load(key, gate.keys.trusted("gate"), PREDICATE_SLSA_VSA)
+            gate.require_subject(st, gate.report.model_digest, "model", key, name="model")
+            pred = st.predicate
+            ours = pred.get("secmlops") or {}
+            gate.require_fields(
+                ours, key, model=gate.report.model, version=version, stage="staging"
+            )
+            if (pred.get("verifier") or {}).get("id") != VERIFIER_ID:
+                raise ControlRefused(f"{key} was not written by this deploy gate")
+            if pred.get("verificationResult") == "PASSED":
+                found.append((key, st))
+        except SecMLOpsError:
+            continue  # an unverifiable file does not count; enough valid ones can still pass
+    return found
+
+
+def _staging_approvers(gate: _Gate, version: str) -> set[str]:
+    """Who approved staging, as recorded by the gate in its signed staging VSAs."""
+    return {
+        str((st.predicate.get("secmlops") or {}).get("approval", {}).get("approver"))
+        for _, st in _staging_vsas(gate, version)
+    }
 
 
 def _check_staged(gate: _Gate, version: str) -> tuple[str, list[str]]:
+    """Production needs a passing staging gate (VSA) and a passing staging smoke test."""
     report = gate.report
-    names = [k.rsplit("/", 1)[-1] for k in gate.models.evidence_keys(version)]
-    prefix = gate.models.evidence_prefix(version)
-    vsa_keys = [f"{prefix}/{n}" for n in names if n.startswith("vsa-staging-")]
-    smoke_keys = [f"{prefix}/{n}" for n in names if n.startswith("smoke-test-staging-")]
-    gate_keys = gate.keys.trusted("gate")
-    staged = False
-    for key in vsa_keys:
-        st = gate.load(key, gate_keys, PREDICATE_SLSA_VSA)
-        gate.require_subject(st, report.model_digest, "model", key)
-        if st.predicate.get("verificationResult") == "PASSED":
-            staged = True
-            break
-    if not staged:
+    vsas = _staging_vsas(gate, version)
+    if not vsas:
         raise ControlRefused(
             f"{version} never passed the gate for staging; promote it to staging first"
         )
-    for key in smoke_keys:
-        st = gate.load(key, gate.attestor, PREDICATE_SMOKE_TEST)
-        gate.require_subject(st, report.model_digest, "model", key)
-        if st.predicate.get("result") == "PASSED":
-            return "passed the staging gate and the staging smoke test", [vsa_keys[0], key]
+    for key in _stage_evidence(gate, version, "smoke-test-staging"):
+        try:
+            st, _ = gate.load(key, gate.attestor, PREDICATE_SMOKE_TEST)
+            gate.require_subject(st, report.model_digest, "model", key, name="model")
+            gate.require_fields(
+                st.predicate,
+                key,
+                model=report.model,
+                version=version,
+                stage="staging",
+                result="PASSED",
+            )
+        except SecMLOpsError:
+            continue
+        return "passed the staging gate and the staging smoke test", [vsas[0][0], key]
     raise ControlRefused(f"{version} has no passing staging smoke test")
+
+
+def passed_gate_before(models: ModelRegistry, version: str, stage: str, keys: KeyDirectory) -> bool:
+    """True if a gate-signed VSA says ``version`` passed the gate for ``stage`` before.
+
+    Rollback targets come from the stage pointer's history, which is not signed; this is
+    what makes a history entry count.
+    """
+    trusted = keys.trusted("gate")
+    prefix = f"vsa-{check_stage(stage)}-"
+    for key in models.evidence_keys(version):
+        if not key.rsplit("/", 1)[-1].startswith(prefix):
+            continue
+        try:
+            st = verify_bundle(models.read_json(key), trusted, where=key)
+        except SecMLOpsError:
+            continue
+        ours = st.predicate.get("secmlops") or {}
+        if (
+            st.predicate_type == PREDICATE_SLSA_VSA
+            and st.predicate.get("verificationResult") == "PASSED"
+            and (st.predicate.get("verifier") or {}).get("id") == VERIFIER_ID
+            and ours.get("model") == models.model
+            and ours.get("version") == version
+            and ours.get("stage") == stage
+        ):
+            return True
+    return False

@@ -8,6 +8,7 @@ labels, probabilities finite and in [0, 1], and accuracy at least the policy's f
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from dataclasses import dataclass
@@ -24,13 +25,13 @@ from tasks.evidence import (
     PREDICATE_SMOKE_TEST,
     Subject,
     make_statement,
-    statement_digests,
     utc_now,
     verify_bundle,
 )
+from tasks.gate import VERIFIER_ID
 from tasks.keys import KeyDirectory
 from tasks.model_format import load_model
-from tasks.model_registry import ModelRegistry
+from tasks.model_registry import ModelRegistry, StagePointer
 from tasks.signing import verify_model_signature
 
 
@@ -71,21 +72,26 @@ def smoke_test_stage(
     *,
     keys: KeyDirectory,
     min_accuracy: float,
-    max_rows: int = 500,
+    max_rows: int = 2000,
+    expect_version: str | None = None,
 ) -> SmokeTestResult:
-    """Load and exercise the model a stage serves; ``ControlRefused`` if anything is off."""
+    """Load and exercise the model a stage serves; ``ControlRefused`` if anything is off.
+
+    The stage pointer itself is unsigned, so what counts is its VSA: signed by the gate key,
+    written by this gate, PASSED, and about exactly this model, version, stage and digest.
+    ``expect_version`` guards against a concurrent promotion moving the pointer meanwhile.
+    """
     start = time.monotonic()
     pointer, _ = models.read_pointer(stage)
     where = f"smoke-test:{stage}"
     if pointer is None:
         raise ControlRefused(f"nothing is deployed to {stage}", where=where)
-    vsa = verify_bundle(models.read_json(pointer.vsa), keys.trusted("gate"), where=pointer.vsa)
-    if vsa.predicate_type != PREDICATE_SLSA_VSA or pointer.model_digest not in statement_digests(
-        vsa.statement
-    ):
-        raise ControlRefused(f"the {stage} pointer's VSA is not about its model", where=where)
-    if sha256_bytes(models.store.read(pointer.vsa)) != pointer.vsa_sha256:
-        raise ControlRefused(f"the {stage} pointer's VSA changed after promotion", where=where)
+    if expect_version is not None and pointer.version != expect_version:
+        raise ControlRefused(
+            f"{stage} serves {pointer.version}, expected {expect_version} (moved meanwhile?)",
+            where=where,
+        )
+    _verify_pointer_vsa(models, stage, pointer, keys, where)
     try:
         frame = pd.read_csv(sample)
     except (OSError, ValueError) as exc:
@@ -134,6 +140,43 @@ def smoke_test_stage(
     return result
 
 
+def _verify_pointer_vsa(
+    models: ModelRegistry, stage: str, pointer: StagePointer, keys: KeyDirectory, where: str
+) -> None:
+    expected_prefix = models.evidence_prefix(pointer.version) + f"/vsa-{stage}-"
+    if not pointer.vsa.startswith(expected_prefix):
+        raise ControlRefused(
+            f"the {stage} pointer names a VSA of another version/stage", where=where
+        )
+    raw = models.store.read(pointer.vsa)  # read once: hash, verify and parse the same bytes
+    if sha256_bytes(raw) != pointer.vsa_sha256:
+        raise ControlRefused(f"the {stage} pointer's VSA changed after promotion", where=where)
+    try:
+        bundle = json.loads(raw)
+    except ValueError as exc:
+        raise ControlRefused(f"the {stage} pointer's VSA is not JSON", where=where) from exc
+    vsa = verify_bundle(bundle, keys.trusted("gate"), where=pointer.vsa)
+    ours = vsa.predicate.get("secmlops") or {}
+    subjects = {
+        s.get("digest", {}).get("sha256")
+        for s in vsa.statement["subject"]
+        if s.get("name") == "model"
+    }
+    if (
+        vsa.predicate_type != PREDICATE_SLSA_VSA
+        or vsa.predicate.get("verificationResult") != "PASSED"
+        or (vsa.predicate.get("verifier") or {}).get("id") != VERIFIER_ID
+        or pointer.model_digest not in subjects
+        or ours.get("model") != models.model
+        or ours.get("version") != pointer.version
+        or ours.get("stage") != stage
+    ):
+        raise ControlRefused(
+            f"the {stage} pointer's VSA does not cover {models.model} {pointer.version} in {stage}",
+            where=where,
+        )
+
+
 def smoke_test_statement(result: SmokeTestResult) -> dict[str, Any]:
     """In-toto statement recording a smoke test of the model a stage serves."""
     return make_statement(
@@ -149,7 +192,15 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 @task(name="smoke-test-stage", cache_policy=NO_CACHE, retries=0, timeout_seconds=600)
 def smoke_test_stage_task(
-    models: ModelRegistry, stage: str, sample: Path, *, keys: KeyDirectory, min_accuracy: float
+    models: ModelRegistry,
+    stage: str,
+    sample: Path,
+    *,
+    keys: KeyDirectory,
+    min_accuracy: float,
+    expect_version: str | None = None,
 ) -> SmokeTestResult:
     """Prefect wrapper for :func:`smoke_test_stage` (a verification: never cached)."""
-    return smoke_test_stage(models, stage, sample, keys=keys, min_accuracy=min_accuracy)
+    return smoke_test_stage(
+        models, stage, sample, keys=keys, min_accuracy=min_accuracy, expect_version=expect_version
+    )

@@ -191,6 +191,19 @@ def _read_dataset(path: Path, spec: FeatureSpec) -> tuple[Any, Any]:
     return df, df[spec.label]
 
 
+def write_held_out_sample(dataset: Path, params: Mapping[str, Any], out: Path) -> int:
+    """Write the rows the model never trained on (the evaluate split) to ``out``; return count.
+
+    The staging smoke test runs on these, so its accuracy is not measured on training rows.
+    """
+    tp = TrainParams.from_params(params)
+    df, labels = _read_dataset(dataset, tp.spec)
+    _, test_idx = split_indices(labels, test_size=tp.test_size, seed=tp.seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    df.iloc[test_idx].to_csv(out, index=False)
+    return len(test_idx)
+
+
 def split_indices(labels: Any, *, test_size: float, seed: int) -> tuple[Any, Any]:
     """Stratified, seeded train/test split as sorted row positions (numpy, no scikit-learn).
 

@@ -153,7 +153,7 @@ def test_approval_signed_by_an_unlisted_key_is_refused(world_copy: PipelineWorld
         approval.unlink()
     digest = _pointer(reg, "staging")["modelDigest"]["sha256"]
     generate_keypair(world_copy.home / "mallory.pem", world_copy.home / "mallory.pub")
-    request = ApprovalRequest(MODEL, "v2", digest, "production")
+    request = ApprovalRequest(MODEL, "v2", digest, "production", "c" * 64)
     forged = approval_statement(
         request,
         ApprovalDecision("demo-approver", True, "cli-preapproval", "", "2026-01-01T00:00:00Z"),

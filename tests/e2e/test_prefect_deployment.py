@@ -128,7 +128,7 @@ def test_server_serves_the_ui_and_our_blocks(prefect_server: PrefectServer) -> N
     deployed = {d["name"] for d in prefect_server.post("/deployments/filter")}
     assert {"secure-training", "promote", "rollback", "verify"} <= deployed
     block_types = {b["name"] for b in prefect_server.post("/block_types/filter")}
-    assert {"SecMLOps Security Policies", "SecMLOps Registry Target"} <= block_types
+    assert {"SecMLOps Data Source", "SecMLOps Registry Target"} <= block_types
 
 
 def test_deployed_pipeline_runs_on_a_worker_then_operator_flows(

@@ -9,7 +9,13 @@ from tasks.approval import (
 )
 from tasks.errors import ControlRefused, InputError
 
-REQ = ApprovalRequest(model="m", version="v1", model_digest="b" * 64, stage="production")
+REQ = ApprovalRequest(
+    model="m",
+    version="v1",
+    model_digest="b" * 64,
+    stage="production",
+    release_sha256="c" * 64,
+)
 
 
 def test_production_auto_approval_is_rejected_at_construction() -> None:
@@ -37,7 +43,13 @@ def test_no_approver_and_no_auto_policy_refuses() -> None:
 
 def test_auto_approval_for_staging_is_recorded_as_automatic() -> None:
     policy = ApprovalPolicy(unsafe_auto_approve_stages=("staging",))
-    req = ApprovalRequest(model="m", version="v1", model_digest="b" * 64, stage="staging")
+    req = ApprovalRequest(
+        model="m",
+        version="v1",
+        model_digest="b" * 64,
+        stage="staging",
+        release_sha256="c" * 64,
+    )
     st = approval_statement(req, decide_automatically(req, policy))
     assert st["predicate"]["method"] == "unsafe-auto-approval"
     assert st["subject"][0]["digest"]["sha256"] == "b" * 64

@@ -66,3 +66,22 @@ def test_generate_keypair_refuses_to_overwrite(keypair: tuple[Path, Path]) -> No
     with pytest.raises(InputError, match="overwrite"):
         generate_keypair(*keypair)
     assert oct(keypair[0].stat().st_mode & 0o777) == "0o600"
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda b: b["verificationMaterial"]["publicKey"].update(hint=[]),
+        lambda b: b["dsseEnvelope"].update(signatures={}),
+        lambda b: b["dsseEnvelope"].update(signatures=[]),
+        lambda b: b["dsseEnvelope"].update(signatures=[{"sig": 5}]),
+        lambda b: b["dsseEnvelope"].update(payload=None),
+        lambda b: b.pop("dsseEnvelope"),
+    ],
+)
+def test_malformed_bundles_are_refusals_not_crashes(keypair: tuple[Path, Path], mutate) -> None:  # type: ignore[no-untyped-def]
+    st = make_statement([Subject("img", DIGEST)], PREDICATE_VULNS, {})
+    bundle = sign_statement(st, load_private_key(keypair[0]))
+    mutate(bundle)
+    with pytest.raises(ControlRefused):
+        verify_bundle(bundle, TrustedKeys.from_files([keypair[1]]))

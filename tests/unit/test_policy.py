@@ -1,10 +1,8 @@
 from pathlib import Path
 
-import pydantic
 import pytest
 
-from blocks import SecurityPolicies
-from flows.policy import load_gate_policy, resolve_gate_policy
+from flows.policy import load_gate_policy
 from tasks.errors import InputError
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -47,13 +45,10 @@ def test_production_auto_approval_in_policy_file_is_refused(tmp_path: Path) -> N
         load_gate_policy(path)
 
 
-def test_block_builds_a_validated_policy() -> None:
-    policy = resolve_gate_policy(
-        SecurityPolicies(production_approvers=["alice"], separation_of_duties=True)
-    )
-    assert policy.approval.allowed("production") == ("alice",)
-    assert policy.scan.unsafe_allow_curated_db is False
-    with pytest.raises(pydantic.ValidationError, match="fail_on is empty"):
-        SecurityPolicies(scan_fail_on=[]).gate_policy()
-    with pytest.raises(pydantic.ValidationError):
-        SecurityPolicies(scan_fail_on=["SEVERE"])  # type: ignore[list-item]
+def test_flows_take_no_policy_parameter() -> None:
+    """Gate policy comes from the worker's policy file, never from a flow-run parameter."""
+    from flows.operations import promote, rollback, verify
+    from flows.training import secure_training
+
+    for flow in (secure_training, promote, rollback, verify):
+        assert not any("polic" in name for name in flow.parameters.properties), flow.name
