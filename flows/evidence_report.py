@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from tasks.errors import SecMLOpsError
-from tasks.evidence import TrustedKeys, load_public_key, verify_bundle
+from tasks.errors import ControlRefused, SecMLOpsError
+from tasks.evidence import TrustedKeys, VerifiedStatement, load_public_key, verify_bundle
 from tasks.keys import ROLES, KeyDirectory
 from tasks.model_registry import ModelRegistry
 
@@ -108,6 +108,27 @@ def _rank(name: str) -> tuple[int, str]:
     return len(_ORDER), name
 
 
+def _check_belongs(st: VerifiedStatement, name: str, model: str, version: str, key: str) -> None:
+    """A valid signature is not enough: the right role must have signed it, and it must be
+    about this model and version (evidence copied from elsewhere is flagged)."""
+    pred = st.predicate
+    if name.startswith("approval-"):
+        auto = st.signer == "attestor" and pred.get("method") == "unsafe-auto-approval"
+        if not (st.signer.startswith("approver:") or auto):
+            raise ControlRefused(f"approval signed by {st.signer}, not by an approver", where=key)
+    elif name.startswith("vsa-"):
+        if st.signer != "gate":
+            raise ControlRefused(f"VSA signed by {st.signer}, not by the gate", where=key)
+        pred = pred.get("secmlops") or {}
+    elif st.signer != "attestor":
+        raise ControlRefused(f"signed by {st.signer}, not by the attestor", where=key)
+    for field_name, expected in (("model", model), ("version", version)):
+        if field_name in pred and pred[field_name] != expected:
+            raise ControlRefused(
+                f"is about {field_name} {pred[field_name]!r}, not {expected!r} (copied?)", where=key
+            )
+
+
 def evidence_report(models: ModelRegistry, version: str, keys: KeyDirectory) -> dict[str, Any]:
     """Collect and verify every evidence bundle of ``version``; note which stages serve it."""
     models.require_version(version)
@@ -120,6 +141,7 @@ def evidence_report(models: ModelRegistry, version: str, keys: KeyDirectory) -> 
         name = key.rsplit("/", 1)[-1].removesuffix(".json")
         try:
             st = verify_bundle(models.read_json(key), trusted, where=key)
+            _check_belongs(st, name, models.model, version, key)
         except SecMLOpsError as exc:
             items.append(
                 EvidenceItem(

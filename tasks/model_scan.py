@@ -3,10 +3,13 @@
 Loading a pickle runs code chosen by whoever wrote the file (``os.system`` via ``REDUCE`` is
 the classic), and pickles hide in many containers: PyTorch ``.pt`` zips, joblib files,
 ``.npy`` object arrays. This scanner recognises formats by their *content* (magic bytes and
-structure, never the file name), walks pickle opcodes with :func:`pickletools.genops` (it
-never unpickles), validates safetensors headers, and refuses anything that is not on the
-policy's allow-list. Symlinks, special files and anything escaping the model directory are
-refused.
+structure), walks pickle opcodes statically (it never unpickles), validates safetensors
+headers, and refuses anything that is not on the policy's allow-list. A pickle is recognised
+leniently, the way ``pickle.loads`` reads it rather than the stricter :func:`pickletools.dis`:
+if a loader could reach an import or a call before the stream breaks, it is a pickle. File
+names add refusals, never passes: a file or zip member named like a pickle (``*.pkl``,
+``*.pickle``, ``*.joblib``) must hold a pickle the policy allows. Zip members get the same
+rules as files. Symlinks, special files and anything escaping the model directory are refused.
 
 Example::
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import mmap
 import os
 import pickletools
 import stat
@@ -137,6 +141,8 @@ _BUILTIN_MODULES = frozenset({"builtins", "__builtin__", "__builtins__"})
 #: Text files a model directory may carry (model cards, licences).
 TEXT_SUFFIXES = frozenset({".md", ".txt", ".rst"})
 TEXT_NAMES = frozenset({"README", "LICENSE", "LICENCE", "NOTICE", "CHANGELOG"})
+#: Names a loader unpickles whatever the bytes look like (``torch.load`` reads ``data.pkl``).
+PICKLE_SUFFIXES = frozenset({".pkl", ".pickle", ".joblib", ".dill"})
 _EXPECTED_BY_SUFFIX: dict[str, str] = {
     ".safetensors": "safetensors",
     ".json": "json",
@@ -145,6 +151,7 @@ _EXPECTED_BY_SUFFIX: dict[str, str] = {
     ".rst": "text",
     ".npy": "npy",
     ".zip": "zip",
+    **{suffix: "pickle" for suffix in PICKLE_SUFFIXES},
 }
 _MAX_ZIP_DEPTH = 3
 _MAX_ZIP_MEMBERS = 10_000
@@ -354,16 +361,170 @@ def pickle_references(data: bytes) -> tuple[list[str], list[str], int]:
     return globals_found, problems, end
 
 
-def _looks_like_pickle(data: bytes) -> bool:
-    """Protocol 2+ starts with PROTO; protocol 0/1 has no magic, so check that the whole
-    stream disassembles (stack and memo checked) to a STOP."""
-    if len(data) >= 2 and data[0] == 0x80 and 2 <= data[1] <= 5:
+#: Opcodes that import or call: reaching one of these means loading the blob runs code.
+_CODE_OPS = frozenset(
+    {
+        "GLOBAL",
+        "STACK_GLOBAL",
+        "INST",
+        "OBJ",
+        "REDUCE",
+        "NEWOBJ",
+        "NEWOBJ_EX",
+        "BUILD",
+        "EXT1",
+        "EXT2",
+        "EXT4",
+    }
+)
+_OPCODES: dict[int, pickletools.OpcodeInfo] = {ord(op.code): op for op in pickletools.opcodes}
+_COUNTED_ARGS: dict[int, tuple[int, bool]] = {  # length-prefixed args: (width, signed)
+    pickletools.TAKEN_FROM_ARGUMENT1: (1, False),
+    pickletools.TAKEN_FROM_ARGUMENT4: (4, True),
+    pickletools.TAKEN_FROM_ARGUMENT4U: (4, False),
+    pickletools.TAKEN_FROM_ARGUMENT8U: (8, False),
+}
+_MAX_CHECKED_LINE = 64 * 1024
+_Buffer = bytes | mmap.mmap
+
+
+def _parses_as_int(text: str) -> bool:
+    # The C unpickler uses strtol(base 0) then int(base 0): accept anything either would.
+    for base in (0, 10, 8):
+        try:
+            int(text, base)
+        except ValueError:
+            continue
         return True
+    return False
+
+
+def _importable_name(module: bytes, name: bytes) -> bool:
+    """Whether ``find_class`` could resolve module/name (so loading imports something)."""
+    try:
+        mod, attr = module.decode("utf-8"), name.decode("utf-8")
+    except UnicodeDecodeError:
+        return False  # the unpickler decodes both as strict UTF-8 and would stop here
+    return all(part.isidentifier() for part in mod.split(".")) and bool(attr) and not any(
+        ch.isspace() for ch in attr
+    )
+
+
+def _line_arg_ok(opname: str, lines: list[bytes | None]) -> bool:
+    """Whether ``pickle.loads`` accepts a protocol-0 text argument. Only used to stop walking
+    plain text (which would otherwise read as opcodes); errs towards accepting."""
+    if any(line is None for line in lines):
+        return True  # too long to check cheaply: assume the unpickler takes it
+    first = (lines[0] or b"").decode("latin-1")
+    try:
+        if opname == "INT":
+            return _parses_as_int(first)
+        if opname == "LONG":
+            return _parses_as_int(first.removesuffix("L"))
+        if opname == "FLOAT":
+            float(first)
+        elif opname in ("GET", "PUT"):
+            int(first, 10)
+        elif opname == "STRING":
+            return len(first) >= 2 and first[0] == first[-1] and first[0] in "'\""
+        elif opname in ("GLOBAL", "INST"):
+            return _importable_name(lines[0] or b"", lines[1] or b"")
+    except ValueError:
+        return False
+    return True  # UNICODE, PERSID: any line
+
+
+def _skip_arg(data: _Buffer, pos: int, op: pickletools.OpcodeInfo) -> int | None:
+    """The offset after ``op``'s argument at ``pos``, or None where the unpickler would stop."""
+    arg, size = op.arg, len(data)
+    if arg is None:
+        return pos
+    if arg.n >= 0:
+        return pos + arg.n if pos + arg.n <= size else None
+    if arg.n == pickletools.UP_TO_NEWLINE:
+        lines: list[bytes | None] = []
+        for _ in range(2 if arg.name == "stringnl_noescape_pair" else 1):
+            newline = data.find(b"\n", pos)
+            if newline < 0:
+                return None
+            lines.append(data[pos:newline] if newline - pos <= _MAX_CHECKED_LINE else None)
+            pos = newline + 1
+        return pos if _line_arg_ok(op.name, lines) else None
+    if arg.n not in _COUNTED_ARGS:
+        # An argument kind this code does not know (a newer Python): do not guess the length,
+        # and do not let "cannot walk further" turn into "not a pickle" either.
+        raise _UnknownPickleArgument(op.name)
+    width, signed = _COUNTED_ARGS[arg.n]
+    if pos + width > size:
+        return None
+    length = int.from_bytes(data[pos : pos + width], "little", signed=signed)
+    end = pos + width + length
+    return end if length >= 0 and end <= size else None
+
+
+class _UnknownPickleArgument(Exception):
+    """An opcode argument layout pickletools describes but this walker does not."""
+
+
+def pickle_can_run_code(data: _Buffer) -> bool:
+    """Whether ``pickle.loads(data)`` could import or call something before it fails or stops.
+
+    A static walk of the opcode stream (nothing is unpickled) that is as lenient as the C
+    unpickler, not as strict as :func:`pickletools.dis`: a repeated memo slot, leftovers on
+    the stack or an argument pickletools cannot decode do not end it. It ends where loading
+    would fail too (unknown opcode, truncated argument, stack underflow, a missing MARK, a
+    text argument the unpickler rejects), so ordinary text is not mistaken for a pickle.
+    True as soon as an import or call (``_CODE_OPS``) is reached with its operands present.
+    """
+    levels = [0]  # items above each MARK; levels[0] is the bottom of the stack
+    pos, size = 0, len(data)
+    while pos < size:
+        op = _OPCODES.get(data[pos])
+        if op is None:
+            return False
+        try:
+            end = _skip_arg(data, pos + 1, op)
+        except _UnknownPickleArgument:
+            return True
+        if end is None:
+            return False
+        pos = end
+        before = op.stack_before
+        if pickletools.markobject in before:
+            # Pops everything above the MARK (checked: OBJ needs its class there), the MARK,
+            # and any operands below it.
+            below = before.index(pickletools.markobject)
+            above = [x for x in before[below + 1 :] if x is not pickletools.stackslice]
+            if len(levels) == 1 or levels[-1] < len(above):
+                return False
+            levels.pop()
+            if levels[-1] < below:
+                return False
+            levels[-1] -= below
+        elif op.name == "POP" and levels[-1] == 0 and len(levels) > 1:
+            levels.pop()  # POP with nothing above the MARK drops the MARK
+        elif levels[-1] < len(before):
+            return False  # stack underflow: the unpickler raises here
+        else:
+            levels[-1] -= len(before)
+        if op.name in _CODE_OPS:
+            return True
+        if op.name == "STOP":
+            return False
+        if pickletools.markobject in op.stack_after:
+            levels.append(0)
+        else:
+            levels[-1] += len(op.stack_after)
+    return False
+
+
+def _disassembles_cleanly(data: bytes) -> bool:
+    """A data-only protocol 0/1 pickle (no magic): the whole stream disassembles to STOP."""
     if not data or data[:1] in (b"{", b"[", b'"') or len(data) > 64 * 1024**2:
         return False
     try:
         pickletools.dis(data, out=io.StringIO())
-    except Exception:  # dis raises many types; any of them means "not a pickle"
+    except Exception:  # dis raises many types; any of them means "not a clean pickle"
         return False
     return True
 
@@ -430,7 +591,8 @@ def _classify(data: bytes, size: int, policy: ModelScanPolicy, depth: int) -> _F
             finding.issues.append(".npy object array: its payload is a pickle")
             _analyse_pickle(data[offset:], policy, finding)
         return finding
-    if _looks_like_pickle(data):
+    # Before safetensors: a blob that loads as code is a pickle whatever else it parses as.
+    if pickle_can_run_code(data):
         finding = _Finding("pickle")
         _analyse_pickle(data, policy, finding)
         return finding
@@ -440,6 +602,11 @@ def _classify(data: bytes, size: int, policy: ModelScanPolicy, depth: int) -> _F
             read_safetensors_header(data, where="model scan")
         except InputError as exc:
             finding.issues.append(exc.message)
+        return finding
+    # After safetensors: a header length can begin with the PROTO byte (0x80, 0x02..).
+    if data[:1] == b"\x80" and len(data) >= 2 or _disassembles_cleanly(data):
+        finding = _Finding("pickle")
+        _analyse_pickle(data, policy, finding)
         return finding
     if data[:8] == b"\x89HDF\r\n\x1a\n":
         return _Finding("hdf5", issues=["HDF5/Keras files can hold Lambda layers that run code"])
@@ -480,13 +647,10 @@ def _analyse_zip(data: bytes, policy: ModelScanPolicy, depth: int) -> _Finding:
                 inner = _classify(member, len(member), policy, depth + 1)
                 if inner.format == "pickle" or inner.pickle_globals:
                     finding.pickle_globals.extend(inner.pickle_globals)
-                if (
-                    inner.format not in policy.allowed_formats
-                    and not inner.issues
-                    and not (inner.format == "pickle" and inner.warnings)
-                ):
-                    inner.issues.append(f"format {inner.format} is not allowed by policy")
-                finding.issues.extend(f"{info.filename}: {msg}" for msg in inner.issues)
+                # A member gets the same name and policy rules as a file: torch.load
+                # unpickles archive/data.pkl whatever its bytes look like.
+                issues = _rule_issues(info.filename, inner, len(member), policy)
+                finding.issues.extend(f"{info.filename}: {msg}" for msg in issues)
                 finding.warnings.extend(f"{info.filename}: {msg}" for msg in inner.warnings)
     except (
         zipfile.BadZipFile,
@@ -552,7 +716,7 @@ def _scan_file(
         )
     with path.open("rb") as fh:
         head = fh.read(16)
-    if _looks_like_safetensors(head, st.st_size):
+    if _looks_like_safetensors(head, st.st_size) and not _file_can_run_code(path):
         # Read the header only: safetensors weights can be gigabytes and hold no code.
         with path.open("rb") as fh:
             (n,) = struct.unpack("<Q", fh.read(8))
@@ -560,17 +724,7 @@ def _scan_file(
         finding = _safetensors_header_only(head[:8] + header_bytes, st.st_size, rel)
     else:
         finding = _classify(path.read_bytes(), st.st_size, policy, depth=0)
-    issues = list(finding.issues)
-    if finding.format in ("json", "text") and st.st_size > policy.max_text_bytes:
-        issues.append(f"{finding.format} file of {st.st_size} bytes exceeds max_text_bytes")
-    if finding.format == "text" and not _is_text_name(rel):
-        issues.append("text content in a file not named like a model card (README, *.md, *.txt)")
-    expected = _EXPECTED_BY_SUFFIX.get(PurePosixPath(rel).suffix.lower())
-    if expected and expected != finding.format:
-        issues.append(f"file name says {expected} but the content is {finding.format}")
-    pickle_ok = finding.format == "pickle" and finding.warnings and not issues
-    if finding.format not in policy.allowed_formats and not pickle_ok:
-        issues.append(f"format {finding.format} is not allowed by policy")
+    issues = _rule_issues(rel, finding, st.st_size, policy)
     if issues:
         verdict: Literal["pass", "warn", "refused"] = "refused"
     else:
@@ -584,6 +738,35 @@ def _scan_file(
         tuple(dict.fromkeys(issues + finding.warnings)),
         tuple(dict.fromkeys(finding.pickle_globals)),
     )
+
+
+def _file_can_run_code(path: Path) -> bool:
+    """:func:`pickle_can_run_code` over a file without reading it into memory (a walk over
+    real safetensors stops within its first bytes; a pickle polyglot does not)."""
+    with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as view:
+        return pickle_can_run_code(view)
+
+
+def _rule_issues(name: str, finding: _Finding, size: int, policy: ModelScanPolicy) -> list[str]:
+    """Content issues plus the name and policy rules, applied alike to files and zip members."""
+    issues = list(finding.issues)
+    if finding.format in ("json", "text") and size > policy.max_text_bytes:
+        issues.append(f"{finding.format} file of {size} bytes exceeds max_text_bytes")
+    if finding.format == "text" and not _is_text_name(name):
+        issues.append("text content in a file not named like a model card (README, *.md, *.txt)")
+    suffix = PurePosixPath(name).suffix.lower()
+    expected = _EXPECTED_BY_SUFFIX.get(suffix)
+    if suffix in PICKLE_SUFFIXES and finding.format != "pickle":
+        issues.append(
+            f"file name says pickle ({suffix}): a loader unpickles it whatever the content "
+            f"looks like (here {finding.format}), so it is refused"
+        )
+    elif expected and expected != finding.format:
+        issues.append(f"file name says {expected} but the content is {finding.format}")
+    pickle_ok = finding.format == "pickle" and finding.warnings and not issues
+    if finding.format not in policy.allowed_formats and not pickle_ok:
+        issues.append(f"format {finding.format} is not allowed by policy")
+    return issues
 
 
 def _safetensors_header_only(head_and_header: bytes, size: int, rel: str) -> _Finding:

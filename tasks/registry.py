@@ -107,6 +107,11 @@ class Registry(ABC):
         return rels
 
 
+def _is_internal(path: Path, root: Path) -> bool:
+    """The registry's lock file, or a temp file of an atomic write still in flight."""
+    return path == root / ".lock" or (path.name.startswith(".") and path.name.endswith(".tmp"))
+
+
 class LocalRegistry(Registry):
     """A registry in a local directory. Pointer swaps hold an advisory lock; writes are atomic."""
 
@@ -168,10 +173,12 @@ class LocalRegistry(Registry):
         base = self.root / prefix.rstrip("/") if prefix.strip("/") else self.root
         if not base.is_dir():
             return []
+        # List what S3 would list: every file, dotfiles included (a hidden file added to a
+        # model must be seen by the gate). Only our own lock and in-flight temp files are skipped.
         return sorted(
             p.relative_to(self.root).as_posix()
             for p in base.rglob("*")
-            if p.is_file() and not p.name.startswith(".")
+            if p.is_file() and not _is_internal(p, self.root)
         )
 
 

@@ -929,15 +929,43 @@ def scan_result_from_predicate(predicate: Mapping[str, Any]) -> ImageScanResult:
         ) from exc
 
 
+def _recorded_scanners(predicate: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """The ``--scanners`` a stored scan predicate says Trivy ran with; None if not recorded."""
+    invocation = predicate.get("invocation")
+    params = invocation.get("parameters") if isinstance(invocation, Mapping) else None
+    if not isinstance(params, list) or params.count("--scanners") != 1:
+        return None
+    at = params.index("--scanners") + 1
+    if at >= len(params) or not isinstance(params[at], str):
+        return None
+    scanners = tuple(s.strip() for s in params[at].split(","))
+    return scanners if all(scanners) else None
+
+
 def scan_predicate_verdict(
     predicate: Mapping[str, Any], policy: ScanPolicy, *, today: dt.date | None = None
 ) -> str | None:
     """Re-judge stored image-scan evidence against ``policy``: ``None`` if it passes,
-    else one sentence saying why not (a malformed predicate never passes)."""
+    else one sentence saying why not (a malformed predicate never passes, nor does a scan
+    that ran fewer scanners than ``policy.scanners`` requires)."""
     try:
         result = scan_result_from_predicate(predicate)
     except InputError as exc:
         return exc.message
+    # A scan that never looked for secrets cannot vouch for an image the current policy
+    # wants checked for secrets, however clean its findings are.
+    recorded = _recorded_scanners(predicate)
+    if recorded is None:
+        return (
+            "the image-scan evidence does not record which trivy scanners ran "
+            "(invocation.parameters --scanners); rescan the image"
+        )
+    missing = [s for s in policy.scanners if s not in recorded]
+    if missing:
+        return (
+            f"the image scan ran scanners {list(recorded)} but the policy requires "
+            f"{list(policy.scanners)} (missing {missing}); rescan the image"
+        )
     verdict = evaluate_scan_policy(result, policy, today=today)
     if verdict.passed:
         return None

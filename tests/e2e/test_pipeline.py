@@ -196,3 +196,83 @@ def test_run_with_a_vulnerable_image_registers_nothing(
     assert proc.returncode == 1
     assert "CVE-2020-14343" in proc.stderr
     assert not (registry / MODEL / "versions").exists()
+
+
+def test_evidence_copied_from_another_version_is_refused(world_copy: PipelineWorld) -> None:
+    """v1 and v2 have the same model digest (deterministic training): v1's approval must
+    still not approve v2, because it names another version and release manifest."""
+    reg = world_copy.registry
+    assert world_copy.cli("rollback", MODEL, "--stage", "production").returncode == 0
+    v1 = reg / MODEL / "versions" / "v1" / "evidence"
+    v2 = reg / MODEL / "versions" / "v2" / "evidence"
+    for approval in v2.glob("approval-production-*.json"):
+        approval.unlink()
+    for copied in v1.glob("approval-production-*.json"):
+        (v2 / copied.name).write_bytes(copied.read_bytes())
+    proc = world_copy.cli("promote", MODEL, "v2", "--stage", "production")
+    assert proc.returncode == 1
+    assert "is for version='v1'" in proc.stderr
+    assert _pointer(reg, "production")["version"] == "v1"
+    report = world_copy.cli("evidence", MODEL, "v2")
+    assert report.returncode == 1 and "copied?" in report.stdout
+
+
+def test_forged_stage_pointer_fails_the_smoke_test(world_copy: PipelineWorld) -> None:
+    import pytest
+
+    from tasks.errors import ControlRefused
+    from tasks.keys import KeyDirectory
+    from tasks.model_registry import ModelRegistry
+    from tasks.registry import LocalRegistry
+    from tasks.smoke_test import smoke_test_stage
+
+    reg = world_copy.registry
+    production = reg / MODEL / "stages" / "production.json"
+    staging = json.loads((reg / MODEL / "stages" / "staging.json").read_text())
+    forged = json.loads(production.read_text())
+    forged["vsa"] = staging["vsa"]  # a genuine gate-signed VSA, but for staging
+    production.write_text(json.dumps(forged))
+    sample = world_copy.home / "sample.csv"
+    from tasks.data import generate_churn_dataset, write_dataset_csv
+
+    write_dataset_csv(generate_churn_dataset("v1.1"), sample)
+    with pytest.raises(ControlRefused, match="VSA"):
+        smoke_test_stage(
+            ModelRegistry(LocalRegistry(reg), MODEL),
+            "production",
+            sample,
+            keys=KeyDirectory(world_copy.home / "keys"),
+            min_accuracy=0.5,
+        )
+
+
+def test_stale_approval_is_refused_when_policy_limits_age(world_copy: PipelineWorld) -> None:
+    from tasks.approval import ApprovalDecision, ApprovalRequest, approval_statement
+    from tasks.digests import sha256_file
+    from tasks.evidence import load_private_key, sign_statement
+
+    reg = world_copy.registry
+    assert world_copy.cli("rollback", MODEL, "--stage", "production").returncode == 0
+    evidence = reg / MODEL / "versions" / "v2" / "evidence"
+    for approval in evidence.glob("approval-production-*.json"):
+        approval.unlink()
+    digest = _pointer(reg, "staging")["modelDigest"]["sha256"]
+    request = ApprovalRequest(
+        MODEL, "v2", digest, "production", sha256_file(evidence / "release.json")
+    )
+    old = approval_statement(
+        request,
+        ApprovalDecision("demo-approver", True, "cli-preapproval", "", "2020-01-01T00:00:00Z"),
+    )
+    key = load_private_key(world_copy.home / "keys" / "approvers" / "demo-approver.pem")
+    (evidence / "approval-production-old.json").write_text(json.dumps(sign_statement(old, key)))
+    assert world_copy.cli("promote", MODEL, "v2", "--stage", "production").returncode == 0
+    assert world_copy.cli("rollback", MODEL, "--stage", "production").returncode == 0
+    policy = world_copy.home / "aged-policy.yaml"
+    text = (Path(__file__).resolve().parents[2] / "secmlops-policy.yaml").read_text()
+    policy.write_text(text + "max_approval_age_days: 30\n")
+    env = {**world_copy.env, "SECMLOPS_POLICY": str(policy)}
+    world = PipelineWorld(world_copy.home, reg, env, world_copy.runs)
+    proc = world.cli("promote", MODEL, "v2", "--stage", "production")
+    assert proc.returncode == 1
+    assert "older than 30 days" in proc.stderr

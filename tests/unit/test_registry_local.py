@@ -73,3 +73,14 @@ def test_open_registry_uris(tmp_path: Path) -> None:
 def test_invalid_model_names_are_refused(tmp_path: Path) -> None:
     with pytest.raises(InputError):
         ModelRegistry(LocalRegistry(tmp_path), "../etc")
+
+
+def test_hidden_files_are_listed_like_s3_would(tmp_path: Path) -> None:
+    reg = LocalRegistry(tmp_path)
+    reg.put("m/versions/v1/model/.gitattributes", b"* binary")
+    reg.put("m/versions/v1/model/w.bin", b"w")
+    assert reg.list_keys("m/versions/v1/model") == [
+        "m/versions/v1/model/.gitattributes",
+        "m/versions/v1/model/w.bin",
+    ]
+    assert ".lock" not in " ".join(reg.list_keys(""))

@@ -288,6 +288,29 @@ def test_stored_evidence_is_rejudged_against_the_current_policy() -> None:
     assert scan_predicate_verdict({"scanner": {}}, ScanPolicy())  # malformed never passes
 
 
+def test_stored_evidence_must_cover_every_scanner_the_policy_requires() -> None:
+    vuln_only = _result(scanners=("vuln",))
+    predicate = image_scan_statement(
+        vuln_only, enforce_scan_policy(vuln_only, ScanPolicy(scanners=("vuln",)))
+    )["predicate"]
+    # Clean findings, but the secret scanner never ran: the default policy wants it.
+    assert scan_predicate_verdict(predicate, ScanPolicy(scanners=("vuln",))) is None
+    reason = scan_predicate_verdict(predicate, ScanPolicy())
+    assert reason and "missing ['secret']" in reason
+    full = _result()
+    full_pred = image_scan_statement(full, enforce_scan_policy(full, ScanPolicy()))["predicate"]
+    assert scan_predicate_verdict(full_pred, ScanPolicy()) is None
+    # Scanners not recorded at all (or recorded ambiguously) never pass.
+    for params in (
+        ["image", "--format", "json"],
+        ["image", "--scanners"],
+        ["image", "--scanners", ""],
+        ["image", "--scanners", "vuln,secret", "--scanners", "vuln"],
+    ):
+        stripped = {**full_pred, "invocation": {**full_pred["invocation"], "parameters": params}}
+        assert scan_predicate_verdict(stripped, ScanPolicy(scanners=("vuln",)))
+
+
 # --- the trivy command ----------------------------------------------------------------------
 
 
