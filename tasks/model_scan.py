@@ -405,8 +405,10 @@ def _importable_name(module: bytes, name: bytes) -> bool:
         mod, attr = module.decode("utf-8"), name.decode("utf-8")
     except UnicodeDecodeError:
         return False  # the unpickler decodes both as strict UTF-8 and would stop here
-    return all(part.isidentifier() for part in mod.split(".")) and bool(attr) and not any(
-        ch.isspace() for ch in attr
+    return (
+        all(part.isidentifier() for part in mod.split("."))
+        and bool(attr)
+        and not any(ch.isspace() for ch in attr)
     )
 
 
@@ -434,6 +436,10 @@ def _line_arg_ok(opname: str, lines: list[bytes | None]) -> bool:
     return True  # UNICODE, PERSID: any line
 
 
+class _UnknownPickleArgumentError(Exception):
+    """An opcode argument layout pickletools describes but this walker does not."""
+
+
 def _skip_arg(data: _Buffer, pos: int, op: pickletools.OpcodeInfo) -> int | None:
     """The offset after ``op``'s argument at ``pos``, or None where the unpickler would stop."""
     arg, size = op.arg, len(data)
@@ -453,17 +459,13 @@ def _skip_arg(data: _Buffer, pos: int, op: pickletools.OpcodeInfo) -> int | None
     if arg.n not in _COUNTED_ARGS:
         # An argument kind this code does not know (a newer Python): do not guess the length,
         # and do not let "cannot walk further" turn into "not a pickle" either.
-        raise _UnknownPickleArgument(op.name)
+        raise _UnknownPickleArgumentError(op.name)
     width, signed = _COUNTED_ARGS[arg.n]
     if pos + width > size:
         return None
     length = int.from_bytes(data[pos : pos + width], "little", signed=signed)
     end = pos + width + length
     return end if length >= 0 and end <= size else None
-
-
-class _UnknownPickleArgument(Exception):
-    """An opcode argument layout pickletools describes but this walker does not."""
 
 
 def pickle_can_run_code(data: _Buffer) -> bool:
@@ -484,7 +486,7 @@ def pickle_can_run_code(data: _Buffer) -> bool:
             return False
         try:
             end = _skip_arg(data, pos + 1, op)
-        except _UnknownPickleArgument:
+        except _UnknownPickleArgumentError:
             return True
         if end is None:
             return False
@@ -604,7 +606,7 @@ def _classify(data: bytes, size: int, policy: ModelScanPolicy, depth: int) -> _F
             finding.issues.append(exc.message)
         return finding
     # After safetensors: a header length can begin with the PROTO byte (0x80, 0x02..).
-    if data[:1] == b"\x80" and len(data) >= 2 or _disassembles_cleanly(data):
+    if (data[:1] == b"\x80" and len(data) >= 2) or _disassembles_cleanly(data):
         finding = _Finding("pickle")
         _analyse_pickle(data, policy, finding)
         return finding

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import pickle
+import pickletools
 import struct
 import zipfile
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydantic import ValidationError
-from safetensors.numpy import save_file
+from safetensors.numpy import save, save_file
 
 from tasks.digests import tree_digest
 from tasks.errors import ControlRefused, InputError
@@ -22,6 +23,7 @@ from tasks.evidence import PREDICATE_MODEL_SCAN
 from tasks.model_scan import (
     ModelScanPolicy,
     model_scan_statement,
+    pickle_can_run_code,
     pickle_references,
     scan_model_files,
 )
@@ -228,3 +230,149 @@ def test_stack_global_through_memo_resolved() -> None:
     refs, problems, _ = pickle_references(pickle.dumps(_RunsShell(), protocol=4))
     assert not problems
     assert refs in (["posix.system"], ["os.system"], ["nt.system"])
+
+
+# --- lenient pickle detection (review finding: dis-strict detection failed open) -------------
+
+#: Loads fine with pickle.loads (it runs os.system) but pickletools.dis rejects it: an extra
+#: item is left on the stack, so the old detector called it text.
+_DIS_REJECTS = b"S'junk'\ncos\nsystem\n(S'echo should-never-run'\ntR."
+_ZIP_OK = ModelScanPolicy(allowed_formats=frozenset({"safetensors", "json", "text", "zip"}))
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def _issues(entry: dict[str, object]) -> list[str]:
+    issues = entry["issues"]
+    assert isinstance(issues, list)
+    return [str(i) for i in issues]
+
+
+def test_dis_rejected_pickle_in_torch_zip_refused_even_with_zip_allowed(tmp_path: Path) -> None:
+    """The reviewer's bypass: a .pt zip whose data.pkl dis cannot read but loads can."""
+    with pytest.raises(ValueError):
+        pickletools.dis(_DIS_REJECTS, out=io.StringIO())
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "model.pt").write_bytes(
+        _zip({"archive/data.pkl": _DIS_REJECTS, "archive/version": b"3\n"})
+    )
+    entry = _refusal(model, _ZIP_OK)["model.pt"]
+    assert entry["format"] == "zip" and entry["verdict"] == "refused"
+    assert "os.system" in entry["pickle_globals"]  # type: ignore[operator]
+    assert any(i.startswith("archive/data.pkl: pickle imports dangerous") for i in _issues(entry))
+
+
+def test_dis_rejected_pickle_renamed_to_txt_refused(tmp_path: Path) -> None:
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "notes.txt").write_bytes(_DIS_REJECTS)
+    entry = _refusal(model)["notes.txt"]
+    assert entry["format"] == "pickle"
+    assert "os.system" in entry["pickle_globals"]  # type: ignore[operator]
+
+
+def test_pickle_in_nested_zip_refused(tmp_path: Path) -> None:
+    model = tmp_path / "m"
+    model.mkdir()
+    inner = _zip({"archive/data.pkl": _DIS_REJECTS})
+    (model / "bundle.zip").write_bytes(_zip({"inner/model.pt": inner, "README.md": b"# m\n"}))
+    entry = _refusal(model, _ZIP_OK)["bundle.zip"]
+    assert "os.system" in entry["pickle_globals"]  # type: ignore[operator]
+    assert any(
+        i.startswith("inner/model.pt: archive/data.pkl: pickle imports dangerous")
+        for i in _issues(entry)
+    )
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        # pickletools.dis: "memo key 0 already defined"; pickle.loads does not care.
+        b"S'a'\np0\np0\ncos\nsystem\n(S'echo x'\ntR.",
+        # pickletools.genops cannot decode these arguments; the C unpickler
+        # (torch.load passes encoding="utf-8") reads them and goes on to os.system.
+        "S'\u00e9'\ncos\nsystem\n(S'echo x'\ntR.".encode(),
+        b"I0x10\ncos\nsystem\n(S'echo x'\ntR.",
+    ],
+)
+def test_pickles_stricter_tools_reject_are_still_pickles(tmp_path: Path, payload: bytes) -> None:
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "model.pt").write_bytes(_zip({"weights/blob": payload}))
+    (model / "card.txt").write_bytes(payload)
+    files = _refusal(model, _ZIP_OK)
+    assert files["card.txt"]["format"] == "pickle"
+    assert any(i.startswith("weights/blob: pickle") for i in _issues(files["model.pt"]))
+
+
+def test_pickle_named_files_and_members_refused_whatever_the_content(tmp_path: Path) -> None:
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "model.pt").write_bytes(
+        _zip({"archive/data.pkl": b'{"a": 1}', "archive/notes.txt": b"plain notes\n"})
+    )
+    (model / "scaler.joblib").write_bytes(b'{"mean": 0.5}')
+    files = _refusal(model, _ZIP_OK)
+    assert any(
+        i.startswith("archive/data.pkl: file name says pickle") for i in _issues(files["model.pt"])
+    )
+    assert not any(i.startswith("archive/notes.txt") for i in _issues(files["model.pt"]))
+    assert files["scaler.joblib"]["format"] == "json"
+    assert any("file name says pickle" in i for i in _issues(files["scaler.joblib"]))
+
+
+def test_zip_members_get_the_file_rules(tmp_path: Path) -> None:
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "model.zip").write_bytes(_zip({"loader.py": b"import os\n", "w.json": b"not json"}))
+    issues = _issues(_refusal(model, _ZIP_OK)["model.zip"])
+    assert any(i.startswith("loader.py: text content in a file not named") for i in issues)
+    assert any(i.startswith("w.json: file name says json") for i in issues)
+
+
+def test_legitimate_json_text_and_safetensors_not_mistaken_for_pickles(tmp_path: Path) -> None:
+    model = tmp_path / "m"
+    model.mkdir()
+    # Header lengths 0x280.. start with the bytes 0x80 0x02: the PROTO opcode of a pickle.
+    tensors = b""
+    for pad in range(300, 1400):
+        tensors = save({"w": np.zeros(3)}, metadata={"k": "x" * pad})
+        if tensors[:2] == b"\x80\x02":
+            break
+    assert tensors[:2] == b"\x80\x02"
+    text = b"Readme: build notes\n(optional) Run it\n"  # R, b, ( are opcodes too
+    (model / "model.zip").write_bytes(
+        _zip({"w.safetensors": tensors, "config.json": b'{"a": 1}', "README.md": text})
+    )
+    (model / "w.safetensors").write_bytes(tensors)
+    (model / "config.json").write_bytes(b'{"a": 1}')
+    (model / "list.json").write_bytes(b"[1, 2]")
+    (model / "notes.txt").write_bytes(text)
+    result = scan_model_files(model, _ZIP_OK)
+    assert {f.path: f.format for f in result.files} == {
+        "config.json": "json",
+        "list.json": "json",
+        "model.zip": "zip",
+        "notes.txt": "text",
+        "w.safetensors": "safetensors",
+    }
+    assert all(f.verdict == "pass" for f in result.files)
+
+
+def test_safetensors_looking_pickle_polyglot_is_a_pickle(tmp_path: Path) -> None:
+    # BINFLOAT swallows the 8-byte "header length" and the "{", then GLOBAL os.system.
+    blob = b"G" + b"\x00" * 7 + b"{" + b"cos\nsystem\n(S'echo x'\ntR."
+    assert pickle_can_run_code(blob)
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(blob)
+    entry = _refusal(model)["model.safetensors"]
+    assert entry["format"] == "pickle"
+    assert "os.system" in entry["pickle_globals"]  # type: ignore[operator]
