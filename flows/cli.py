@@ -74,10 +74,14 @@ def _common(
     if policy:
         os.environ["SECMLOPS_POLICY"] = str(policy)
     _state.update(verbose=verbose, registry=registry, endpoint=s3_endpoint_url, keys=keys)
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    # Our own modules log through one stderr handler; Prefect configures its own loggers.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    for name in ("tasks", "flows", "blocks"):
+        logger = logging.getLogger(name)
+        logger.handlers = [handler]
+        logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
+        logger.propagate = False
 
 
 class _WithoutTraceback(logging.Formatter):

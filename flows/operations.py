@@ -6,7 +6,6 @@ does not verify leaves the stage pointer where it was.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -14,79 +13,11 @@ from prefect import flow, get_run_logger
 from blocks import RegistryTarget
 from flows.policy import load_gate_policy
 from flows.settings import local_paths
-from tasks.approval import (
-    ApprovalRequest,
-    approval_statement,
-    check_stage,
-    decide_automatically,
-    decide_by_preapproval,
-)
-from tasks.deploy import promote_to_stage, rollback_stage
-from tasks.digests import sha256_bytes
+from tasks.deploy import promote_to_stage, record_approval, rollback_stage
 from tasks.errors import ControlRefused
-from tasks.evidence import load_private_key, sign_statement, verify_bundle
 from tasks.gate import GatePolicy, verify_release
 from tasks.keys import KeyDirectory
-from tasks.model_registry import ModelRegistry, StagePointer, stamped
-
-
-def _verified_release(models: ModelRegistry, version: str, keys: KeyDirectory) -> tuple[str, str]:
-    """The (model digest, sha256) of a version's release manifest, after verifying its signature.
-
-    An approver signs off on exactly this manifest; one that does not verify is not approved.
-    """
-    key = f"{models.evidence_prefix(version)}/release.json"
-    raw = models.store.read(key)
-    try:
-        bundle = json.loads(raw)
-    except ValueError as exc:
-        raise ControlRefused(f"release manifest of {version} is not JSON", where=key) from exc
-    statement = verify_bundle(bundle, keys.trusted("attestor"), where=key)
-    try:
-        digest = str(statement.predicate["modelDigest"]["sha256"])
-    except (KeyError, TypeError) as exc:
-        raise ControlRefused(
-            f"release manifest of {version} names no model digest", where=key
-        ) from exc
-    return digest, sha256_bytes(raw)
-
-
-def record_approval(
-    models: ModelRegistry,
-    version: str,
-    stage: str,
-    *,
-    keys: KeyDirectory,
-    policy: GatePolicy,
-    approve_as: str | None,
-) -> str:
-    """Decide, sign and store an approval of ``version`` for ``stage``; return its key.
-
-    With ``approve_as`` the named approver approves (signed with their own key); without
-    it only a dev policy's auto-approval can pass (signed by the attestor, recorded as
-    automatic), otherwise ``ControlRefused``. The gate later checks who signed it.
-    """
-    model_digest, release_sha256 = _verified_release(models, version, keys)
-    request = ApprovalRequest(
-        model=models.model,
-        version=version,
-        model_digest=model_digest,
-        release_sha256=release_sha256,
-        stage=check_stage(stage),
-        summary=f"deploy {models.model} {version} to {stage}",
-    )
-    if approve_as:
-        decision = decide_by_preapproval(request, approve_as, policy.approval)
-        signer = load_private_key(keys.require(keys.approver_private(approve_as)))
-    else:
-        decision = decide_automatically(request, policy.approval)
-        signer = load_private_key(keys.require(keys.private("attestor")))
-    bundle = sign_statement(approval_statement(request, decision), signer)
-    key, _ = models.put_evidence(version, stamped(f"approval-{stage}"), bundle)
-    models.audit(
-        "approved", version=version, stage=stage, approver=decision.approver, method=decision.method
-    )
-    return key
+from tasks.model_registry import ModelRegistry, StagePointer
 
 
 def promote_version(

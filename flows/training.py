@@ -24,19 +24,15 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from blocks import DataSource, RegistryTarget, ServingImage
-from flows.operations import record_approval
 from flows.policy import load_gate_policy
 from flows.settings import LocalPaths, local_paths, project_root
 from flows.summary import RunSummary
-from tasks.data import create_demo_data_registry, data_pull_statement, pull_dataset_task
-from tasks.deploy import promote_to_stage_task
-from tasks.digests import sha256_bytes, tree_digest
+from tasks.data import create_demo_data_registry_task, data_pull_statement, pull_dataset_task
+from tasks.deploy import promote_to_stage_task, record_approval_task
+from tasks.digests import tree_digest
 from tasks.evidence import (
-    PREDICATE_RELEASE,
     PrivateKey,
-    Subject,
     load_private_key,
-    make_statement,
     sign_statement,
     utc_now,
 )
@@ -44,12 +40,13 @@ from tasks.gate import GatePolicy
 from tasks.keys import KeyDirectory
 from tasks.model_registry import ModelRegistry, stamped
 from tasks.model_scan import model_scan_statement, scan_model_task
+from tasks.release import ReleaseInputs, register_release_task
 from tasks.scanning import (
-    build_serving_image,
+    build_serving_image_task,
     enforce_scan_policy,
     image_scan_statement,
     scan_image_task,
-    seed_demo_trivy_db,
+    seed_trivy_db_task,
 )
 from tasks.signing import sign_model_task
 from tasks.smoke_test import smoke_test_stage_task, smoke_test_statement
@@ -127,14 +124,14 @@ def _run(
             )
         repo = data.repo
         if not repo:
-            repo = str(create_demo_data_registry(paths.data_registry).repo)
+            repo = str(create_demo_data_registry_task(paths.data_registry).repo)
         cache_dir = Path(image.trivy_cache_dir) if image.trivy_cache_dir else paths.trivy_cache
         if not image.trivy_cache_dir:
-            seed_demo_trivy_db(cache_dir)
+            seed_trivy_db_task(cache_dir)
         if image.target:
             target = image.target
         else:
-            built = build_serving_image(
+            built = build_serving_image_task(
                 paths.images / "serving-demo.tar", lock_file=project_root() / "uv.lock"
             )
             target = str(built.path)
@@ -192,50 +189,35 @@ def _run(
         st.detail = f"model sha256 {model_digest[:12]}… signed (model-signing, EC key)"
 
     with summary.stage("register") as st:
-        version = models.allocate_version(
-            {"run": run_id, "builder": BUILDER_ID, "createdBy": getpass.getuser()}
-        )
-        summary.version = version
-        models.store.upload_tree(trained.model_dir, models.model_prefix(version))
-        sig_bytes = signature_path.read_bytes()
-        models.store.put(models.signature_key(version), sig_bytes)
-        written = {
-            name: models.put_evidence(version, name, b) for name, b in evidence.bundles.items()
-        }
-        release = make_statement(
-            [Subject("model", model_digest)],
-            PREDICATE_RELEASE,
-            {
-                "model": models.model,
-                "version": version,
-                "modelDigest": {"sha256": model_digest},
-                "signature": {
-                    "key": models.signature_key(version),
-                    "sha256": sha256_bytes(sig_bytes),
-                },
-                "dataset": {
+        registered = register_release_task(
+            models,
+            trained.model_dir,
+            signature_path,
+            evidence.bundles,
+            ReleaseInputs(
+                dataset={
                     "sha256": pulled.sha256,
                     "repo": repo,
                     "path": data.path,
                     "rev": data.rev,
                     "commit": pulled.commit,
                 },
-                "image": {"ref": scanned.target, "sha256": scanned.image_digest},
-                "evidence": {n: {"key": k, "sha256": s} for n, (k, s) in written.items()},
-                "metrics": trained.metrics,
-                "run": run_id,
-                "createdAt": utc_now(),
-            },
+                image={"ref": scanned.target, "sha256": scanned.image_digest},
+                metrics=trained.metrics,
+                run=run_id,
+                builder=BUILDER_ID,
+                created_by=getpass.getuser(),
+            ),
+            attestor=evidence.key,
         )
-        models.put_evidence(version, "release", sign_statement(release, evidence.key))
-        models.audit("registered", version=version, model_digest=model_digest, run=run_id)
+        version = summary.version = registered.version
         st.detail = f"{version} at {models.store.describe(models.version_prefix(version))}"
-        st.evidence = [models.store.describe(models.evidence_prefix(version)) + "/"]
+        st.evidence = [models.store.describe(registered.release_key)]
     actor = approve_as or "auto"
 
     def approve(stage: str) -> None:
         with summary.stage(f"approve-{stage}") as st:
-            key = record_approval(
+            key = record_approval_task(
                 models,
                 version,
                 stage,
