@@ -7,6 +7,7 @@ from typing import Any
 
 from tasks.errors import ControlRefused, SecMLOpsError
 from tasks.evidence import TrustedKeys, VerifiedStatement, load_public_key, verify_bundle
+from tasks.gate import verify_pointer_vsa
 from tasks.keys import ROLES, KeyDirectory
 from tasks.model_registry import ModelRegistry
 
@@ -166,11 +167,18 @@ def evidence_report(models: ModelRegistry, version: str, keys: KeyDirectory) -> 
     for stage in ("staging", "production"):
         pointer, _ = models.read_pointer(stage)
         if pointer is not None:
+            try:
+                verify_pointer_vsa(models, stage, pointer, keys)
+                vsa_problem = ""
+            except SecMLOpsError as exc:
+                vsa_problem = str(exc)
             stages[stage] = {
                 "version": pointer.version,
-                "serves_this_version": pointer.version == version,
+                "serves_this_version": pointer.version == version and not vsa_problem,
                 "promotedAt": pointer.promoted_at,
                 "vsa": pointer.vsa,
+                "vsa_verified": not vsa_problem,
+                "problem": vsa_problem,
             }
     return {
         "model": models.model,
@@ -186,6 +194,8 @@ def render_report(report: dict[str, Any]) -> str:
     lines = [f"Evidence for {report['model']} {report['version']}  ({report['location']})"]
     for stage, info in report["stages"].items():
         mark = "<- this version" if info["serves_this_version"] else ""
+        if not info["vsa_verified"]:
+            mark = f"(POINTER NOT VOUCHED FOR: {info['problem']})"
         lines.append(f"  stage {stage:<10} serves {info['version']} {mark}")
     lines.append("")
     for item in report["evidence"]:

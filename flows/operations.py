@@ -58,7 +58,7 @@ def _open(model: str, registry: RegistryTarget | None) -> ModelRegistry:
     return ModelRegistry(store, model)
 
 
-@flow(name="promote", log_prints=True)
+@flow(name="promote", log_prints=True, timeout_seconds=1800)
 def promote(
     model: str,
     version: str,
@@ -77,7 +77,7 @@ def promote(
     return pointer.to_json()
 
 
-@flow(name="rollback", log_prints=True)
+@flow(name="rollback", log_prints=True, timeout_seconds=1800)
 def rollback(
     model: str,
     stage: str = "production",
@@ -96,7 +96,7 @@ def rollback(
     return pointer.to_json()
 
 
-@flow(name="verify", log_prints=True)
+@flow(name="verify", log_prints=True, timeout_seconds=1800)
 def verify(
     model: str,
     stage: str = "production",

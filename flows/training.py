@@ -72,7 +72,7 @@ def _stamp() -> str:
     return utc_now().replace(":", "").replace("-", "")
 
 
-@flow(name="secure-training", log_prints=True, validate_parameters=True)
+@flow(name="secure-training", log_prints=True, validate_parameters=True, timeout_seconds=3600)
 def secure_training(
     model_name: str = "churn-classifier",
     data: DataSource | None = None,

@@ -50,7 +50,7 @@ from tasks.evidence import (
     verify_bundle,
 )
 from tasks.keys import KeyDirectory
-from tasks.model_registry import ModelRegistry
+from tasks.model_registry import ModelRegistry, StagePointer
 from tasks.scanning import ScanPolicy, scan_predicate_verdict
 from tasks.signing import verify_model_signature
 
@@ -77,6 +77,9 @@ class GatePolicy(BaseModel):
     #: Approvals older than this no longer count (None: no limit). Rollbacks then need a
     #: fresh approval, so an old approval cannot be replayed forever.
     max_approval_age_days: int | None = Field(default=None, ge=1)
+    #: sha256 digests of the pandera schemas data may be validated against (empty: any
+    #: schema, as recorded in the evidence). Pin them so a weaker schema cannot be swapped in.
+    required_schema_digests: tuple[str, ...] = ()
 
 
 @dataclass
@@ -285,8 +288,19 @@ def _check_build_evidence(
     pred = st.predicate
     if name in ("data-pull", "validation"):
         gate.require_subject(st, report.dataset_digest, "dataset", key)
-    if name == "validation" and pred.get("result") != "PASSED":
-        raise ControlRefused(f"validation result is {pred.get('result')}", where=key)
+    if name == "validation":
+        if pred.get("result") != "PASSED":
+            raise ControlRefused(f"validation result is {pred.get('result')}", where=key)
+        pinned = gate.policy.required_schema_digests
+        used = {
+            str((c.get("digest") or {}).get("sha256"))
+            for c in pred.get("configuration") or []
+            if isinstance(c, dict)
+        }
+        if pinned and not used & set(pinned):
+            raise ControlRefused(
+                f"data was validated against schema {sorted(used)}, not a pinned one", where=key
+            )
     if name == "image-scan":
         gate.require_subject(st, report.image_digest, "image", key)
         verdict = scan_predicate_verdict(pred, gate.policy.scan)
@@ -452,3 +466,47 @@ def passed_gate_before(models: ModelRegistry, version: str, stage: str, keys: Ke
         ):
             return True
     return False
+
+
+def verify_pointer_vsa(
+    models: ModelRegistry, stage: str, pointer: StagePointer, keys: KeyDirectory
+) -> None:
+    """Check what a stage pointer names is vouched for by its VSA; ``ControlRefused`` if not.
+
+    Stage pointers are not signed; their VSA is. It must be the one the pointer names (same
+    bytes), signed by the gate key, written by this gate, PASSED, and about exactly the
+    pointer's model, version, stage and digest.
+    """
+    where = f"stage:{stage}"
+    expected_prefix = models.evidence_prefix(pointer.version) + f"/vsa-{stage}-"
+    if not pointer.vsa.startswith(expected_prefix):
+        raise ControlRefused(
+            f"the {stage} pointer names a VSA of another version/stage", where=where
+        )
+    raw = models.store.read(pointer.vsa)  # read once: hash, verify and parse the same bytes
+    if sha256_bytes(raw) != pointer.vsa_sha256:
+        raise ControlRefused(f"the {stage} pointer's VSA changed after promotion", where=where)
+    try:
+        bundle = json.loads(raw)
+    except ValueError as exc:
+        raise ControlRefused(f"the {stage} pointer's VSA is not JSON", where=where) from exc
+    vsa = verify_bundle(bundle, keys.trusted("gate"), where=pointer.vsa)
+    ours = vsa.predicate.get("secmlops") or {}
+    subjects = {
+        s.get("digest", {}).get("sha256")
+        for s in vsa.statement["subject"]
+        if s.get("name") == "model"
+    }
+    if (
+        vsa.predicate_type != PREDICATE_SLSA_VSA
+        or vsa.predicate.get("verificationResult") != "PASSED"
+        or (vsa.predicate.get("verifier") or {}).get("id") != VERIFIER_ID
+        or pointer.model_digest not in subjects
+        or ours.get("model") != models.model
+        or ours.get("version") != pointer.version
+        or ours.get("stage") != stage
+    ):
+        raise ControlRefused(
+            f"the {stage} pointer's VSA does not cover {models.model} {pointer.version} in {stage}",
+            where=where,
+        )

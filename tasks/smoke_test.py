@@ -8,7 +8,6 @@ labels, probabilities finite and in [0, 1], and accuracy at least the policy's f
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from dataclasses import dataclass
@@ -18,20 +17,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks.digests import sha256_bytes, sha256_file, tree_digest
+from tasks.digests import sha256_file, tree_digest
 from tasks.errors import ControlRefused, InputError
 from tasks.evidence import (
-    PREDICATE_SLSA_VSA,
     PREDICATE_SMOKE_TEST,
     Subject,
     make_statement,
     utc_now,
-    verify_bundle,
 )
-from tasks.gate import VERIFIER_ID
+from tasks.gate import verify_pointer_vsa
 from tasks.keys import KeyDirectory
 from tasks.model_format import load_model
-from tasks.model_registry import ModelRegistry, StagePointer
+from tasks.model_registry import ModelRegistry
 from tasks.signing import verify_model_signature
 
 
@@ -91,7 +88,7 @@ def smoke_test_stage(
             f"{stage} serves {pointer.version}, expected {expect_version} (moved meanwhile?)",
             where=where,
         )
-    _verify_pointer_vsa(models, stage, pointer, keys, where)
+    verify_pointer_vsa(models, stage, pointer, keys)
     try:
         frame = pd.read_csv(sample)
     except (OSError, ValueError) as exc:
@@ -138,43 +135,6 @@ def smoke_test_stage(
             details=result.to_json(),
         )
     return result
-
-
-def _verify_pointer_vsa(
-    models: ModelRegistry, stage: str, pointer: StagePointer, keys: KeyDirectory, where: str
-) -> None:
-    expected_prefix = models.evidence_prefix(pointer.version) + f"/vsa-{stage}-"
-    if not pointer.vsa.startswith(expected_prefix):
-        raise ControlRefused(
-            f"the {stage} pointer names a VSA of another version/stage", where=where
-        )
-    raw = models.store.read(pointer.vsa)  # read once: hash, verify and parse the same bytes
-    if sha256_bytes(raw) != pointer.vsa_sha256:
-        raise ControlRefused(f"the {stage} pointer's VSA changed after promotion", where=where)
-    try:
-        bundle = json.loads(raw)
-    except ValueError as exc:
-        raise ControlRefused(f"the {stage} pointer's VSA is not JSON", where=where) from exc
-    vsa = verify_bundle(bundle, keys.trusted("gate"), where=pointer.vsa)
-    ours = vsa.predicate.get("secmlops") or {}
-    subjects = {
-        s.get("digest", {}).get("sha256")
-        for s in vsa.statement["subject"]
-        if s.get("name") == "model"
-    }
-    if (
-        vsa.predicate_type != PREDICATE_SLSA_VSA
-        or vsa.predicate.get("verificationResult") != "PASSED"
-        or (vsa.predicate.get("verifier") or {}).get("id") != VERIFIER_ID
-        or pointer.model_digest not in subjects
-        or ours.get("model") != models.model
-        or ours.get("version") != pointer.version
-        or ours.get("stage") != stage
-    ):
-        raise ControlRefused(
-            f"the {stage} pointer's VSA does not cover {models.model} {pointer.version} in {stage}",
-            where=where,
-        )
 
 
 def smoke_test_statement(result: SmokeTestResult) -> dict[str, Any]:

@@ -276,3 +276,28 @@ def test_stale_approval_is_refused_when_policy_limits_age(world_copy: PipelineWo
     proc = world.cli("promote", MODEL, "v2", "--stage", "production")
     assert proc.returncode == 1
     assert "older than 30 days" in proc.stderr
+
+
+def test_pinned_schema_digest_is_enforced(world_copy: PipelineWorld) -> None:
+    import base64
+
+    reg = world_copy.registry
+    assert world_copy.cli("rollback", MODEL, "--stage", "production").returncode == 0
+    bundle = json.loads(
+        (reg / MODEL / "versions" / "v2" / "evidence" / "validation.json").read_text()
+    )
+    statement = json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"]))
+    used = statement["predicate"]["configuration"][0]["digest"]["sha256"]
+    text = (Path(__file__).resolve().parents[2] / "secmlops-policy.yaml").read_text()
+
+    def promote_with_pins(*digests: str) -> int:
+        policy = world_copy.home / "pinned-policy.yaml"
+        policy.write_text(text + f"required_schema_digests: {list(digests)}\n")
+        env = {**world_copy.env, "SECMLOPS_POLICY": str(policy)}
+        world = PipelineWorld(world_copy.home, reg, env, world_copy.runs)
+        return world.cli("promote", MODEL, "v2", "--stage", "production").returncode
+
+    assert promote_with_pins("0" * 64) == 1
+    assert _pointer(reg, "production")["version"] == "v1"
+    assert promote_with_pins("0" * 64, used) == 0
+    assert _pointer(reg, "production")["version"] == "v2"
