@@ -399,6 +399,26 @@ def evidence(
         raise ControlRefused(f"evidence of {model} {version} does not all verify")
 
 
+@app.command()
+def keygen(
+    approver: Annotated[
+        list[str] | None,
+        typer.Option("--approver", help="Also create a key for NAME (repeatable)."),
+    ] = None,
+    keys: KeysOpt = None,
+) -> None:
+    """Create missing role keys (model-signer, attestor, gate) and approver keys in a key dir.
+
+    Private keys are written mode 0600 next to a .gitignore; existing keys are never replaced.
+    """
+    directory = _keys(keys)
+    created = directory.ensure(approvers=tuple(approver or ()))
+    for path in created:
+        typer.echo(f"created {path} (+ {path.with_suffix('.pub').name})")
+    if not created:
+        typer.echo(f"all keys already exist in {directory.root}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: run the app and map errors to exit codes."""
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")

@@ -28,6 +28,14 @@ class LocalPaths:
     home: Path
 
     @property
+    def demo_keys(self) -> bool:
+        """True when keys live in the embedded default's folder (generated on first run).
+
+        With ``SECMLOPS_KEYS`` set, keys are provisioned by the site and never generated.
+        """
+        return not os.environ.get("SECMLOPS_KEYS")
+
+    @property
     def keys(self) -> Path:
         return (
             Path(os.environ["SECMLOPS_KEYS"])

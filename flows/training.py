@@ -54,7 +54,6 @@ from tasks.training import provenance_statement, train_model_task, write_held_ou
 from tasks.validation import validate_dataset_task, validation_statement
 
 BUILDER_ID = "https://secmlops.dev/builders/prefect-secure-training/v1"
-DEMO_APPROVER = "demo-approver"
 
 
 @dataclass
@@ -115,13 +114,20 @@ def _run(
     keys = KeyDirectory(paths.keys)
 
     with summary.stage("prepare") as st:
-        created = keys.ensure(approvers=(approve_as,) if approve_as else ())
-        if created:
-            logger.warning(
-                "generated local demo keys in %s (git-ignored; never commit them): %s",
-                keys.root,
-                ", ".join(p.name for p in created),
-            )
+        if paths.demo_keys:
+            # Embedded default only: create missing demo keys; an approver gets a key only
+            # if the policy lets them approve something.
+            allowed = {
+                n for stage in ("staging", "production") for n in policy.approval.allowed(stage)
+            }
+            approvers = (approve_as,) if approve_as in allowed else ()
+            created = keys.ensure(approvers=approvers)
+            if created:
+                logger.warning(
+                    "generated local demo keys in %s (git-ignored; never commit them): %s",
+                    keys.root,
+                    ", ".join(p.name for p in created),
+                )
         repo = data.repo
         if not repo:
             repo = str(create_demo_data_registry_task(paths.data_registry).repo)

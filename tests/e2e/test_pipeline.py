@@ -301,3 +301,20 @@ def test_pinned_schema_digest_is_enforced(world_copy: PipelineWorld) -> None:
     assert _pointer(reg, "production")["version"] == "v1"
     assert promote_with_pins("0" * 64, used) == 0
     assert _pointer(reg, "production")["version"] == "v2"
+
+
+def test_site_key_directory_is_never_filled_with_generated_keys(
+    pipeline_world: PipelineWorld, tmp_path: Path
+) -> None:
+    keys = tmp_path / "site-keys"
+    keys.mkdir()
+    env = {
+        **pipeline_world.env,
+        "SECMLOPS_KEYS": str(keys),
+        "SECMLOPS_REGISTRY": str(tmp_path / "registry"),
+    }
+    world = PipelineWorld(pipeline_world.home, tmp_path / "registry", env, pipeline_world.runs)
+    proc = world.cli("run", "--approve-as", "demo-approver")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "attestor.pem does not exist" in proc.stderr
+    assert list(keys.iterdir()) == []

@@ -130,3 +130,19 @@ def test_bad_policy_file_is_bad_input(tmp_path: Path, cli_env: dict[str, str]) -
     proc = run({**cli_env, "SECMLOPS_POLICY": str(policy)}, "scan-image", str(model / "a.json"))
     assert proc.returncode == 2
     assert "unknown_knob" in proc.stderr
+
+
+def test_keygen_creates_role_and_approver_keys_once(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    keys = tmp_path / "keys"
+    first = run(cli_env, "keygen", "--keys", str(keys), "--approver", "alice")
+    assert first.returncode == 0, first.stderr
+    for name in ("model-signer", "attestor", "gate", "approvers/alice"):
+        assert (keys / f"{name}.pem").stat().st_mode & 0o777 == 0o600
+        assert (keys / f"{name}.pub").is_file()
+    before = (keys / "attestor.pem").read_bytes()
+    again = run(cli_env, "keygen", "--keys", str(keys))
+    assert again.returncode == 0 and "already exist" in again.stdout
+    assert (keys / "attestor.pem").read_bytes() == before
+    assert run(cli_env, "keygen", "--keys", str(keys), "--approver", "Not Valid").returncode == 2
