@@ -71,8 +71,11 @@ def _common(
         ),
     ] = None,
 ) -> None:
+    # Flows read these from the environment (they also run on workers), so pass them on.
     if policy:
         os.environ["SECMLOPS_POLICY"] = str(policy)
+    if keys:
+        os.environ["SECMLOPS_KEYS"] = str(keys)
     _state.update(verbose=verbose, registry=registry, endpoint=s3_endpoint_url, keys=keys)
     # Our own modules log through one stderr handler; Prefect configures its own loggers.
     handler = logging.StreamHandler()
