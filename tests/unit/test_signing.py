@@ -56,7 +56,7 @@ def test_verify_after_move(signed: tuple[Path, Path, Path], tmp_path: Path) -> N
     model, sig, pub = signed
     moved = tmp_path / "elsewhere" / "renamed"
     shutil.copytree(model, moved)
-    verify_model_signature(moved, signature=sig, public_key=pub)
+    assert verify_model_signature(moved, signature=sig, public_key=pub) is None  # raises if not
 
 
 def test_modified_byte_refused(signed: tuple[Path, Path, Path]) -> None:
