@@ -318,3 +318,27 @@ def test_site_key_directory_is_never_filled_with_generated_keys(
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "attestor.pem does not exist" in proc.stderr
     assert list(keys.iterdir()) == []
+
+
+def test_gate_rejudges_the_scan_under_todays_policy(world_copy: PipelineWorld) -> None:
+    """The stored verdict passed; a stricter policy (block LOW too) must refuse the same
+    evidence at the next promotion, and so must dropping the curated-DB allowance."""
+    reg = world_copy.registry
+    assert world_copy.cli("rollback", MODEL, "--stage", "production").returncode == 0
+    text = (Path(__file__).resolve().parents[2] / "secmlops-policy.yaml").read_text()
+    policy = world_copy.home / "strict-policy.yaml"
+    env = {**world_copy.env, "SECMLOPS_POLICY": str(policy)}
+    world = PipelineWorld(world_copy.home, reg, env, world_copy.runs)
+
+    policy.write_text(text.replace("fail_on: [CRITICAL, HIGH]", "fail_on: [CRITICAL, HIGH, LOW]"))
+    proc = world.cli("promote", MODEL, "v2", "--stage", "production")
+    assert proc.returncode == 1
+    assert "image-scan" in proc.stderr and "CVE-2010-4756" in proc.stderr
+
+    policy.write_text(
+        text.replace("unsafe_allow_curated_db: true", "unsafe_allow_curated_db: false")
+    )
+    proc = world.cli("promote", MODEL, "v2", "--stage", "production")
+    assert proc.returncode == 1
+    assert "image-scan" in proc.stderr
+    assert _pointer(reg, "production")["version"] == "v1"
