@@ -384,6 +384,25 @@ def rollback(
     typer.echo(f"{model} {stage} rolled back -> {pointer.version} (VSA {pointer.vsa})")
 
 
+@app.command("verify-stage")
+def verify_stage_cmd(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    stage: Annotated[str, typer.Option(help="staging or production.")] = "production",
+    registry: RegistryOpt = None,
+    s3_endpoint_url: EndpointOpt = None,
+    keys: KeysOpt = None,
+) -> None:
+    """Re-verify what a stage serves now (pointer VSA + the full deploy gate); exit 1 if not."""
+    from flows.operations import verify_stage
+
+    pointer, report = verify_stage(
+        _models(model, registry, s3_endpoint_url), stage, keys=_keys(keys)
+    )
+    typer.echo(
+        f"PASSED: {model} {stage} serves {pointer.version}; {len(report.checks)} gate checks pass"
+    )
+
+
 @app.command()
 def evidence(
     model: Annotated[str, typer.Argument(help="Model name.")],

@@ -13,9 +13,10 @@ from prefect import flow, get_run_logger
 from blocks import RegistryTarget
 from flows.policy import load_gate_policy
 from flows.settings import local_paths
+from tasks.approval import check_stage
 from tasks.deploy import promote_to_stage, record_approval, rollback_stage
 from tasks.errors import ControlRefused
-from tasks.gate import GatePolicy, verify_release
+from tasks.gate import GatePolicy, GateReport, verify_pointer_vsa, verify_release
 from tasks.keys import KeyDirectory
 from tasks.model_registry import ModelRegistry, StagePointer
 
@@ -96,6 +97,20 @@ def rollback(
     return pointer.to_json()
 
 
+def verify_stage(
+    models: ModelRegistry, stage: str, *, keys: KeyDirectory, policy: GatePolicy | None = None
+) -> tuple[StagePointer, GateReport]:
+    """Re-verify what ``stage`` serves now: its pointer's VSA, then the full deploy gate."""
+    pointer, _ = models.read_pointer(check_stage(stage))
+    if pointer is None:
+        raise ControlRefused(f"nothing is deployed to {stage}", where=f"{models.model}:{stage}")
+    verify_pointer_vsa(models, stage, pointer, keys)
+    report = verify_release(
+        models, pointer.version, stage, keys=keys, policy=policy or load_gate_policy()
+    )
+    return pointer, report
+
+
 @flow(name="verify", log_prints=True, timeout_seconds=1800)
 def verify(
     model: str,
@@ -103,16 +118,8 @@ def verify(
     registry: RegistryTarget | None = None,
 ) -> dict[str, Any]:
     """Re-run the deploy gate for what a stage serves now; refuse if anything stopped verifying."""
-    models = _open(model, registry)
-    pointer, _ = models.read_pointer(stage)
-    if pointer is None:
-        raise ControlRefused(f"nothing is deployed to {stage}", where=f"{model}:{stage}")
-    report = verify_release(
-        models,
-        pointer.version,
-        stage,
-        keys=KeyDirectory(local_paths().keys),
-        policy=load_gate_policy(),
+    pointer, report = verify_stage(
+        _open(model, registry), stage, keys=KeyDirectory(local_paths().keys)
     )
     get_run_logger().info(
         "%s %s %s: %d checks passed", model, stage, pointer.version, len(report.checks)

@@ -76,6 +76,17 @@ def test_rollback_then_forward_again_through_the_gate(world_copy: PipelineWorld)
     assert _pointer(world_copy.registry, "production")["version"] == "v2"
 
 
+def test_verify_stage_notices_tampering_after_deploy(world_copy: PipelineWorld) -> None:
+    ok = world_copy.cli("verify-stage", MODEL, "--stage", "production")
+    assert ok.returncode == 0, ok.stderr
+    assert "serves v2" in ok.stdout
+    weights = world_copy.registry / MODEL / "versions" / "v2" / "model" / "model.json"
+    weights.write_text(weights.read_text().replace("churned", "churned "))
+    bad = world_copy.cli("verify-stage", MODEL, "--stage", "production")
+    assert bad.returncode == 1
+    assert "model-signature" in bad.stderr
+
+
 def test_tampered_model_file_makes_promotion_refuse(world_copy: PipelineWorld) -> None:
     reg = world_copy.registry
     assert world_copy.cli("rollback", MODEL, "--stage", "production").returncode == 0
