@@ -29,12 +29,10 @@ from flows.settings import LocalPaths, local_paths, project_root
 from flows.summary import RunSummary
 from tasks.data import create_demo_data_registry_task, data_pull_statement, pull_dataset_task
 from tasks.deploy import promote_to_stage_task, record_approval_task
-from tasks.digests import tree_digest
 from tasks.evidence import (
     PrivateKey,
     load_private_key,
     sign_statement,
-    utc_now,
 )
 from tasks.gate import GatePolicy
 from tasks.keys import KeyDirectory
@@ -65,10 +63,6 @@ class _Evidence:
 
     def add(self, name: str, statement: dict[str, Any]) -> None:
         self.bundles[name] = sign_statement(statement, self.key)
-
-
-def _stamp() -> str:
-    return utc_now().replace(":", "").replace("-", "")
 
 
 @flow(name="secure-training", log_prints=True, validate_parameters=True, timeout_seconds=3600)
@@ -109,7 +103,7 @@ def _run(
 ) -> None:
     logger = get_run_logger()
     run_id = uuid.uuid4().hex[:12]
-    workdir = paths.runs / f"{_stamp()}-{run_id}"
+    workdir = paths.runs / stamped(f"run-{run_id}")
     workdir.mkdir(parents=True)
     keys = KeyDirectory(paths.keys)
 
@@ -175,7 +169,7 @@ def _run(
 
     with summary.stage("sign-attest") as st:
         signature_path = workdir / "model.sig"
-        sign_model_task(
+        signed = sign_model_task(
             trained.model_dir,
             private_key=keys.require(keys.private("model-signer")),
             signature=signature_path,
@@ -191,8 +185,8 @@ def _run(
                 invocation_id=run_id,
             ),
         )
-        model_digest = tree_digest(trained.model_dir)
-        st.detail = f"model sha256 {model_digest[:12]}… signed (model-signing, EC key)"
+        # sign_model hashed the tree already (and checked it did not change while signing).
+        st.detail = f"model sha256 {signed.model_digest[:12]}… signed (model-signing, EC key)"
 
     with summary.stage("register") as st:
         registered = register_release_task(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 from dataclasses import dataclass
 
 from tasks.approval import (
@@ -39,7 +38,13 @@ from tasks.gate import (
     verify_release,
 )
 from tasks.keys import KeyDirectory
-from tasks.model_registry import ModelRegistry, StagePointer, canonical_json, stamped
+from tasks.model_registry import (
+    ModelRegistry,
+    StagePointer,
+    canonical_json,
+    parse_json_object,
+    stamped,
+)
 
 HISTORY_LIMIT = 50
 
@@ -202,12 +207,8 @@ def _verified_release(models: ModelRegistry, version: str, keys: KeyDirectory) -
     An approver signs off on exactly this manifest; one that does not verify is not approved.
     """
     key = f"{models.evidence_prefix(version)}/release.json"
-    raw = models.store.read(key)
-    try:
-        bundle = json.loads(raw)
-    except ValueError as exc:
-        raise ControlRefused(f"release manifest of {version} is not JSON", where=key) from exc
-    statement = verify_bundle(bundle, keys.trusted("attestor"), where=key)
+    raw = models.store.read(key)  # read once: the digest approved is of the bytes verified
+    statement = verify_bundle(parse_json_object(raw, key), keys.trusted("attestor"), where=key)
     try:
         digest = str(statement.predicate["modelDigest"]["sha256"])
     except (KeyError, TypeError) as exc:

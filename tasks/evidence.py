@@ -86,11 +86,6 @@ def make_statement(
     }
 
 
-def statement_digests(statement: Mapping[str, Any]) -> set[str]:
-    """All subject sha256 digests of a statement."""
-    return {s["digest"]["sha256"] for s in statement.get("subject", [])}
-
-
 # --- keys -------------------------------------------------------------------------------
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import json
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,7 +49,7 @@ from tasks.evidence import (
     verify_bundle,
 )
 from tasks.keys import KeyDirectory
-from tasks.model_registry import ModelRegistry, StagePointer
+from tasks.model_registry import ModelRegistry, StagePointer, parse_json_object
 from tasks.scanning import ScanPolicy, scan_predicate_verdict
 from tasks.signing import verify_model_signature
 
@@ -124,6 +123,37 @@ class GateReport:
         return [c for c in self.checks if not c.passed]
 
 
+def has_subject(statement: dict[str, Any], digest: str, name: str | None = None) -> bool:
+    """Does the statement name ``digest`` (under subject ``name``, when given)?"""
+    return any(
+        isinstance(s, dict)
+        and (s.get("digest") or {}).get("sha256") == digest
+        and (name is None or s.get("name") == name)
+        for s in statement.get("subject", [])
+    )
+
+
+def vsa_problem(
+    st: VerifiedStatement, *, model: str, version: str, stage: str, model_digest: str | None
+) -> str | None:
+    """Why a (signature-verified) VSA does not vouch that ``model`` ``version`` passed this
+    gate for ``stage``; ``None`` when it does."""
+    pred = st.predicate
+    ours = pred.get("secmlops") or {}
+    if st.predicate_type != PREDICATE_SLSA_VSA:
+        return f"predicate {st.predicate_type} is not a VSA"
+    if (pred.get("verifier") or {}).get("id") != VERIFIER_ID:
+        return "not written by this deploy gate"
+    if pred.get("verificationResult") != "PASSED":
+        return f"verification result {pred.get('verificationResult')}"
+    for field_name, expected in (("model", model), ("version", version), ("stage", stage)):
+        if ours.get(field_name) != expected:
+            return f"is for {field_name}={ours.get(field_name)!r}, not {expected!r}"
+    if model_digest is not None and not has_subject(st.statement, model_digest, "model"):
+        return f"is not about model digest {model_digest[:12]}…"
+    return None
+
+
 class _Gate:
     def __init__(
         self,
@@ -167,13 +197,7 @@ class _Gate:
             raise ControlRefused(
                 f"{key} was changed after the release manifest was signed", where=where
             )
-        try:
-            bundle = json.loads(raw)
-        except ValueError as exc:
-            raise ControlRefused(f"{key} is not JSON", where=where) from exc
-        if not isinstance(bundle, dict):
-            raise ControlRefused(f"{key} is not a JSON object", where=where)
-        verified = verify_bundle(bundle, trusted, where=where)
+        verified = verify_bundle(parse_json_object(raw, where), trusted, where=where)
         if verified.predicate_type != expected_type:
             raise ControlRefused(
                 f"{key} has predicate {verified.predicate_type}, expected {expected_type}",
@@ -186,12 +210,8 @@ class _Gate:
         self, st: VerifiedStatement, digest: str, what: str, key: str, *, name: str | None = None
     ) -> None:
         """The statement must name ``digest`` (under subject ``name``, when given)."""
-        for subject in st.statement.get("subject", []):
-            if subject.get("digest", {}).get("sha256") == digest and (
-                name is None or subject.get("name") == name
-            ):
-                return
-        raise ControlRefused(f"{key} is not about this {what} ({digest[:12]}…)", where=key)
+        if not has_subject(st.statement, digest, name):
+            raise ControlRefused(f"{key} is not about this {what} ({digest[:12]}…)", where=key)
 
     def require_fields(self, pred: dict[str, Any], key: str, **expected: str) -> None:
         """The predicate must carry exactly these values (model, version, stage, ...)."""
@@ -391,18 +411,17 @@ def _staging_vsas(gate: _Gate, version: str) -> list[tuple[str, VerifiedStatemen
     for key in _stage_evidence(gate, version, "vsa-staging"):
         try:
             st, _ = gate.load(key, gate.keys.trusted("gate"), PREDICATE_SLSA_VSA)
-            gate.require_subject(st, gate.report.model_digest, "model", key, name="model")
-            pred = st.predicate
-            ours = pred.get("secmlops") or {}
-            gate.require_fields(
-                ours, key, model=gate.report.model, version=version, stage="staging"
-            )
-            if (pred.get("verifier") or {}).get("id") != VERIFIER_ID:
-                raise ControlRefused(f"{key} was not written by this deploy gate")
-            if pred.get("verificationResult") == "PASSED":
-                found.append((key, st))
         except SecMLOpsError:
             continue  # an unverifiable file does not count; enough valid ones can still pass
+        problem = vsa_problem(
+            st,
+            model=gate.report.model,
+            version=version,
+            stage="staging",
+            model_digest=gate.report.model_digest,
+        )
+        if problem is None:
+            found.append((key, st))
     return found
 
 
@@ -455,14 +474,9 @@ def passed_gate_before(models: ModelRegistry, version: str, stage: str, keys: Ke
             st = verify_bundle(models.read_json(key), trusted, where=key)
         except SecMLOpsError:
             continue
-        ours = st.predicate.get("secmlops") or {}
         if (
-            st.predicate_type == PREDICATE_SLSA_VSA
-            and st.predicate.get("verificationResult") == "PASSED"
-            and (st.predicate.get("verifier") or {}).get("id") == VERIFIER_ID
-            and ours.get("model") == models.model
-            and ours.get("version") == version
-            and ours.get("stage") == stage
+            vsa_problem(st, model=models.model, version=version, stage=stage, model_digest=None)
+            is None
         ):
             return True
     return False
@@ -486,27 +500,15 @@ def verify_pointer_vsa(
     raw = models.store.read(pointer.vsa)  # read once: hash, verify and parse the same bytes
     if sha256_bytes(raw) != pointer.vsa_sha256:
         raise ControlRefused(f"the {stage} pointer's VSA changed after promotion", where=where)
-    try:
-        bundle = json.loads(raw)
-    except ValueError as exc:
-        raise ControlRefused(f"the {stage} pointer's VSA is not JSON", where=where) from exc
-    vsa = verify_bundle(bundle, keys.trusted("gate"), where=pointer.vsa)
-    ours = vsa.predicate.get("secmlops") or {}
-    subjects = {
-        s.get("digest", {}).get("sha256")
-        for s in vsa.statement["subject"]
-        if s.get("name") == "model"
-    }
-    if (
-        vsa.predicate_type != PREDICATE_SLSA_VSA
-        or vsa.predicate.get("verificationResult") != "PASSED"
-        or (vsa.predicate.get("verifier") or {}).get("id") != VERIFIER_ID
-        or pointer.model_digest not in subjects
-        or ours.get("model") != models.model
-        or ours.get("version") != pointer.version
-        or ours.get("stage") != stage
-    ):
-        raise ControlRefused(
-            f"the {stage} pointer's VSA does not cover {models.model} {pointer.version} in {stage}",
-            where=where,
-        )
+    vsa = verify_bundle(
+        parse_json_object(raw, pointer.vsa), keys.trusted("gate"), where=pointer.vsa
+    )
+    problem = vsa_problem(
+        vsa,
+        model=models.model,
+        version=pointer.version,
+        stage=stage,
+        model_digest=pointer.model_digest,
+    )
+    if problem:
+        raise ControlRefused(f"the {stage} pointer's VSA {problem}", where=where)

@@ -23,18 +23,24 @@ from tasks.errors import InputError
 from tasks.evidence import TrustedKeys, generate_keypair, load_public_key
 
 ROLES = ("model-signer", "attestor", "gate")
-_APPROVER_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+
+def check_name(name: str, what: str) -> str:
+    """Names that become file names and registry keys (approvers, models) are short
+    lowercase identifiers; anything else is ``InputError``."""
+    if not _NAME.match(name):
+        raise InputError(
+            f"invalid {what} name {name!r}",
+            where=what,
+            fix="use lowercase letters, digits, '.', '_' or '-' (e.g. alice or churn-model)",
+        )
+    return name
 
 
 def check_approver_name(name: str) -> str:
-    """Approver names are short lowercase identifiers (they become file names)."""
-    if not _APPROVER_NAME.match(name):
-        raise InputError(
-            f"invalid approver name {name!r}",
-            where="approver",
-            fix="use lowercase letters, digits, '.', '_' or '-' (e.g. alice or ml-lead)",
-        )
-    return name
+    """Approver names become key file names."""
+    return check_name(name, "approver")
 
 
 @dataclass(frozen=True)

@@ -19,20 +19,15 @@ from tasks.approval import check_stage
 from tasks.digests import sha256_bytes
 from tasks.errors import ControlRefused, InputError
 from tasks.evidence import utc_now
+from tasks.keys import check_name
 from tasks.registry import Registry, StoredObject, WriteConflict
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _VERSION = re.compile(r"^v([1-9][0-9]{0,8})$")
 
 
 def check_model_name(name: str) -> str:
-    if not _NAME.match(name):
-        raise InputError(
-            f"invalid model name {name!r}",
-            where="model",
-            fix="use lowercase letters, digits, '.', '_' or '-'",
-        )
-    return name
+    """Model names become registry key prefixes."""
+    return check_name(name, "model")
 
 
 def check_version(version: str) -> str:
@@ -41,6 +36,17 @@ def check_version(version: str) -> str:
             f"invalid model version {version!r}", where="version", fix="versions look like v1, v2"
         )
     return version
+
+
+def parse_json_object(raw: bytes, where: str) -> dict[str, Any]:
+    """Registry bytes as a JSON object; anything else is a refusal (the store is untrusted)."""
+    try:
+        obj = json.loads(raw)
+    except ValueError as exc:
+        raise ControlRefused(f"{where} is not JSON", where=where) from exc
+    if not isinstance(obj, dict):
+        raise ControlRefused(f"{where} is not a JSON object", where=where)
+    return obj
 
 
 def stamped(name: str) -> str:
@@ -170,14 +176,7 @@ class ModelRegistry:
         ]
 
     def read_json(self, key: str) -> dict[str, Any]:
-        data = self.store.read(key)
-        try:
-            obj = json.loads(data)
-        except ValueError as exc:
-            raise ControlRefused(f"{self.store.describe(key)} is not JSON", where=key) from exc
-        if not isinstance(obj, dict):
-            raise ControlRefused(f"{self.store.describe(key)} is not a JSON object", where=key)
-        return obj
+        return parse_json_object(self.store.read(key), self.store.describe(key))
 
     # --- stage pointers ---
     def read_pointer(self, stage: str) -> tuple[StagePointer | None, StoredObject | None]:
@@ -208,9 +207,6 @@ class ModelRegistry:
             key, canonical_json({"event": event, "at": now, "model": self.model, **fields})
         )
         return key
-
-    def audit_events(self) -> list[dict[str, Any]]:
-        return [self.read_json(k) for k in self.store.list_keys(f"{self.model}/audit")]
 
     def download_model(self, version: str, dest: Path) -> tuple[Path, Path]:
         """Download a version's model files and signature; return (model_dir, signature)."""
