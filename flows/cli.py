@@ -187,9 +187,11 @@ def run(
 ) -> None:
     """Run the whole secure pipeline once (what `make demo` runs)."""
     from blocks import DataSource, RegistryTarget, ServingImage
+    from flows.local_prefect import start_local_api
     from flows.training import secure_training
 
     _quiet_console_tracebacks()
+    start_local_api()
 
     registry, s3_endpoint_url = _registry_opts(registry, s3_endpoint_url)
     data = DataSource()
@@ -445,8 +447,10 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point: run the app and map errors to exit codes."""
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    if os.environ.get("PREFECT_HOME"):  # Prefect's SQLite cannot create a missing parent dir
-        Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
+    from flows.local_prefect import configure_prefect_home
+    from flows.settings import state_home
+
+    configure_prefect_home(state_home())
     try:
         app(args=argv, standalone_mode=False)
     except SecMLOpsError as exc:

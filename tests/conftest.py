@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -16,6 +17,12 @@ import pytest
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# Hermetic Prefect: this test session's own PREFECT_HOME (never the developer's ~/.prefect or a
+# configured server), and a start-up limit a fresh database on a busy 2-core machine meets.
+for _var in ("PREFECT_API_URL", "PREFECT_PROFILE", "PREFECT_PROFILES_PATH"):
+    os.environ.pop(_var, None)
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="secmlops-test-prefect-")
+os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "600"
 
 
 def free_port() -> int:
