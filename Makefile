@@ -30,13 +30,13 @@ integration: venv
 	$(BIN)/pytest -q -ra tests/integration tests/e2e
 
 lint: venv
-	$(BIN)/ruff check flows tasks blocks tests
-	$(BIN)/ruff format --check flows tasks blocks tests
+	$(BIN)/ruff check src ml flows tasks blocks tests
+	$(BIN)/ruff format --check src ml flows tasks blocks tests
 	$(BIN)/mypy
 
 fmt: venv
-	$(BIN)/ruff format flows tasks blocks tests
-	$(BIN)/ruff check --fix flows tasks blocks tests
+	$(BIN)/ruff format src ml flows tasks blocks tests
+	$(BIN)/ruff check --fix src ml flows tasks blocks tests
 
 venv: $(VENV)/.synced
 

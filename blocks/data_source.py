@@ -23,6 +23,6 @@ class DataSource(Block):
         description="Git tag or commit to pull. Pin a tag or a full commit sha, never a branch.",
     )
     schema_spec: str = Field(
-        default="tasks.schemas.churn:ChurnDataset",
+        default="ml.schema:ChurnDataset",
         description="pandera schema to validate against: 'module:Class' or 'path/file.py:Class'.",
     )

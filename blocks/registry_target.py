@@ -7,7 +7,7 @@ import os
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
-from tasks.registry import Registry, S3Registry, open_registry
+from secmlops.registry.stores import Registry, S3Registry, open_registry
 
 
 class RegistryTarget(Block):

@@ -1,7 +1,7 @@
 """Operator flows, triggered from the Prefect UI or the CLI: promote, roll back, verify a stage.
 
-Each goes through the same deploy gate as the pipeline: a promotion or rollback that
-does not verify leaves the stage pointer where it was.
+Thin Prefect flows over :mod:`secmlops.operations`: each goes through the same deploy gate as
+the pipeline, and a promotion or rollback that does not verify leaves the pointer where it was.
 """
 
 from __future__ import annotations
@@ -11,47 +11,11 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from blocks import RegistryTarget
-from flows.policy import load_gate_policy
-from flows.settings import local_paths
-from tasks.approval import check_stage
-from tasks.deploy import promote_to_stage, record_approval, rollback_stage
-from tasks.errors import ControlRefused
-from tasks.gate import GatePolicy, GateReport, verify_pointer_vsa, verify_release
-from tasks.keys import KeyDirectory
-from tasks.model_registry import ModelRegistry, StagePointer
-
-
-def promote_version(
-    models: ModelRegistry,
-    version: str,
-    stage: str,
-    *,
-    keys: KeyDirectory,
-    approve_as: str | None = None,
-    policy: GatePolicy | None = None,
-) -> StagePointer:
-    """Promote through the gate (recording ``approve_as``'s approval first, if given)."""
-    policy = policy or load_gate_policy()
-    if approve_as:
-        models.require_version(version)
-        record_approval(models, version, stage, keys=keys, policy=policy, approve_as=approve_as)
-    actor = approve_as or "operator"
-    return promote_to_stage(models, version, stage, keys=keys, policy=policy, actor=actor).pointer
-
-
-def rollback_version(
-    models: ModelRegistry,
-    stage: str,
-    *,
-    keys: KeyDirectory,
-    to_version: str | None = None,
-    policy: GatePolicy | None = None,
-) -> StagePointer:
-    """Roll ``stage`` back through the gate."""
-    policy = policy or load_gate_policy()
-    return rollback_stage(
-        models, stage, keys=keys, policy=policy, actor="operator", to_version=to_version
-    ).pointer
+from secmlops.evidence.keys import KeyDirectory
+from secmlops.operations import promote_version, rollback_version, verify_stage
+from secmlops.policy import load_gate_policy
+from secmlops.registry.models import ModelRegistry
+from secmlops.settings import local_paths
 
 
 def _open(model: str, registry: RegistryTarget | None) -> ModelRegistry:
@@ -95,20 +59,6 @@ def rollback(
     )
     get_run_logger().info("%s %s rolled back -> %s", model, stage, pointer.version)
     return pointer.to_json()
-
-
-def verify_stage(
-    models: ModelRegistry, stage: str, *, keys: KeyDirectory, policy: GatePolicy | None = None
-) -> tuple[StagePointer, GateReport]:
-    """Re-verify what ``stage`` serves now: its pointer's VSA, then the full deploy gate."""
-    pointer, _ = models.read_pointer(check_stage(stage))
-    if pointer is None:
-        raise ControlRefused(f"nothing is deployed to {stage}", where=f"{models.model}:{stage}")
-    verify_pointer_vsa(models, stage, pointer, keys)
-    report = verify_release(
-        models, pointer.version, stage, keys=keys, policy=policy or load_gate_policy()
-    )
-    return pointer, report
 
 
 @flow(name="verify", log_prints=True, timeout_seconds=1800)

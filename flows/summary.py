@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from tasks.errors import ControlRefused, InputError, SecMLOpsError
+from secmlops.errors import ControlRefused, InputError, SecMLOpsError
 
 
 @dataclass

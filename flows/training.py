@@ -24,32 +24,29 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from blocks import DataSource, RegistryTarget, ServingImage
-from flows.policy import load_gate_policy
-from flows.settings import LocalPaths, local_paths, project_root
 from flows.summary import RunSummary
-from tasks.data import create_demo_data_registry_task, data_pull_statement, pull_dataset_task
+from secmlops.controls.data import data_pull_statement
+from secmlops.controls.image_scan import enforce_scan_policy, image_scan_statement
+from secmlops.controls.model_scan import model_scan_statement
+from secmlops.controls.smoke_test import smoke_test_statement
+from secmlops.controls.training import provenance_statement, write_held_out_sample
+from secmlops.controls.validation import validation_statement
+from secmlops.evidence.keys import KeyDirectory
+from secmlops.evidence.statements import PrivateKey, load_private_key, sign_statement
+from secmlops.gate import GatePolicy
+from secmlops.policy import load_gate_policy
+from secmlops.registry.models import ModelRegistry, stamped
+from secmlops.release import ReleaseInputs
+from secmlops.settings import LocalPaths, local_paths, project_root
+from tasks.data import create_demo_data_registry_task, pull_dataset_task
 from tasks.deploy import promote_to_stage_task, record_approval_task
-from tasks.evidence import (
-    PrivateKey,
-    load_private_key,
-    sign_statement,
-)
-from tasks.gate import GatePolicy
-from tasks.keys import KeyDirectory
-from tasks.model_registry import ModelRegistry, stamped
-from tasks.model_scan import model_scan_statement, scan_model_task
-from tasks.release import ReleaseInputs, register_release_task
-from tasks.scanning import (
-    build_serving_image_task,
-    enforce_scan_policy,
-    image_scan_statement,
-    scan_image_task,
-    seed_trivy_db_task,
-)
+from tasks.image_scan import build_serving_image_task, scan_image_task, seed_trivy_db_task
+from tasks.model_scan import scan_model_task
+from tasks.release import register_release_task
 from tasks.signing import sign_model_task
-from tasks.smoke_test import smoke_test_stage_task, smoke_test_statement
-from tasks.training import provenance_statement, train_model_task, write_held_out_sample
-from tasks.validation import validate_dataset_task, validation_statement
+from tasks.smoke_test import smoke_test_stage_task
+from tasks.training import train_model_task
+from tasks.validation import validate_dataset_task
 
 BUILDER_ID = "https://secmlops.dev/builders/prefect-secure-training/v1"
 

@@ -154,8 +154,8 @@ def test_separation_of_duties_refuses_the_staging_approver(world_copy: PipelineW
 
 
 def test_approval_signed_by_an_unlisted_key_is_refused(world_copy: PipelineWorld) -> None:
-    from tasks.approval import ApprovalDecision, ApprovalRequest, approval_statement
-    from tasks.evidence import generate_keypair, load_private_key, sign_statement
+    from secmlops.controls.approval import ApprovalDecision, ApprovalRequest, approval_statement
+    from secmlops.evidence.statements import generate_keypair, load_private_key, sign_statement
 
     reg = world_copy.registry
     assert world_copy.cli("rollback", MODEL, "--stage", "production").returncode == 0
@@ -193,7 +193,7 @@ def test_run_without_an_approver_stops_before_staging(
 def test_run_with_a_vulnerable_image_registers_nothing(
     pipeline_world: PipelineWorld, tmp_path: Path
 ) -> None:
-    from tasks.serving_image import build_serving_image
+    from secmlops.demo.serving_image import build_serving_image
 
     image = build_serving_image(
         tmp_path / "vulnerable.tar",
@@ -231,11 +231,11 @@ def test_evidence_copied_from_another_version_is_refused(world_copy: PipelineWor
 def test_forged_stage_pointer_fails_the_smoke_test(world_copy: PipelineWorld) -> None:
     import pytest
 
-    from tasks.errors import ControlRefused
-    from tasks.keys import KeyDirectory
-    from tasks.model_registry import ModelRegistry
-    from tasks.registry import LocalRegistry
-    from tasks.smoke_test import smoke_test_stage
+    from secmlops.controls.smoke_test import smoke_test_stage
+    from secmlops.errors import ControlRefused
+    from secmlops.evidence.keys import KeyDirectory
+    from secmlops.registry.models import ModelRegistry
+    from secmlops.registry.stores import LocalRegistry
 
     reg = world_copy.registry
     production = reg / MODEL / "stages" / "production.json"
@@ -244,7 +244,7 @@ def test_forged_stage_pointer_fails_the_smoke_test(world_copy: PipelineWorld) ->
     forged["vsa"] = staging["vsa"]  # a genuine gate-signed VSA, but for staging
     production.write_text(json.dumps(forged))
     sample = world_copy.home / "sample.csv"
-    from tasks.data import generate_churn_dataset, write_dataset_csv
+    from secmlops.controls.data import generate_churn_dataset, write_dataset_csv
 
     write_dataset_csv(generate_churn_dataset("v1.1"), sample)
     with pytest.raises(ControlRefused, match="VSA"):
@@ -258,9 +258,9 @@ def test_forged_stage_pointer_fails_the_smoke_test(world_copy: PipelineWorld) ->
 
 
 def test_stale_approval_is_refused_when_policy_limits_age(world_copy: PipelineWorld) -> None:
-    from tasks.approval import ApprovalDecision, ApprovalRequest, approval_statement
-    from tasks.digests import sha256_file
-    from tasks.evidence import load_private_key, sign_statement
+    from secmlops._internal.digests import sha256_file
+    from secmlops.controls.approval import ApprovalDecision, ApprovalRequest, approval_statement
+    from secmlops.evidence.statements import load_private_key, sign_statement
 
     reg = world_copy.registry
     assert world_copy.cli("rollback", MODEL, "--stage", "production").returncode == 0

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.data import generate_churn_dataset, write_dataset_csv
-from tasks.evidence import generate_keypair
-from tasks.serving_image import build_serving_image
+from secmlops.controls.data import generate_churn_dataset, write_dataset_csv
+from secmlops.demo.serving_image import build_serving_image
+from secmlops.evidence.statements import generate_keypair
 
 PROJECT = Path(__file__).resolve().parents[2]
 SECMLOPS = Path(sys.executable).parent / "secmlops"
@@ -75,7 +75,7 @@ def test_validate_good_and_bad_data(tmp_path: Path, cli_env: dict[str, str]) -> 
     frame = generate_churn_dataset("v1.0", rows=200)
     good = tmp_path / "good.csv"
     write_dataset_csv(frame, good)
-    schema = "tasks.schemas.churn:ChurnDataset"
+    schema = "ml.schema:ChurnDataset"
     assert run(cli_env, "validate", str(good), "--schema", schema).returncode == 0
     frame.loc[3, "monthly_charges"] = -5.0
     bad = tmp_path / "bad.csv"
@@ -146,3 +146,25 @@ def test_keygen_creates_role_and_approver_keys_once(
     assert again.returncode == 0 and "already exist" in again.stdout
     assert (keys / "attestor.pem").read_bytes() == before
     assert run(cli_env, "keygen", "--keys", str(keys), "--approver", "Not Valid").returncode == 2
+
+
+def test_prefect_start_failure_says_what_to_do(tmp_path: Path) -> None:
+    """A local Prefect API that does not come up is exit 3 with the setting to raise."""
+    env = {
+        **os.environ,
+        "SECMLOPS_HOME": str(tmp_path / "home"),
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "1",
+    }
+    proc = subprocess.run(
+        [str(SECMLOPS), "run", "--approve-as", "demo-approver"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "Prefect's local API server did not start within 1 s" in proc.stderr
+    assert "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in proc.stderr
+    assert not (tmp_path / "home" / "registry").exists()

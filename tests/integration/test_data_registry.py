@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.data import (
+from secmlops._internal.toolrun import resolve_binary
+from secmlops.controls.data import (
     DEMO_DATASET_PATH,
     DataRegistry,
     churn_csv_bytes,
@@ -19,14 +20,13 @@ from tasks.data import (
     generate_churn_dataset,
     pull_dataset,
 )
-from tasks.errors import ControlRefused, InputError, ToolError
-from tasks.evidence import PREDICATE_DATA_PULL
-from tasks.toolrun import resolve_binary
-from tasks.validation import validate_dataset
+from secmlops.controls.validation import validate_dataset
+from secmlops.errors import ControlRefused, InputError, ToolError
+from secmlops.evidence.statements import PREDICATE_DATA_PULL
 
 pytestmark = pytest.mark.integration
 
-SCHEMA = "tasks.schemas.churn:ChurnDataset"
+SCHEMA = "ml.schema:ChurnDataset"
 
 
 def git(repo: Path, *args: str) -> str:

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.errors import ToolError
-from tasks.model_registry import ModelRegistry
-from tasks.registry import S3Registry, WriteConflict, open_registry
+from secmlops.errors import ToolError
+from secmlops.registry.models import ModelRegistry
+from secmlops.registry.stores import S3Registry, WriteConflict, open_registry
 
 
 def test_s3_create_only_and_compare_and_swap(s3_bucket: str, s3_endpoint: str) -> None:

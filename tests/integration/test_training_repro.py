@@ -12,13 +12,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from tasks.digests import sha256_file, tree_digest
-from tasks.errors import ControlRefused, InputError
-from tasks.evidence import PREDICATE_SLSA_PROVENANCE, generate_keypair
-from tasks.model_format import load_model
-from tasks.model_scan import scan_model_files
-from tasks.signing import sign_model, verify_model_signature
-from tasks.training import (
+from ml.model import load_model
+from secmlops._internal.digests import sha256_file, tree_digest
+from secmlops.controls.model_scan import scan_model_files
+from secmlops.controls.signing import sign_model, verify_model_signature
+from secmlops.controls.training import (
     TrainingResult,
     classification_metrics,
     provenance_statement,
@@ -26,6 +24,8 @@ from tasks.training import (
     split_indices,
     train_with_dvc,
 )
+from secmlops.errors import ControlRefused, InputError
+from secmlops.evidence.statements import PREDICATE_SLSA_PROVENANCE, generate_keypair
 
 pytestmark = pytest.mark.integration
 
@@ -137,9 +137,7 @@ def test_provenance_statement(trained: TrainingResult) -> None:
     build = st["predicate"]["buildDefinition"]
     deps = {d["name"]: d for d in build["resolvedDependencies"]}
     assert deps["dataset"]["digest"] == {"sha256": trained.dataset_sha256, "gitCommit": "a" * 40}
-    assert deps["tasks/training.py"]["digest"]["sha256"] == sha256_file(
-        PROJECT / "tasks" / "training.py"
-    )
+    assert deps["ml/model.py"]["digest"]["sha256"] == sha256_file(PROJECT / "ml" / "model.py")
     assert deps["dvc.yaml"]["digest"]["sha256"] == sha256_file(PROJECT / "dvc.yaml")
     assert set(build["externalParameters"]["stages"]) == {"train", "evaluate"}
     assert build["externalParameters"]["params"]["train"]["label"] == "churned"

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.errors import ControlRefused, ToolError
-from tasks.evidence import PREDICATE_VULNS
-from tasks.scanning import (
+from secmlops._internal.toolrun import resolve_binary
+from secmlops.controls.image_scan import (
     TRIVY_BINARY_ENV,
     AllowedVulnerability,
     ImageScanResult,
@@ -28,9 +27,15 @@ from tasks.scanning import (
     image_scan_statement,
     scan_image,
 )
-from tasks.serving_image import DpkgPackage, ServingImage, build_serving_image, write_oci_layout
-from tasks.toolrun import resolve_binary
-from tasks.trivy_db import DEMO_SOURCE_LABEL, seed_demo_trivy_db
+from secmlops.demo.serving_image import (
+    DpkgPackage,
+    ServingImage,
+    build_serving_image,
+    write_oci_layout,
+)
+from secmlops.demo.trivy_db import DEMO_SOURCE_LABEL, seed_demo_trivy_db
+from secmlops.errors import ControlRefused, ToolError
+from secmlops.evidence.statements import PREDICATE_VULNS
 
 pytestmark = pytest.mark.integration
 

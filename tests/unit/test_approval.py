@@ -1,13 +1,13 @@
 import pytest
 
-from tasks.approval import (
+from secmlops.controls.approval import (
     ApprovalPolicy,
     ApprovalRequest,
     approval_statement,
     decide_automatically,
     decide_by_preapproval,
 )
-from tasks.errors import ControlRefused, InputError
+from secmlops.errors import ControlRefused, InputError
 
 REQ = ApprovalRequest(
     model="m",

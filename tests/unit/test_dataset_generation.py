@@ -16,17 +16,17 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from tasks.data import (
+from ml.schema import ChurnDataset
+from secmlops.controls.data import (
     CHURN_COLUMNS,
     CONTRACT_TYPES,
     INTERNET_SERVICES,
-    _retry_tool_errors_only,
     churn_csv_bytes,
     generate_churn_dataset,
     write_dataset_csv,
 )
-from tasks.errors import ControlRefused, InputError, ToolError
-from tasks.schemas.churn import ChurnDataset
+from secmlops.errors import ControlRefused, InputError, ToolError
+from tasks.data import _retry_tool_errors_only
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,7 +41,7 @@ def test_csv_is_byte_identical_in_a_fresh_process(tmp_path: Path) -> None:
     # Another interpreter (its own hash seed, fresh numpy state) must write the same bytes.
     out = tmp_path / "churn.csv"
     code = (
-        "import sys; from pathlib import Path; from tasks.data import *; "
+        "import sys; from pathlib import Path; from secmlops.controls.data import *; "
         "write_dataset_csv(generate_churn_dataset('v1.1'), Path(sys.argv[1]))"
     )
     subprocess.run(

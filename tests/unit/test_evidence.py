@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.errors import ControlRefused, InputError
-from tasks.evidence import (
+from secmlops.errors import ControlRefused, InputError
+from secmlops.evidence.statements import (
     PREDICATE_VULNS,
     Subject,
     TrustedKeys,

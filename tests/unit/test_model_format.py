@@ -11,8 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.errors import InputError
-from tasks.model_format import (
+from ml.model import (
     SPEC_FILE,
     WEIGHTS_FILE,
     FeatureSpec,
@@ -22,6 +21,7 @@ from tasks.model_format import (
     read_safetensors_header,
     save_model,
 )
+from secmlops.errors import InputError
 
 SPEC = FeatureSpec(
     numeric=(
@@ -128,7 +128,7 @@ def test_saving_is_deterministic(tmp_path: Path, fitted: tuple[object, pd.DataFr
 def test_no_pickle_anywhere(model_dir: Path) -> None:
     for path in model_dir.iterdir():
         assert not path.read_bytes().startswith(b"\x80")
-    source = (Path(__file__).parents[2] / "tasks" / "model_format.py").read_text()
+    source = (Path(__file__).parents[2] / "ml" / "model.py").read_text()
     assert "import pickle" not in source and "joblib" not in source
 
 

@@ -17,16 +17,16 @@ import pytest
 from pydantic import ValidationError
 from safetensors.numpy import save, save_file
 
-from tasks.digests import tree_digest
-from tasks.errors import ControlRefused, InputError
-from tasks.evidence import PREDICATE_MODEL_SCAN
-from tasks.model_scan import (
+from secmlops._internal.digests import tree_digest
+from secmlops.controls.model_scan import (
     ModelScanPolicy,
     model_scan_statement,
     pickle_can_run_code,
     pickle_references,
     scan_model_files,
 )
+from secmlops.errors import ControlRefused, InputError
+from secmlops.evidence.statements import PREDICATE_MODEL_SCAN
 
 
 class _RunsShell:

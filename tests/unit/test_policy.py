@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.policy import load_gate_policy
-from tasks.errors import InputError
+from secmlops.errors import InputError
+from secmlops.policy import load_gate_policy
 
 PROJECT = Path(__file__).resolve().parents[2]
 

@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.errors import ControlRefused, InputError
-from tasks.model_registry import ModelRegistry
-from tasks.registry import LocalRegistry, WriteConflict, open_registry
+from secmlops.errors import ControlRefused, InputError
+from secmlops.registry.models import ModelRegistry
+from secmlops.registry.stores import LocalRegistry, WriteConflict, open_registry
 
 
 def test_objects_are_create_only(tmp_path: Path) -> None:

@@ -10,9 +10,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from tasks.errors import ControlRefused, InputError
-from tasks.evidence import PREDICATE_VULNS
-from tasks.scanning import (
+from secmlops._internal.toolrun import tool_env
+from secmlops.controls.image_scan import (
     OFFLINE_FLAGS,
     AllowedVulnerability,
     Finding,
@@ -24,8 +23,9 @@ from tasks.scanning import (
     scan_predicate_verdict,
     trivy_invocation,
 )
-from tasks.toolrun import tool_env
-from tasks.trivy_db import DEMO_SOURCE_LABEL, UPSTREAM_SOURCE_LABEL, TrivyDbInfo
+from secmlops.demo.trivy_db import DEMO_SOURCE_LABEL, UPSTREAM_SOURCE_LABEL, TrivyDbInfo
+from secmlops.errors import ControlRefused, InputError
+from secmlops.evidence.statements import PREDICATE_VULNS
 
 TODAY = dt.date.today()
 DIGEST = "ab" * 32

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from tasks.digests import sha256_file, tree_digest
-from tasks.errors import ControlRefused, InputError
-from tasks.evidence import generate_keypair, key_id, load_public_key
-from tasks.signing import sign_model, verify_model_signature
+from secmlops._internal.digests import sha256_file, tree_digest
+from secmlops.controls.signing import sign_model, verify_model_signature
+from secmlops.errors import ControlRefused, InputError
+from secmlops.evidence.statements import generate_keypair, key_id, load_public_key
 
 FIXTURES = Path("/work/shared/fixtures/model-signing")
 

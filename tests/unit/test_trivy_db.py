@@ -11,9 +11,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from tasks.digests import sha256_file
-from tasks.errors import InputError, ToolError
-from tasks.trivy_db import (
+from secmlops._internal.digests import sha256_file
+from secmlops.demo.trivy_db import (
     DEMO_ADVISORIES,
     DEMO_SOURCE_LABEL,
     UPSTREAM_SOURCE_LABEL,
@@ -25,6 +24,7 @@ from tasks.trivy_db import (
     write_bolt_bytes,
     write_trivy_db,
 )
+from secmlops.errors import InputError, ToolError
 
 # --- an independent bbolt reader (follows the on-disk format, not the writer's code) -------
 

@@ -14,11 +14,9 @@ import pytest
 from pandera import config as pandera_config
 from pydantic import ValidationError
 
-from tasks.data import generate_churn_dataset, write_dataset_csv
-from tasks.errors import ControlRefused, InputError
-from tasks.evidence import PREDICATE_TEST_RESULT
-from tasks.schemas.churn import ChurnDataset
-from tasks.validation import (
+from ml.schema import ChurnDataset
+from secmlops.controls.data import generate_churn_dataset, write_dataset_csv
+from secmlops.controls.validation import (
     SchemaRef,
     ValidationPolicy,
     check_dataset,
@@ -27,10 +25,12 @@ from tasks.validation import (
     validate_dataset,
     validation_statement,
 )
+from secmlops.errors import ControlRefused, InputError
+from secmlops.evidence.statements import PREDICATE_TEST_RESULT
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-MODULE_SPEC = "tasks.schemas.churn:ChurnDataset"
-FILE_SPEC = f"{REPO_ROOT / 'tasks' / 'schemas' / 'churn.py'}:ChurnDataset"
+MODULE_SPEC = "ml.schema:ChurnDataset"
+FILE_SPEC = f"{REPO_ROOT / 'ml' / 'schema.py'}:ChurnDataset"
 
 
 @pytest.fixture(scope="module")
@@ -95,9 +95,9 @@ def _write(tmp_path: Path, name: str, text: str) -> Path:
 @pytest.mark.parametrize(
     ("make_spec", "message"),
     [
-        (lambda d: "tasks.schemas.churn", "no ':ClassName' part"),
+        (lambda d: "ml.schema", "no ':ClassName' part"),
         (lambda d: ":ChurnDataset", "no ':ClassName' part"),
-        (lambda d: "tasks.schemas.churn:", "no ':ClassName' part"),
+        (lambda d: "ml.schema:", "no ':ClassName' part"),
         (lambda d: f"{d}/missing.py:Schema", "does not exist"),
         (lambda d: "no_such_package.schemas:Schema", "cannot be found"),
         (lambda d: "not a module!:Schema", "neither a .py file nor a module"),
@@ -106,9 +106,9 @@ def _write(tmp_path: Path, name: str, text: str) -> Path:
             "RuntimeError: 42",
         ),
         (lambda d: f"{_write(d, 'syntax.py', 'def (:')}:S", "SyntaxError"),
-        (lambda d: "tasks.schemas.churn:NoSuchModel", "no attribute 'NoSuchModel'"),
-        (lambda d: "tasks.schemas.churn:CONTRACT_TYPES", "is a list, not a pandera"),
-        (lambda d: "tasks.schemas.churn:pa", "is a module, not a pandera"),
+        (lambda d: "ml.schema:NoSuchModel", "no attribute 'NoSuchModel'"),
+        (lambda d: "ml.schema:CONTRACT_TYPES", "is a list, not a pandera"),
+        (lambda d: "ml.schema:pa", "is a module, not a pandera"),
     ],
 )
 def test_load_schema_errors_name_the_spec(
@@ -122,7 +122,7 @@ def test_load_schema_errors_name_the_spec(
 
 def test_missing_attribute_lists_the_schemas_that_exist() -> None:
     with pytest.raises(InputError, match="schemas in it: ChurnDataset"):
-        load_schema("tasks.schemas.churn:Churn")
+        load_schema("ml.schema:Churn")
 
 
 # --- good data ----------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from tasks.errors import InputError
+from secmlops.errors import InputError
 
 _CHUNK = 1 << 20
 

@@ -24,9 +24,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
-from tasks.atomic import write_atomic
-from tasks.digests import sha256_bytes
-from tasks.errors import ControlRefused, InputError, ToolError
+from secmlops._internal.atomic import write_atomic
+from secmlops._internal.digests import sha256_bytes
+from secmlops.errors import ControlRefused, InputError, ToolError
 
 
 class WriteConflict(ControlRefused):

@@ -19,8 +19,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.errors import InputError
-from tasks.evidence import TrustedKeys, generate_keypair, load_public_key
+from secmlops.errors import InputError
+from secmlops.evidence.statements import TrustedKeys, generate_keypair, load_public_key
 
 ROLES = ("model-signer", "attestor", "gate")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")

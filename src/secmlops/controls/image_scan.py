@@ -32,21 +32,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Self
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tasks.digests import sha256_bytes, sha256_file
-from tasks.errors import ControlRefused, InputError, ToolError
-from tasks.evidence import PREDICATE_VULNS, Subject, make_statement, utc_now
-from tasks.serving_image import DEFAULT_TAG, ServingImage, build_serving_image
-from tasks.toolrun import resolve_binary, run_tool
-from tasks.trivy_db import (
+from secmlops._internal.digests import sha256_bytes, sha256_file
+from secmlops._internal.toolrun import resolve_binary, run_tool
+from secmlops.demo.serving_image import build_serving_image
+from secmlops.demo.trivy_db import (
     UPSTREAM_SOURCE_LABEL,
     TrivyDbInfo,
     read_trivy_db_info,
     seed_demo_trivy_db,
 )
+from secmlops.errors import ControlRefused, InputError, ToolError
+from secmlops.evidence.statements import PREDICATE_VULNS, Subject, make_statement, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +64,7 @@ OFFLINE_FLAGS: tuple[str, ...] = (
 TRIVY_BINARY_ENV = "SECMLOPS_TRIVY"
 #: Trivy's exit code is not the decision, but we still expect it to succeed.
 _TIMEOUT_GRACE_SECONDS = 30
-_MAX_TIMEOUT_SECONDS = 1800
+MAX_TIMEOUT_SECONDS = 1800
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -124,7 +122,7 @@ class ScanPolicy(BaseModel):
         default=366, ge=1, le=3660, description="an exception may not expire further out than this"
     )
     timeout_seconds: int = Field(
-        default=600, gt=0, le=_MAX_TIMEOUT_SECONDS, description="trivy's time budget"
+        default=600, gt=0, le=MAX_TIMEOUT_SECONDS, description="trivy's time budget"
     )
     offline: bool = Field(
         default=True, description="never let trivy touch the network (air-gapped flags)"
@@ -145,7 +143,7 @@ class ScanPolicy(BaseModel):
     unsafe_allow_curated_db: bool = Field(
         default=False,
         description=(
-            "accept a DB written by tasks/trivy_db (e.g. the offline demo DB): a curated "
+            "accept a DB written by secmlops.demo.trivy_db (e.g. the offline demo DB): a curated "
             "subset of advisories, so a pass means little. Demos and tests only."
         ),
     )
@@ -450,7 +448,7 @@ def _docker_archive_config_digest(archive: Path) -> str:
         raise InputError(
             f"{archive} is not a docker-archive (manifest.json/config unreadable: {exc})",
             where=str(archive),
-            fix="create it with `docker save` or tasks.serving_image.build_serving_image",
+            fix="create it with `docker save` or secmlops.demo.serving_image.build_serving_image",
         ) from exc
 
 
@@ -829,7 +827,7 @@ def image_scan_statement(result: ImageScanResult, verdict: ScanVerdict) -> dict[
             "parameters": ["image", "--scanners", ",".join(result.scanners), "--format", "json"],
             "uri": "",
             "event_id": "",
-            "producer_id": "secmlops-pipelines/tasks/scanning.py",
+            "producer_id": "secmlops/controls/image_scan.py",
         },
         "scanner": {
             "uri": f"pkg:github/aquasecurity/trivy@v{result.trivy_version}",
@@ -924,7 +922,7 @@ def scan_result_from_predicate(predicate: Mapping[str, Any]) -> ImageScanResult:
         )
     except (KeyError, IndexError, TypeError, ValueError, ToolError) as exc:
         raise InputError(
-            f"not an image-scan predicate written by tasks/scanning.py: {exc!r}",
+            f"not an image-scan predicate written by secmlops.controls.image_scan: {exc!r}",
             where="image-scan evidence",
         ) from exc
 
@@ -973,29 +971,6 @@ def scan_predicate_verdict(
     return "; ".join(reasons)
 
 
-# --- Prefect tasks -------------------------------------------------------------------------
-
-
-@task(name="seed-trivy-db", cache_policy=NO_CACHE, timeout_seconds=120)
-def seed_trivy_db_task(cache_dir: Path) -> TrivyDbInfo:
-    """Write the offline demo Trivy DB into ``cache_dir`` (idempotent)."""
-    return seed_demo_trivy_db(cache_dir)
-
-
-@task(name="build-serving-image", cache_policy=NO_CACHE, timeout_seconds=300)
-def build_serving_image_task(
-    out_path: Path, lock_file: Path, tag: str = DEFAULT_TAG
-) -> ServingImage:
-    """Build the demo serving image (docker-archive) from the lock file."""
-    return build_serving_image(out_path, lock_file=lock_file, tag=tag)
-
-
-@task(name="scan-image", cache_policy=NO_CACHE, timeout_seconds=_MAX_TIMEOUT_SECONDS + 120)
-def scan_image_task(target: str | Path, cache_dir: Path, policy: ScanPolicy) -> ImageScanResult:
-    """Scan an image with Trivy (no caching: every run looks again)."""
-    return scan_image(target, cache_dir=cache_dir, policy=policy)
-
-
 __all__ = [
     "AllowedFinding",
     "AllowedVulnerability",
@@ -1006,15 +981,12 @@ __all__ = [
     "Severity",
     "TrivyInvocation",
     "build_serving_image",
-    "build_serving_image_task",
     "enforce_scan_policy",
     "evaluate_scan_policy",
     "image_scan_statement",
     "scan_image",
-    "scan_image_task",
     "scan_predicate_verdict",
     "scan_result_from_predicate",
     "seed_demo_trivy_db",
-    "seed_trivy_db_task",
     "trivy_invocation",
 ]

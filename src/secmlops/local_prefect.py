@@ -28,7 +28,7 @@ import os
 import tomllib
 from pathlib import Path
 
-from tasks.errors import InputError, ToolError
+from secmlops.errors import InputError, ToolError
 
 STARTUP_TIMEOUT_SECONDS = 600
 _TIMEOUT_VAR = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
@@ -100,7 +100,7 @@ def start_local_api() -> None:
 def _startup_timeout() -> int:
     raw = os.environ.get(_TIMEOUT_VAR, "")
     try:
-        return max(1, int(float(raw))) if raw else STARTUP_TIMEOUT_SECONDS
+        return max(1, int(raw)) if raw else STARTUP_TIMEOUT_SECONDS
     except ValueError as exc:
         raise InputError(
             f"{_TIMEOUT_VAR}={raw!r} is not a number of seconds",

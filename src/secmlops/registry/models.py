@@ -1,4 +1,4 @@
-"""The model registry layout on top of :mod:`tasks.registry` storage.
+"""The model registry layout on top of :mod:`secmlops.registry.stores` storage.
 
 Versions are allocated create-only (``v1``, ``v2``, ...), evidence bundles are written
 once and never replaced, stage pointers move by compare-and-swap, and every event is
@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tasks.approval import check_stage
-from tasks.digests import sha256_bytes
-from tasks.errors import ControlRefused, InputError
-from tasks.evidence import utc_now
-from tasks.keys import check_name
-from tasks.registry import Registry, StoredObject, WriteConflict
+from secmlops._internal.digests import sha256_bytes
+from secmlops.controls.approval import check_stage
+from secmlops.errors import ControlRefused, InputError
+from secmlops.evidence.keys import check_name
+from secmlops.evidence.statements import utc_now
+from secmlops.registry.stores import Registry, StoredObject, WriteConflict
 
 _VERSION = re.compile(r"^v([1-9][0-9]{0,8})$")
 

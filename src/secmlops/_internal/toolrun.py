@@ -15,7 +15,7 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from tasks.errors import ToolError
+from secmlops.errors import ToolError
 
 #: Variables every tool may see. Anything else must be asked for by name.
 BASE_ENV_ALLOW: tuple[str, ...] = (

@@ -12,9 +12,9 @@ from pathlib import Path
 import pydantic
 import yaml
 
-from flows.settings import project_root
-from tasks.errors import InputError
-from tasks.gate import GatePolicy
+from secmlops.errors import InputError
+from secmlops.gate import GatePolicy
+from secmlops.settings import project_root
 
 POLICY_FILE = "secmlops-policy.yaml"
 

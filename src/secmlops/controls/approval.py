@@ -16,9 +16,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-from tasks.errors import ControlRefused, InputError
-from tasks.evidence import PREDICATE_APPROVAL, Subject, make_statement, utc_now
-from tasks.keys import check_approver_name
+from secmlops.errors import ControlRefused, InputError
+from secmlops.evidence.keys import check_approver_name
+from secmlops.evidence.statements import PREDICATE_APPROVAL, Subject, make_statement, utc_now
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tasks.digests import sha256_bytes
-from tasks.errors import ControlRefused, InputError
+from secmlops._internal.digests import sha256_bytes
+from secmlops.errors import ControlRefused, InputError
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PAYLOAD_TYPE = "application/vnd.in-toto+json"

@@ -31,10 +31,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.approval import ApprovalPolicy, Stage, check_stage
-from tasks.digests import sha256_bytes, tree_digest
-from tasks.errors import ControlRefused, SecMLOpsError
-from tasks.evidence import (
+from secmlops._internal.digests import sha256_bytes, tree_digest
+from secmlops.controls.approval import ApprovalPolicy, Stage, check_stage
+from secmlops.controls.image_scan import ScanPolicy, scan_predicate_verdict
+from secmlops.controls.signing import verify_model_signature
+from secmlops.errors import ControlRefused, SecMLOpsError
+from secmlops.evidence.keys import KeyDirectory
+from secmlops.evidence.statements import (
     PREDICATE_APPROVAL,
     PREDICATE_DATA_PULL,
     PREDICATE_MODEL_SCAN,
@@ -48,10 +51,7 @@ from tasks.evidence import (
     VerifiedStatement,
     verify_bundle,
 )
-from tasks.keys import KeyDirectory
-from tasks.model_registry import ModelRegistry, StagePointer, parse_json_object
-from tasks.scanning import ScanPolicy, scan_predicate_verdict
-from tasks.signing import verify_model_signature
+from secmlops.registry.models import ModelRegistry, StagePointer, parse_json_object
 
 VERIFIER_ID = "https://secmlops.dev/deploy-gate/v1"
 

@@ -33,9 +33,9 @@ from typing import Any
 
 from packaging.markers import InvalidMarker, Marker
 
-from tasks.atomic import write_atomic
-from tasks.digests import sha256_bytes, sha256_file
-from tasks.errors import InputError
+from secmlops._internal.atomic import write_atomic
+from secmlops._internal.digests import sha256_bytes, sha256_file
+from secmlops.errors import InputError
 
 DEFAULT_TAG = "secmlops/serving:demo"
 #: Fixed timestamp for every entry and the config (Debian 12's release day): reproducible builds.

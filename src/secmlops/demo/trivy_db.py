@@ -30,16 +30,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tasks.atomic import write_atomic
-from tasks.digests import sha256_bytes, sha256_file
-from tasks.errors import InputError, ToolError
+from secmlops._internal.atomic import write_atomic
+from secmlops._internal.digests import sha256_bytes, sha256_file
+from secmlops.errors import InputError, ToolError
 
 #: Trivy's DB schema; metadata.json "Version" must equal it (1 is refused as too old).
 SCHEMA_VERSION = 2
 #: The label our own DBs carry, so the evidence says which DB a scan used.
 DEMO_SOURCE_LABEL = (
     "secmlops offline demo DB (a curated subset of real advisories, "
-    "tasks/advisories/demo_advisories.json; NOT a complete vulnerability feed)"
+    "secmlops/demo/advisories/demo_advisories.json; NOT a complete vulnerability feed)"
 )
 DEMO_ADVISORIES = Path(__file__).parent / "advisories" / "demo_advisories.json"
 #: What read_trivy_db_info reports for a DB that Trivy downloaded itself.
@@ -551,4 +551,4 @@ def seed_demo_trivy_db(cache_dir: Path, *, advisories_file: Path = DEMO_ADVISORI
     )
 
 
-# Prefect task wrapper lives in tasks/scanning.py (seed_trivy_db_task) next to the scan it feeds.
+# The Prefect task wrapper is tasks/image_scan.py (seed_trivy_db_task), next to the scan it feeds.

@@ -1,7 +1,7 @@
 """The demo dataset's schema: copy this file to describe your own data.
 
-Point the pipeline at a schema with ``"tasks/schemas/churn.py:ChurnDataset"`` (a file) or
-``"tasks.schemas.churn:ChurnDataset"`` (a module). Every column is declared with its dtype,
+Point the pipeline at a schema with ``"ml/schema.py:ChurnDataset"`` (a file) or
+``"ml.schema:ChurnDataset"`` (a module). Every column is declared with its dtype,
 range or allowed values; ``strict`` refuses unknown columns, ``coerce = False`` refuses data
 whose types are wrong instead of quietly converting it, and fields are not nullable.
 

@@ -6,13 +6,29 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import flows
+_PROJECT_MARKERS = ("dvc.yaml", "secmlops-policy.yaml")
+
+
+def _is_project(path: Path) -> bool:
+    return all((path / name).is_file() for name in _PROJECT_MARKERS)
 
 
 def project_root() -> Path:
-    """The project checkout (holds dvc.yaml, params.yaml, uv.lock)."""
+    """The project checkout (holds dvc.yaml, params.yaml, the policy file, prefect.yaml).
+
+    ``SECMLOPS_PROJECT_DIR`` if set; else the nearest directory from the current one upwards
+    that holds ``dvc.yaml`` and ``secmlops-policy.yaml``; else the checkout this library is
+    installed from in development (editable install); else the current directory.
+    """
     env = os.environ.get("SECMLOPS_PROJECT_DIR")
-    return Path(env).resolve() if env else Path(flows.__file__).resolve().parent.parent
+    if env:
+        return Path(env).resolve()
+    cwd = Path.cwd().resolve()
+    for candidate in (cwd, *cwd.parents):
+        if _is_project(candidate):
+            return candidate
+    checkout = Path(__file__).resolve().parents[2]
+    return checkout if _is_project(checkout) else cwd
 
 
 def state_home() -> Path:

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 import pydantic
 import typer
 
-from tasks.errors import ControlRefused, SecMLOpsError
+from secmlops.errors import ControlRefused, InputError, SecMLOpsError
 
 if TYPE_CHECKING:  # the CLI imports heavy modules lazily, per command
-    from tasks.keys import KeyDirectory
-    from tasks.model_registry import ModelRegistry
+    from secmlops.evidence.keys import KeyDirectory
+    from secmlops.registry.models import ModelRegistry
 
 app = typer.Typer(
     name="secmlops",
@@ -80,7 +80,7 @@ def _common(
     # Our own modules log through one stderr handler; Prefect configures its own loggers.
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    for name in ("tasks", "flows", "blocks"):
+    for name in ("secmlops", "tasks", "flows", "blocks", "ml"):
         logger = logging.getLogger(name)
         logger.handlers = [handler]
         logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
@@ -127,21 +127,40 @@ def _registry_opts(registry: str | None, endpoint: str | None) -> tuple[str | No
 
 
 def _keys(keys: Path | None) -> KeyDirectory:
-    from flows.settings import local_paths
-    from tasks.keys import KeyDirectory
+    from secmlops.evidence.keys import KeyDirectory
+    from secmlops.settings import local_paths
 
     root = keys or _state["keys"] or local_paths().keys
     return KeyDirectory(Path(root))
 
 
 def _models(model: str, registry: str | None, endpoint: str | None) -> ModelRegistry:
-    from flows.settings import local_paths
-    from tasks.model_registry import ModelRegistry
-    from tasks.registry import open_registry
+    from secmlops.registry.models import ModelRegistry
+    from secmlops.registry.stores import open_registry
+    from secmlops.settings import local_paths
 
     registry, endpoint = _registry_opts(registry, endpoint)
     uri = registry or local_paths().default_registry
     return ModelRegistry(open_registry(uri, s3_endpoint_url=endpoint), model)
+
+
+def _import_project_code() -> None:
+    """Make the project's own Prefect layer and ML code (flows/, blocks/, ml/) importable.
+
+    ``secmlops run`` runs the project's pipeline, not one shipped in this library: the flow
+    lives in the project checkout (``flows/training.py``), as on a Prefect worker.
+    """
+    from secmlops.settings import project_root
+
+    root = project_root()
+    if not (root / "flows" / "training.py").is_file():
+        raise InputError(
+            f"{root} holds no flows/training.py to run",
+            where=str(root),
+            fix="run from the project checkout, or set SECMLOPS_PROJECT_DIR to it",
+        )
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
 
 
 def _emit(obj: Any, as_json: bool, text: str) -> None:
@@ -187,8 +206,8 @@ def run(
 ) -> None:
     """Run the whole secure pipeline once (what `make demo` runs)."""
     from blocks import DataSource, RegistryTarget, ServingImage
-    from flows.local_prefect import start_local_api
     from flows.training import secure_training
+    from secmlops.local_prefect import start_local_api
 
     _quiet_console_tracebacks()
     start_local_api()
@@ -235,7 +254,7 @@ def validate(
     as_json: JsonOpt = False,
 ) -> None:
     """Validate a dataset against a pandera schema."""
-    from tasks.validation import validate_dataset
+    from secmlops.controls.validation import validate_dataset
 
     result = validate_dataset(data, schema)
     _emit(
@@ -266,10 +285,10 @@ def scan_image(
     as_json: JsonOpt = False,
 ) -> None:
     """Scan a container image with Trivy and judge it against the scan policy."""
-    from flows.policy import load_gate_policy
-    from flows.settings import local_paths
-    from tasks.scanning import ScanPolicy, enforce_scan_policy, seed_demo_trivy_db
-    from tasks.scanning import scan_image as run_scan
+    from secmlops.controls.image_scan import ScanPolicy, enforce_scan_policy, seed_demo_trivy_db
+    from secmlops.controls.image_scan import scan_image as run_scan
+    from secmlops.policy import load_gate_policy
+    from secmlops.settings import local_paths
 
     cache = trivy_cache or local_paths().trivy_cache
     if seed_demo_db:
@@ -301,7 +320,7 @@ def scan_model(
     as_json: JsonOpt = False,
 ) -> None:
     """Scan model files for unsafe serialization (pickle, unknown formats)."""
-    from tasks.model_scan import scan_model_files
+    from secmlops.controls.model_scan import scan_model_files
 
     result = scan_model_files(path)
     _emit(
@@ -321,7 +340,7 @@ def sign(
     ] = None,
 ) -> None:
     """Sign a model directory with OpenSSF model-signing and a local key."""
-    from tasks.signing import sign_model
+    from secmlops.controls.signing import sign_model
 
     out = signature or model_dir.parent / f"{model_dir.name}.sig"
     sign_model(model_dir, private_key=key, signature=out)
@@ -335,7 +354,7 @@ def verify(
     public_key: Annotated[Path, typer.Option(help="PEM EC public key of the signer.")],
 ) -> None:
     """Verify a model directory's model-signing signature."""
-    from tasks.signing import verify_model_signature
+    from secmlops.controls.signing import verify_model_signature
 
     verify_model_signature(model_dir, signature=signature, public_key=public_key)
     typer.echo(f"PASSED: {model_dir} matches {signature}")
@@ -354,7 +373,7 @@ def promote(
     keys: KeysOpt = None,
 ) -> None:
     """Promote a version to a stage through the deploy gate."""
-    from flows.operations import promote_version
+    from secmlops.operations import promote_version
 
     pointer = promote_version(
         _models(model, registry, s3_endpoint_url),
@@ -378,7 +397,7 @@ def rollback(
     keys: KeysOpt = None,
 ) -> None:
     """Move a stage back to the version it served before, through the same gate."""
-    from flows.operations import rollback_version
+    from secmlops.operations import rollback_version
 
     pointer = rollback_version(
         _models(model, registry, s3_endpoint_url), stage, keys=_keys(keys), to_version=to_version
@@ -395,7 +414,7 @@ def verify_stage_cmd(
     keys: KeysOpt = None,
 ) -> None:
     """Re-verify what a stage serves now (pointer VSA + the full deploy gate); exit 1 if not."""
-    from flows.operations import verify_stage
+    from secmlops.operations import verify_stage
 
     pointer, report = verify_stage(
         _models(model, registry, s3_endpoint_url), stage, keys=_keys(keys)
@@ -415,7 +434,7 @@ def evidence(
     as_json: JsonOpt = False,
 ) -> None:
     """Show a version's evidence, every bundle re-verified (exit 1 if any does not verify)."""
-    from flows.evidence_report import evidence_report, render_report
+    from secmlops.report import evidence_report, render_report
 
     report = evidence_report(_models(model, registry, s3_endpoint_url), version, _keys(keys))
     _emit(report, as_json, render_report(report))
@@ -447,8 +466,8 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point: run the app and map errors to exit codes."""
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from flows.local_prefect import configure_prefect_home
-    from flows.settings import state_home
+    from secmlops.local_prefect import configure_prefect_home
+    from secmlops.settings import state_home
 
     configure_prefect_home(state_home())
     try:

@@ -5,11 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from tasks.errors import ControlRefused, SecMLOpsError
-from tasks.evidence import TrustedKeys, VerifiedStatement, load_public_key, verify_bundle
-from tasks.gate import verify_pointer_vsa
-from tasks.keys import ROLES, KeyDirectory
-from tasks.model_registry import ModelRegistry
+from secmlops.errors import ControlRefused, SecMLOpsError
+from secmlops.evidence.keys import ROLES, KeyDirectory
+from secmlops.evidence.statements import (
+    TrustedKeys,
+    VerifiedStatement,
+    load_public_key,
+    verify_bundle,
+)
+from secmlops.gate import verify_pointer_vsa
+from secmlops.registry.models import ModelRegistry
 
 
 @dataclass

@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks.atomic import write_atomic
-from tasks.errors import InputError
+from secmlops._internal.atomic import write_atomic
+from secmlops.errors import InputError
 
 FORMAT_NAME = "secmlops-linear-v1"
 WEIGHTS_FILE = "model.safetensors"
@@ -199,7 +199,7 @@ def save_model(
         raise InputError(
             f"cannot save this pipeline: {exc}",
             where="save_model",
-            fix="fit a pipeline made by tasks.model_format.build_pipeline first",
+            fix="fit a pipeline made by ml.model.build_pipeline first",
         ) from exc
     if spec.numeric:
         scaler = named["numeric"]
@@ -388,7 +388,7 @@ def load_model(model_dir: Path) -> LoadedModel:
             raise InputError(
                 f"model file {path.name} is missing (or not a regular file)",
                 where=str(path),
-                fix="point at a directory written by tasks.model_format.save_model",
+                fix="point at a directory written by ml.model.save_model",
             )
     if spec_path.stat().st_size > MAX_SPEC_BYTES:
         raise InputError(f"{SPEC_FILE} is implausibly large", where=str(spec_path))

@@ -1,0 +1,1 @@
+"""SecMLOps: secure ML pipeline controls with signed, verified evidence."""

@@ -1,0 +1,259 @@
+"""Staged deploy: move a stage pointer only after the deploy gate verified everything.
+
+``promote_to_stage`` runs :func:`secmlops.gate.verify_release`, writes a signed SLSA
+Verification Summary (VSA) for the version and stage, then moves the stage pointer by
+compare-and-swap. ``rollback_stage`` takes the stage back to the version it served before,
+through the same gate. Every outcome, refusals included, goes to the audit log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from dataclasses import dataclass
+
+from secmlops._internal.digests import sha256_bytes
+from secmlops.controls.approval import (
+    ApprovalRequest,
+    approval_statement,
+    check_stage,
+    decide_automatically,
+    decide_by_preapproval,
+)
+from secmlops.errors import ControlRefused, InputError, SecMLOpsError
+from secmlops.evidence.keys import KeyDirectory
+from secmlops.evidence.statements import (
+    PREDICATE_SLSA_VSA,
+    Subject,
+    load_private_key,
+    make_statement,
+    sign_statement,
+    utc_now,
+    verify_bundle,
+)
+from secmlops.gate import (
+    VERIFIER_ID,
+    GatePolicy,
+    GateReport,
+    passed_gate_before,
+    verify_release,
+)
+from secmlops.registry.models import (
+    ModelRegistry,
+    StagePointer,
+    canonical_json,
+    parse_json_object,
+    stamped,
+)
+
+HISTORY_LIMIT = 50
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """The result of a promotion or rollback: the new pointer and the gate's report."""
+
+    pointer: StagePointer
+    report: GateReport
+    vsa_key: str
+
+
+def vsa_statement(
+    models: ModelRegistry, report: GateReport, policy: GatePolicy
+) -> dict[str, object]:
+    """SLSA Verification Summary v1 for a version that passed the gate for a stage."""
+    policy_digest = hashlib.sha256(canonical_json(policy.model_dump(mode="json"))).hexdigest()
+    return make_statement(
+        [Subject("model", report.model_digest)],
+        PREDICATE_SLSA_VSA,
+        {
+            "verifier": {"id": VERIFIER_ID},
+            "timeVerified": utc_now(),
+            "resourceUri": models.store.describe(models.version_prefix(report.version)),
+            "policy": {
+                "uri": f"secmlops:gate-policy/{report.stage}",
+                "digest": {"sha256": policy_digest},
+            },
+            "inputAttestations": report.input_attestations,
+            "verificationResult": "PASSED",
+            "verifiedLevels": [f"SECMLOPS_GATE_{report.stage.upper()}"],
+            "secmlops": {
+                "model": report.model,
+                "version": report.version,
+                "stage": report.stage,
+                "datasetDigest": report.dataset_digest,
+                "imageDigest": report.image_digest,
+                "release": {"sha256": report.release_sha256},
+                "approval": {"approver": report.approver, "method": report.approval_method},
+                "checks": [c.to_json() for c in report.checks],
+            },
+        },
+    )
+
+
+def promote_to_stage(
+    models: ModelRegistry,
+    version: str,
+    stage: str,
+    *,
+    keys: KeyDirectory,
+    policy: GatePolicy,
+    actor: str,
+    reason: str = "promote",
+) -> Promotion:
+    """Verify ``version`` for ``stage``, write its VSA, and move the stage pointer to it."""
+    stage = check_stage(stage)
+    current, current_obj = models.read_pointer(stage)
+    try:
+        report = verify_release(models, version, stage, keys=keys, policy=policy)
+    except Exception as exc:
+        # Every outcome is audited, a crash included; the audit write must not mask the cause.
+        with contextlib.suppress(Exception):
+            models.audit(
+                "refused" if isinstance(exc, ControlRefused) else "failed",
+                version=version,
+                stage=stage,
+                actor=actor,
+                reason=reason,
+                error=str(exc),
+                details=exc.details if isinstance(exc, SecMLOpsError) else {},
+            )
+        raise
+    bundle = sign_statement(
+        vsa_statement(models, report, policy), load_private_key(keys.require(keys.private("gate")))
+    )
+    vsa_key, vsa_sha = models.put_evidence(version, stamped(f"vsa-{stage}"), bundle)
+    history = list(current.history) if current else []
+    if current:
+        history.append(
+            {
+                "version": current.version,
+                "modelDigest": current.model_digest,
+                "promotedAt": current.promoted_at,
+                "vsa": current.vsa,
+            }
+        )
+    pointer = StagePointer(
+        model=models.model,
+        stage=stage,
+        version=version,
+        model_digest=report.model_digest,
+        vsa=vsa_key,
+        vsa_sha256=vsa_sha,
+        promoted_at=utc_now(),
+        promoted_by=actor,
+        reason=reason,
+        history=history[-HISTORY_LIMIT:],
+    )
+    models.move_pointer(pointer, current_obj)
+    models.audit(
+        "rolled-back" if reason == "rollback" else "promoted",
+        version=version,
+        stage=stage,
+        actor=actor,
+        previous=current.version if current else None,
+        vsa=vsa_key,
+    )
+    return Promotion(pointer=pointer, report=report, vsa_key=vsa_key)
+
+
+def rollback_stage(
+    models: ModelRegistry,
+    stage: str,
+    *,
+    keys: KeyDirectory,
+    policy: GatePolicy,
+    actor: str,
+    to_version: str | None = None,
+) -> Promotion:
+    """Move ``stage`` back to the version it served before (or ``to_version``), re-verified."""
+    stage = check_stage(stage)
+    current, _ = models.read_pointer(stage)
+    if current is None:
+        raise InputError(
+            f"{models.model} has nothing in {stage} to roll back", where=f"stage:{stage}"
+        )
+    # The pointer's history is unsigned: only versions with a gate-signed VSA for this
+    # stage count as "served before". The target then goes through the full gate again.
+    candidates: list[str] = []
+    for entry in reversed(current.history):
+        version = str(entry.get("version", ""))
+        if version == current.version or version in candidates:
+            continue
+        if passed_gate_before(models, version, stage, keys):
+            candidates.append(version)
+    if to_version is None:
+        if not candidates:
+            raise ControlRefused(
+                f"{stage} has no earlier version to roll back to",
+                where=models.store.describe(models.stage_key(stage)),
+                fix="promote a known-good version explicitly with `secmlops promote`",
+            )
+        to_version = candidates[0]
+    elif to_version not in candidates:
+        raise InputError(
+            f"{to_version} was never served in {stage} before",
+            where="--to-version",
+            fix=f"earlier versions: {', '.join(candidates) or 'none'}",
+        )
+    return promote_to_stage(
+        models, to_version, stage, keys=keys, policy=policy, actor=actor, reason="rollback"
+    )
+
+
+def _verified_release(models: ModelRegistry, version: str, keys: KeyDirectory) -> tuple[str, str]:
+    """The (model digest, sha256) of a version's release manifest, after verifying its signature.
+
+    An approver signs off on exactly this manifest; one that does not verify is not approved.
+    """
+    key = f"{models.evidence_prefix(version)}/release.json"
+    raw = models.store.read(key)  # read once: the digest approved is of the bytes verified
+    statement = verify_bundle(parse_json_object(raw, key), keys.trusted("attestor"), where=key)
+    try:
+        digest = str(statement.predicate["modelDigest"]["sha256"])
+    except (KeyError, TypeError) as exc:
+        raise ControlRefused(
+            f"release manifest of {version} names no model digest", where=key
+        ) from exc
+    return digest, sha256_bytes(raw)
+
+
+def record_approval(
+    models: ModelRegistry,
+    version: str,
+    stage: str,
+    *,
+    keys: KeyDirectory,
+    policy: GatePolicy,
+    approve_as: str | None,
+) -> str:
+    """Decide, sign and store an approval of ``version`` for ``stage``; return its key.
+
+    With ``approve_as`` the named approver approves (signed with their own key); without
+    it only a dev policy's auto-approval can pass (signed by the attestor, recorded as
+    automatic), otherwise ``ControlRefused``. The gate later checks who signed it.
+    """
+    model_digest, release_sha256 = _verified_release(models, version, keys)
+    request = ApprovalRequest(
+        model=models.model,
+        version=version,
+        model_digest=model_digest,
+        release_sha256=release_sha256,
+        stage=check_stage(stage),
+        summary=f"deploy {models.model} {version} to {stage}",
+    )
+    if approve_as:
+        decision = decide_by_preapproval(request, approve_as, policy.approval)
+        signer = load_private_key(keys.require(keys.approver_private(approve_as)))
+    else:
+        decision = decide_automatically(request, policy.approval)
+        signer = load_private_key(keys.require(keys.private("attestor")))
+    bundle = sign_statement(approval_statement(request, decision), signer)
+    key, _ = models.put_evidence(version, stamped(f"approval-{stage}"), bundle)
+    models.audit(
+        "approved", version=version, stage=stage, approver=decision.approver, method=decision.method
+    )
+    return key
+
+
+# --- Prefect -------------------------------------------------------------------------------

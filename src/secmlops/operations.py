@@ -1,0 +1,63 @@
+"""Operator actions without Prefect: promote, roll back and re-verify a stage.
+
+Each goes through the same deploy gate as the pipeline: a promotion or rollback that does not
+verify leaves the stage pointer where it was. The Prefect flows in ``flows/operations.py`` and
+the ``secmlops`` CLI both call these.
+"""
+
+from __future__ import annotations
+
+from secmlops.controls.approval import check_stage
+from secmlops.deploy import promote_to_stage, record_approval, rollback_stage
+from secmlops.errors import ControlRefused
+from secmlops.evidence.keys import KeyDirectory
+from secmlops.gate import GatePolicy, GateReport, verify_pointer_vsa, verify_release
+from secmlops.policy import load_gate_policy
+from secmlops.registry.models import ModelRegistry, StagePointer
+
+
+def promote_version(
+    models: ModelRegistry,
+    version: str,
+    stage: str,
+    *,
+    keys: KeyDirectory,
+    approve_as: str | None = None,
+    policy: GatePolicy | None = None,
+) -> StagePointer:
+    """Promote through the gate (recording ``approve_as``'s approval first, if given)."""
+    policy = policy or load_gate_policy()
+    if approve_as:
+        models.require_version(version)
+        record_approval(models, version, stage, keys=keys, policy=policy, approve_as=approve_as)
+    actor = approve_as or "operator"
+    return promote_to_stage(models, version, stage, keys=keys, policy=policy, actor=actor).pointer
+
+
+def rollback_version(
+    models: ModelRegistry,
+    stage: str,
+    *,
+    keys: KeyDirectory,
+    to_version: str | None = None,
+    policy: GatePolicy | None = None,
+) -> StagePointer:
+    """Roll ``stage`` back through the gate."""
+    policy = policy or load_gate_policy()
+    return rollback_stage(
+        models, stage, keys=keys, policy=policy, actor="operator", to_version=to_version
+    ).pointer
+
+
+def verify_stage(
+    models: ModelRegistry, stage: str, *, keys: KeyDirectory, policy: GatePolicy | None = None
+) -> tuple[StagePointer, GateReport]:
+    """Re-verify what ``stage`` serves now: its pointer's VSA, then the full deploy gate."""
+    pointer, _ = models.read_pointer(check_stage(stage))
+    if pointer is None:
+        raise ControlRefused(f"nothing is deployed to {stage}", where=f"{models.model}:{stage}")
+    verify_pointer_vsa(models, stage, pointer, keys)
+    report = verify_release(
+        models, pointer.version, stage, keys=keys, policy=policy or load_gate_policy()
+    )
+    return pointer, report

@@ -1,0 +1,39 @@
+"""Prefect tasks over :mod:`secmlops.controls.image_scan`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from secmlops.controls.image_scan import (
+    MAX_TIMEOUT_SECONDS,
+    ImageScanResult,
+    ScanPolicy,
+    scan_image,
+)
+from secmlops.demo.serving_image import DEFAULT_TAG, ServingImage, build_serving_image
+from secmlops.demo.trivy_db import TrivyDbInfo, seed_demo_trivy_db
+
+# --- Prefect tasks -------------------------------------------------------------------------
+
+
+@task(name="seed-trivy-db", cache_policy=NO_CACHE, timeout_seconds=120)
+def seed_trivy_db_task(cache_dir: Path) -> TrivyDbInfo:
+    """Write the offline demo Trivy DB into ``cache_dir`` (idempotent)."""
+    return seed_demo_trivy_db(cache_dir)
+
+
+@task(name="build-serving-image", cache_policy=NO_CACHE, timeout_seconds=300)
+def build_serving_image_task(
+    out_path: Path, lock_file: Path, tag: str = DEFAULT_TAG
+) -> ServingImage:
+    """Build the demo serving image (docker-archive) from the lock file."""
+    return build_serving_image(out_path, lock_file=lock_file, tag=tag)
+
+
+@task(name="scan-image", cache_policy=NO_CACHE, timeout_seconds=MAX_TIMEOUT_SECONDS + 120)
+def scan_image_task(target: str | Path, cache_dir: Path, policy: ScanPolicy) -> ImageScanResult:
+    """Scan an image with Trivy (no caching: every run looks again)."""
+    return scan_image(target, cache_dir=cache_dir, policy=policy)
