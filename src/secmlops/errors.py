@@ -7,11 +7,29 @@
 
 Every error carries what failed (``where``) and what to do about it (``fix``), so the CLI can
 print one clear sentence and exit with the right code. A ``ToolError`` never counts as a pass.
+
+The result contract of every control: an *evaluate* step returns a result (what was looked
+at, what was found); an *enforce* step raises :class:`ControlRefused` carrying that result and
+a machine-readable ``reason`` (a :class:`RefusalReason` member of the control's own enum, like
+pandera's ``SchemaErrorReason``). Callers and tests branch on the reason, never on the prose.
+
+Example::
+
+    class ScanRefusal(RefusalReason):
+        BLOCKING_VULNERABILITY = "blocking_vulnerability"
+
+    raise ControlRefused("2 blocking findings", reason=ScanRefusal.BLOCKING_VULNERABILITY,
+                         result=verdict)
 """
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
+
+
+class RefusalReason(StrEnum):
+    """Base of each control's enum of reasons to refuse (values are stable, snake_case)."""
 
 
 class SecMLOpsError(Exception):
@@ -27,16 +45,24 @@ class SecMLOpsError(Exception):
         where: str | None = None,
         fix: str | None = None,
         details: dict[str, Any] | None = None,
+        reason: RefusalReason | None = None,
+        result: Any = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.where = where
         self.fix = fix
         self.details: dict[str, Any] = dict(details or {})
+        #: Why a control refused (``ControlRefused`` only): a member of the control's enum.
+        self.reason = reason
+        #: The evaluated result the refusal is about (a scan verdict, a gate report, ...).
+        self.result = result
 
     def diagnostics(self) -> str:
         """A human-readable explanation: what failed, where, and what to do."""
         parts = [f"{self.kind}: {self.message}"]
+        if self.reason is not None:
+            parts.append(f"  reason: {self.reason.value}")
         if self.where:
             parts.append(f"  where: {self.where}")
         if self.fix:
@@ -53,7 +79,15 @@ class SecMLOpsError(Exception):
     def __reduce__(self) -> tuple[Any, ...]:
         return (
             _rebuild,
-            (type(self), self.message, self.where, self.fix, self.details),
+            (
+                type(self),
+                self.message,
+                self.where,
+                self.fix,
+                self.details,
+                self.reason,
+                self.result,
+            ),
         )
 
 
@@ -63,8 +97,10 @@ def _rebuild(
     where: str | None,
     fix: str | None,
     details: dict[str, Any],
+    reason: RefusalReason | None = None,
+    result: Any = None,
 ) -> SecMLOpsError:
-    return cls(message, where=where, fix=fix, details=details)
+    return cls(message, where=where, fix=fix, details=details, reason=reason, result=result)
 
 
 class ControlRefused(SecMLOpsError):  # noqa: N818 - the name STYLE.md gives it

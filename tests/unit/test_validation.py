@@ -65,7 +65,7 @@ def test_module_and_file_specs_load_the_same_schema(churn_schema: SchemaRef) -> 
     assert churn_schema.name == from_file.name == "ChurnDataset"
     assert churn_schema.digest == from_file.digest
     assert len(churn_schema.digest) == 64
-    assert churn_schema.source is not None and churn_schema.source.endswith("churn.py")
+    assert churn_schema.source is not None and churn_schema.source.endswith("ml/schema.py")
     assert set(churn_schema.schema.columns) == set(ChurnDataset.to_schema().columns)
 
 

@@ -35,10 +35,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ml.model import MAX_SAFETENSORS_HEADER_BYTES, read_safetensors_header
 from secmlops._internal.digests import manifest_digest, sha256_file
 from secmlops.errors import ControlRefused, InputError
 from secmlops.evidence.statements import PREDICATE_MODEL_SCAN, Subject, make_statement
+from secmlops.formats.safetensors import MAX_SAFETENSORS_HEADER_BYTES, read_safetensors_header
 
 log = logging.getLogger(__name__)
 
