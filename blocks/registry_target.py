@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
 from secmlops.registry.stores import Registry, S3Registry, open_registry
+from secmlops.settings import current_settings
 
 
 class RegistryTarget(Block):
@@ -35,11 +34,12 @@ class RegistryTarget(Block):
     region_name: str | None = Field(default=None, description="AWS region of the bucket.")
 
     def resolved_uri(self, default: str) -> str:
-        return self.uri or os.environ.get("SECMLOPS_REGISTRY") or default
+        """This block's URI, else ``SECMLOPS_REGISTRY``, else ``default``."""
+        return self.uri or current_settings().registry or default
 
     def open(self, default: str) -> Registry:
         """Open the registry this block describes (environment variables fill the gaps)."""
-        endpoint = self.s3_endpoint_url or os.environ.get("SECMLOPS_S3_ENDPOINT_URL") or None
+        endpoint = self.s3_endpoint_url or current_settings().s3_endpoint_url
         registry = open_registry(self.resolved_uri(default), s3_endpoint_url=endpoint)
         if isinstance(registry, S3Registry) and (
             self.aws_access_key_id or self.aws_secret_access_key or self.region_name

@@ -31,27 +31,48 @@ app = typer.Typer(
     add_completion=False,
 )
 
-_state: dict[str, Any] = {"verbose": False, "registry": None, "endpoint": None, "keys": None}
+_state: dict[str, Any] = {"verbose": False}
+
+
+def _use_options(
+    *,
+    registry: str | None = None,
+    s3_endpoint_url: str | None = None,
+    keys: Path | None = None,
+    policy: Path | None = None,
+) -> None:
+    """Hand options on as the settings' variables (read by :mod:`secmlops.settings`).
+
+    Flows run in this process or on workers and read their settings from the environment,
+    so an option given on the command line is set there, where every layer sees it.
+    """
+    for var, value in (
+        ("SECMLOPS_REGISTRY", registry),
+        ("SECMLOPS_S3_ENDPOINT_URL", s3_endpoint_url),
+        ("SECMLOPS_KEYS", keys),
+        ("SECMLOPS_POLICY", policy),
+    ):
+        if value:
+            os.environ[var] = str(value)
+
 
 RegistryOpt = Annotated[
     str | None,
     typer.Option(
         "--registry",
-        envvar="SECMLOPS_REGISTRY",
-        help="Registry: directory, file:///path or s3://bucket/prefix.",
+        help="Registry: directory, file:///path or s3://bucket/prefix [env SECMLOPS_REGISTRY].",
     ),
 ]
 EndpointOpt = Annotated[
     str | None,
     typer.Option(
         "--s3-endpoint-url",
-        envvar="SECMLOPS_S3_ENDPOINT_URL",
-        help="S3 API endpoint (MinIO, moto, ...).",
+        help="S3 API endpoint (MinIO, moto, ...) [env SECMLOPS_S3_ENDPOINT_URL].",
     ),
 ]
 KeysOpt = Annotated[
     Path | None,
-    typer.Option("--keys", envvar="SECMLOPS_KEYS", help="Key directory (default .secmlops/keys)."),
+    typer.Option("--keys", help="Key directory (default .secmlops/keys) [env SECMLOPS_KEYS]."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
@@ -67,16 +88,12 @@ def _common(
     policy: Annotated[
         Path | None,
         typer.Option(
-            "--policy", envvar="SECMLOPS_POLICY", help="Policy file (default secmlops-policy.yaml)."
+            "--policy", help="Policy file (default secmlops-policy.yaml) [env SECMLOPS_POLICY]."
         ),
     ] = None,
 ) -> None:
-    # Flows read these from the environment (they also run on workers), so pass them on.
-    if policy:
-        os.environ["SECMLOPS_POLICY"] = str(policy)
-    if keys:
-        os.environ["SECMLOPS_KEYS"] = str(keys)
-    _state.update(verbose=verbose, registry=registry, endpoint=s3_endpoint_url, keys=keys)
+    _use_options(registry=registry, s3_endpoint_url=s3_endpoint_url, keys=keys, policy=policy)
+    _state.update(verbose=verbose)
     # Our own modules log through one stderr handler; Prefect configures its own loggers.
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
@@ -122,38 +139,37 @@ def _quiet_console_tracebacks() -> None:
                 handler.setFormatter(_WithoutTraceback(handler.formatter))
 
 
-def _registry_opts(registry: str | None, endpoint: str | None) -> tuple[str | None, str | None]:
-    return registry or _state["registry"], endpoint or _state["endpoint"]
-
-
 def _keys(keys: Path | None) -> KeyDirectory:
     from secmlops.evidence.keys import KeyDirectory
-    from secmlops.settings import local_paths
+    from secmlops.settings import current_settings
 
-    root = keys or _state["keys"] or local_paths().keys
-    return KeyDirectory(Path(root))
+    _use_options(keys=keys)
+    return KeyDirectory(current_settings().paths.keys)
 
 
 def _models(model: str, registry: str | None, endpoint: str | None) -> ModelRegistry:
     from secmlops.registry.models import ModelRegistry
     from secmlops.registry.stores import open_registry
-    from secmlops.settings import local_paths
+    from secmlops.settings import current_settings
 
-    registry, endpoint = _registry_opts(registry, endpoint)
-    uri = registry or local_paths().default_registry
-    return ModelRegistry(open_registry(uri, s3_endpoint_url=endpoint), model)
+    _use_options(registry=registry, s3_endpoint_url=endpoint)
+    settings = current_settings()
+    return ModelRegistry(
+        open_registry(settings.registry_uri(), s3_endpoint_url=settings.s3_endpoint_url), model
+    )
 
 
-def _import_project_code() -> None:
+def _import_project_code(*, need_flow: bool = True) -> None:
     """Make the project's own Prefect layer and ML code (flows/, blocks/, ml/) importable.
 
     ``secmlops run`` runs the project's pipeline, not one shipped in this library: the flow
-    lives in the project checkout (``flows/training.py``), as on a Prefect worker.
+    lives in the project checkout (``flows/training.py``), as on a Prefect worker. A schema
+    given as ``module:Class`` is the project's code too.
     """
     from secmlops.settings import project_root
 
     root = project_root()
-    if not (root / "flows" / "training.py").is_file():
+    if need_flow and not (root / "flows" / "training.py").is_file():
         raise InputError(
             f"{root} holds no flows/training.py to run",
             where=str(root),
@@ -205,6 +221,7 @@ def run(
     as_json: JsonOpt = False,
 ) -> None:
     """Run the whole secure pipeline once (what `make demo` runs)."""
+    _import_project_code()
     from blocks import DataSource, RegistryTarget, ServingImage
     from flows.training import secure_training
     from secmlops.local_prefect import start_local_api
@@ -212,7 +229,7 @@ def run(
     _quiet_console_tracebacks()
     start_local_api()
 
-    registry, s3_endpoint_url = _registry_opts(registry, s3_endpoint_url)
+    _use_options(registry=registry, s3_endpoint_url=s3_endpoint_url)
     data = DataSource()
     updates = {
         k: v
@@ -226,7 +243,7 @@ def run(
     }
     data = data.model_copy(update=updates)
     serving = ServingImage(target=image or "", trivy_cache_dir=str(trivy_cache or ""))
-    target = RegistryTarget(uri=registry or "", s3_endpoint_url=s3_endpoint_url)
+    target = RegistryTarget()  # empty fields: the settings (options above, environment)
     result = secure_training(
         model_name=model,
         data=data,
@@ -256,6 +273,7 @@ def validate(
     """Validate a dataset against a pandera schema."""
     from secmlops.controls.validation import validate_dataset
 
+    _import_project_code(need_flow=False)
     result = validate_dataset(data, schema)
     _emit(
         result.to_json(),

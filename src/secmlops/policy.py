@@ -6,7 +6,6 @@ parameters: whoever can start a run in the UI must not be able to weaken a gate.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pydantic
@@ -14,15 +13,12 @@ import yaml
 
 from secmlops.errors import InputError
 from secmlops.gate import GatePolicy
-from secmlops.settings import project_root
-
-POLICY_FILE = "secmlops-policy.yaml"
+from secmlops.settings import POLICY_FILE, current_settings
 
 
 def policy_path() -> Path:
     """``$SECMLOPS_POLICY``, else ``secmlops-policy.yaml`` in the project root."""
-    env = os.environ.get("SECMLOPS_POLICY")
-    return Path(env) if env else project_root() / POLICY_FILE
+    return current_settings().policy_file
 
 
 def load_gate_policy(path: Path | None = None) -> GatePolicy:

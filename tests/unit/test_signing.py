@@ -15,7 +15,7 @@ from secmlops.controls.signing import sign_model, verify_model_signature
 from secmlops.errors import ControlRefused, InputError
 from secmlops.evidence.statements import generate_keypair, key_id, load_public_key
 
-FIXTURES = Path("/work/shared/fixtures/model-signing")
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "model-signing"
 
 
 @pytest.fixture

@@ -35,12 +35,19 @@ STDERR_TAIL_CHARS = 2000
 
 @functools.cache
 def resolve_binary(name: str, env_var: str | None = None) -> Path:
-    """Find ``name`` once: ``$env_var`` if set, then the venv's bin dir, then ``PATH``.
+    """Find ``name`` once: the site's pinned path if set, then the venv's bin dir, then ``PATH``.
 
-    Raises ``ToolError`` naming the binary and how to install it when it cannot be found.
+    The pinned path comes from the settings (``SECMLOPS_TRIVY``, ``SECMLOPS_DVC``: see
+    :data:`secmlops.settings.TOOL_VARIABLES`; ``env_var`` names another variable). Raises
+    ``ToolError`` naming the binary and how to install it when it cannot be found.
     """
-    if env_var and os.environ.get(env_var):
+    from secmlops.settings import TOOL_VARIABLES, current_settings
+
+    env_var = env_var or TOOL_VARIABLES.get(name)
+    candidate = current_settings().tool(name) if env_var == TOOL_VARIABLES.get(name) else None
+    if candidate is None and env_var and os.environ.get(env_var):
         candidate = Path(os.environ[env_var])
+    if candidate is not None:
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return candidate
         raise ToolError(
