@@ -11,10 +11,11 @@ from secmlops.controls.image_scan import (
     MAX_TIMEOUT_SECONDS,
     ImageScanResult,
     ScanPolicy,
+    TrivyDbInfo,
     scan_image,
 )
 from secmlops.demo.serving_image import DEFAULT_TAG, ServingImage, build_serving_image
-from secmlops.demo.trivy_db import TrivyDbInfo, seed_demo_trivy_db
+from secmlops.demo.trivy_db import seed_demo_trivy_db
 
 # --- Prefect tasks -------------------------------------------------------------------------
 

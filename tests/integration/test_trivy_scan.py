@@ -21,6 +21,7 @@ from secmlops._internal.toolrun import resolve_binary
 from secmlops.controls.image_scan import (
     TRIVY_BINARY_ENV,
     AllowedVulnerability,
+    ImageScanRefusal,
     ImageScanResult,
     ScanPolicy,
     enforce_scan_policy,
@@ -150,10 +151,25 @@ def test_vulnerable_image_is_refused_naming_the_cves(
     assert "pyyaml 5.3 -> 5.4" in message
     assert "CVE-2023-32681" not in message  # MEDIUM: visible in the result, not blocking
     assert excinfo.value.details["verdict"]["imageDigest"] == vulnerable_image.image_digest
+    assert excinfo.value.reason is ImageScanRefusal.BLOCKING_VULNERABILITY
 
     # With MEDIUM in fail_on the requests CVEs block too.
-    with pytest.raises(ControlRefused, match=re.escape("CVE-2024-47081 requests 2.25.0 -> 2.32.4")):
+    with pytest.raises(
+        ControlRefused, match=re.escape("CVE-2024-47081 requests 2.25.0 -> 2.32.4")
+    ) as excinfo:
         enforce_scan_policy(result, ScanPolicy(fail_on=("CRITICAL", "HIGH", "MEDIUM")))
+    assert excinfo.value.reason is ImageScanRefusal.BLOCKING_VULNERABILITY
+
+
+def test_demo_db_counts_only_with_the_unsafe_opt_in(
+    cache_dir: Path, clean_image: ServingImage
+) -> None:
+    strict = ScanPolicy()
+    result = scan_image(clean_image.path, cache_dir=cache_dir, policy=strict)
+    with pytest.raises(ControlRefused) as excinfo:
+        enforce_scan_policy(result, strict)
+    assert excinfo.value.reason is ImageScanRefusal.CURATED_DB_NOT_ALLOWED
+    assert enforce_scan_policy(result, POLICY).passed
 
 
 def test_justified_allow_entries_let_the_image_through(
@@ -189,8 +205,9 @@ def test_leaked_secret_in_image_is_refused(cache_dir: Path, tmp_path: Path) -> N
     result = scan_image(image.path, cache_dir=cache_dir, policy=POLICY)
     with pytest.raises(
         ControlRefused, match=re.escape("aws-access-key-id secret in /srv/app/config.ini")
-    ):
+    ) as excinfo:
         enforce_scan_policy(result, POLICY)
+    assert ImageScanRefusal.LEAKED_SECRET in excinfo.value.result.reasons
 
 
 def test_oci_layout_directory_is_scanned(
@@ -200,8 +217,9 @@ def test_oci_layout_directory_is_scanned(
     result = scan_image(layout, cache_dir=cache_dir, policy=POLICY)
     assert result.image_digest == vulnerable_image.image_digest  # same config blob
     assert result.archive_sha256 is None
-    with pytest.raises(ControlRefused, match="CVE-2020-14343"):
+    with pytest.raises(ControlRefused, match="CVE-2020-14343") as excinfo:
         enforce_scan_policy(result, POLICY)
+    assert excinfo.value.reason is ImageScanRefusal.BLOCKING_VULNERABILITY
 
 
 def test_image_digest_is_stable_across_builds(

@@ -20,6 +20,10 @@ from safetensors.numpy import save, save_file
 from secmlops._internal.digests import tree_digest
 from secmlops.controls.model_scan import (
     ModelScanPolicy,
+    ModelScanRefusal,
+    ModelScanResult,
+    enforce_model_scan,
+    evaluate_model_files,
     model_scan_statement,
     pickle_can_run_code,
     pickle_references,
@@ -51,11 +55,30 @@ def clean_dir(tmp_path: Path) -> Path:
     return model
 
 
-def _refusal(model: Path, policy: ModelScanPolicy | None = None) -> dict[str, dict[str, object]]:
+def _refused(model: Path, policy: ModelScanPolicy | None = None) -> ControlRefused:
+    """The refusal, checked to carry the contract: a reason and the evaluated result."""
     with pytest.raises(ControlRefused) as err:
         scan_model_files(model, policy)
-    files = err.value.details["files"]
-    return {f["path"]: f for f in files}
+    result = err.value.result
+    assert isinstance(result, ModelScanResult) and not result.passed
+    assert isinstance(err.value.reason, ModelScanRefusal)
+    assert err.value.reason is result.reason and err.value.reason in result.reasons
+    assert err.value.details["reasons"] == [r.value for r in result.reasons]
+    return err.value
+
+
+def _refusal(model: Path, policy: ModelScanPolicy | None = None) -> dict[str, dict[str, object]]:
+    """Each file's JSON (as in the evidence) plus its ``reasons`` (a set of ModelScanRefusal)."""
+    err = _refused(model, policy)
+    assert isinstance(err.result, ModelScanResult)
+    reasons = {f.path: set(f.reasons) for f in err.result.files}
+    return {f["path"]: {**f, "reasons": reasons[f["path"]]} for f in err.details["files"]}
+
+
+def _reasons(entry: dict[str, object]) -> set[ModelScanRefusal]:
+    reasons = entry["reasons"]
+    assert isinstance(reasons, set)
+    return reasons
 
 
 def test_clean_safetensors_dir_passes(clean_dir: Path) -> None:
@@ -92,8 +115,16 @@ def test_os_system_reduce_refused_without_running_it(clean_dir: Path) -> None:
     assert entry["format"] == "pickle" and entry["verdict"] == "refused"
     assert "posix.system" in entry["pickle_globals"] or "os.system" in entry["pickle_globals"]
     assert any("dangerous" in i for i in entry["issues"])  # type: ignore[union-attr]
+    # A pickle is also a format the policy does not allow: every reason is recorded.
+    assert _reasons(entry) == {
+        ModelScanRefusal.DANGEROUS_GLOBAL,
+        ModelScanRefusal.PICKLE,
+        ModelScanRefusal.FORMAT_NOT_ALLOWED,
+    }
     assert not Path("/tmp/should-never-exist").exists()
     assert files["model.safetensors"]["verdict"] == "pass"
+    assert _reasons(files["model.safetensors"]) == set()
+    assert _refused(clean_dir).reason is ModelScanRefusal.DANGEROUS_GLOBAL
 
 
 @pytest.mark.parametrize("protocol", range(6))
@@ -105,6 +136,7 @@ def test_every_pickle_protocol_detected(tmp_path: Path, protocol: int) -> None:
     assert entry["format"] == "pickle"
     # Protocols 0-2 spell the module the Python 2 way.
     assert {"builtins.eval", "__builtin__.eval"} & set(entry["pickle_globals"])  # type: ignore[arg-type]
+    assert ModelScanRefusal.DANGEROUS_GLOBAL in _reasons(entry)
 
 
 def test_benign_pickle_refused_by_default(clean_dir: Path) -> None:
@@ -112,6 +144,8 @@ def test_benign_pickle_refused_by_default(clean_dir: Path) -> None:
     entry = _refusal(clean_dir)["extra.pkl"]
     assert entry["format"] == "pickle"
     assert any("any pickle is refused" in i for i in entry["issues"])  # type: ignore[union-attr]
+    assert _reasons(entry) == {ModelScanRefusal.PICKLE, ModelScanRefusal.FORMAT_NOT_ALLOWED}
+    assert _refused(clean_dir).reason is ModelScanRefusal.PICKLE
 
 
 def test_pickle_renamed_to_json_detected_by_content(clean_dir: Path) -> None:
@@ -119,6 +153,7 @@ def test_pickle_renamed_to_json_detected_by_content(clean_dir: Path) -> None:
     entry = _refusal(clean_dir)["model.json"]
     assert entry["format"] == "pickle"
     assert any("file name says json" in i for i in entry["issues"])  # type: ignore[union-attr]
+    assert {ModelScanRefusal.NAME_MISMATCH, ModelScanRefusal.DANGEROUS_GLOBAL} <= _reasons(entry)
 
 
 def test_pickle_inside_zip_detected(tmp_path: Path) -> None:
@@ -134,6 +169,7 @@ def test_pickle_inside_zip_detected(tmp_path: Path) -> None:
     assert entry["format"] == "zip"
     assert any(str(i).startswith("archive/data.pkl:") for i in entry["issues"])  # type: ignore[union-attr]
     assert set(entry["pickle_globals"]) & {"posix.system", "os.system"}  # type: ignore[arg-type]
+    assert ModelScanRefusal.DANGEROUS_GLOBAL in _reasons(entry)
 
 
 def test_npy_object_array_pickle_detected(tmp_path: Path) -> None:
@@ -143,6 +179,7 @@ def test_npy_object_array_pickle_detected(tmp_path: Path) -> None:
     entry = _refusal(model)["arr.npy"]
     assert entry["format"] == "npy"
     assert "builtins.eval" in entry["pickle_globals"]
+    assert {ModelScanRefusal.PICKLE, ModelScanRefusal.DANGEROUS_GLOBAL} <= _reasons(entry)
 
 
 def test_symlink_refused(clean_dir: Path, tmp_path: Path) -> None:
@@ -153,6 +190,9 @@ def test_symlink_refused(clean_dir: Path, tmp_path: Path) -> None:
     files = _refusal(clean_dir)
     assert files["linked.safetensors"]["format"] == "symlink"
     assert files["linkdir"]["verdict"] == "refused"
+    assert _reasons(files["linked.safetensors"]) == {ModelScanRefusal.SYMLINK}
+    assert _reasons(files["linkdir"]) == {ModelScanRefusal.SYMLINK}
+    assert _refused(clean_dir).reason is ModelScanRefusal.SYMLINK
 
 
 def test_truncated_safetensors_refused(clean_dir: Path) -> None:
@@ -161,6 +201,7 @@ def test_truncated_safetensors_refused(clean_dir: Path) -> None:
     entry = _refusal(clean_dir)["model.safetensors"]
     assert entry["format"] == "safetensors"
     assert any("malformed safetensors" in i for i in entry["issues"])  # type: ignore[union-attr]
+    assert _reasons(entry) == {ModelScanRefusal.MALFORMED_FILE}
 
 
 def test_header_length_past_end_refused(clean_dir: Path) -> None:
@@ -169,6 +210,7 @@ def test_header_length_past_end_refused(clean_dir: Path) -> None:
     path.write_bytes(struct.pack("<Q", 10_000) + data[8:])
     entry = _refusal(clean_dir)["model.safetensors"]
     assert any("runs past the end" in i for i in entry["issues"])  # type: ignore[union-attr]
+    assert _reasons(entry) == {ModelScanRefusal.MALFORMED_FILE}
 
 
 def test_unknown_binary_and_misnamed_text_refused(clean_dir: Path) -> None:
@@ -178,12 +220,16 @@ def test_unknown_binary_and_misnamed_text_refused(clean_dir: Path) -> None:
     assert files["blob.bin"]["format"] == "unknown"
     assert files["loader.py"]["format"] == "text"
     assert files["README.md"]["verdict"] == "pass"
+    assert ModelScanRefusal.UNKNOWN_FORMAT in _reasons(files["blob.bin"])
+    assert _reasons(files["loader.py"]) == {ModelScanRefusal.NAME_MISMATCH}
 
 
 def test_refusal_message_names_file_and_reason(clean_dir: Path) -> None:
     (clean_dir / "evil.pkl").write_bytes(pickle.dumps(_RunsShell()))
-    with pytest.raises(ControlRefused, match=r"evil\.pkl: .*dangerous"):
+    with pytest.raises(ControlRefused, match=r"evil\.pkl: .*dangerous") as err:
         scan_model_files(clean_dir)
+    assert err.value.reason is ModelScanRefusal.DANGEROUS_GLOBAL
+    assert "reason: dangerous_global" in err.value.diagnostics()
 
 
 def test_unsafe_allow_list_lets_listed_globals_through(
@@ -197,7 +243,10 @@ def test_unsafe_allow_list_lets_listed_globals_through(
     assert entry.verdict == "warn"
     # Another pickle with a global outside the list is still refused.
     (clean_dir / "other.pkl").write_bytes(pickle.dumps(collections.Counter(a=1)))
-    assert _refusal(clean_dir, policy)["other.pkl"]["verdict"] == "refused"
+    other = _refusal(clean_dir, policy)["other.pkl"]
+    assert other["verdict"] == "refused"
+    assert ModelScanRefusal.UNLISTED_PICKLE_GLOBAL in _reasons(other)
+    assert ModelScanRefusal.PICKLE not in _reasons(other)
 
 
 def test_policy_rejects_permissive_settings() -> None:
@@ -216,14 +265,18 @@ def test_policy_rejects_permissive_settings() -> None:
 def test_size_limit_refuses_instead_of_skipping(clean_dir: Path) -> None:
     files = _refusal(clean_dir, ModelScanPolicy(max_file_bytes=64))
     assert any("max_file_bytes" in i for i in files["model.safetensors"]["issues"])  # type: ignore[union-attr]
+    assert _reasons(files["model.safetensors"]) == {ModelScanRefusal.LIMIT_EXCEEDED}
 
 
 def test_empty_or_missing_dir(tmp_path: Path) -> None:
     with pytest.raises(InputError):
         scan_model_files(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ControlRefused, match="no files"):
+    with pytest.raises(ControlRefused, match="no files") as err:
         scan_model_files(tmp_path / "empty")
+    assert err.value.reason is ModelScanRefusal.EMPTY_MODEL
+    empty = evaluate_model_files(tmp_path / "empty")
+    assert not empty.passed and empty.reasons == (ModelScanRefusal.EMPTY_MODEL,)
 
 
 def test_stack_global_through_memo_resolved() -> None:
@@ -267,6 +320,7 @@ def test_dis_rejected_pickle_in_torch_zip_refused_even_with_zip_allowed(tmp_path
     assert entry["format"] == "zip" and entry["verdict"] == "refused"
     assert "os.system" in entry["pickle_globals"]  # type: ignore[operator]
     assert any(i.startswith("archive/data.pkl: pickle imports dangerous") for i in _issues(entry))
+    assert ModelScanRefusal.DANGEROUS_GLOBAL in _reasons(entry)
 
 
 def test_dis_rejected_pickle_renamed_to_txt_refused(tmp_path: Path) -> None:
@@ -276,6 +330,7 @@ def test_dis_rejected_pickle_renamed_to_txt_refused(tmp_path: Path) -> None:
     entry = _refusal(model)["notes.txt"]
     assert entry["format"] == "pickle"
     assert "os.system" in entry["pickle_globals"]  # type: ignore[operator]
+    assert {ModelScanRefusal.DANGEROUS_GLOBAL, ModelScanRefusal.NAME_MISMATCH} <= _reasons(entry)
 
 
 def test_pickle_in_nested_zip_refused(tmp_path: Path) -> None:
@@ -289,6 +344,7 @@ def test_pickle_in_nested_zip_refused(tmp_path: Path) -> None:
         i.startswith("inner/model.pt: archive/data.pkl: pickle imports dangerous")
         for i in _issues(entry)
     )
+    assert ModelScanRefusal.DANGEROUS_GLOBAL in _reasons(entry)
 
 
 @pytest.mark.parametrize(
@@ -309,6 +365,7 @@ def test_pickles_stricter_tools_reject_are_still_pickles(tmp_path: Path, payload
     (model / "card.txt").write_bytes(payload)
     files = _refusal(model, _ZIP_OK)
     assert files["card.txt"]["format"] == "pickle"
+    assert ModelScanRefusal.PICKLE in _reasons(files["card.txt"])
     assert any(i.startswith("weights/blob: pickle") for i in _issues(files["model.pt"]))
 
 
@@ -326,13 +383,17 @@ def test_pickle_named_files_and_members_refused_whatever_the_content(tmp_path: P
     assert not any(i.startswith("archive/notes.txt") for i in _issues(files["model.pt"]))
     assert files["scaler.joblib"]["format"] == "json"
     assert any("file name says pickle" in i for i in _issues(files["scaler.joblib"]))
+    assert ModelScanRefusal.NAME_MISMATCH in _reasons(files["scaler.joblib"])
+    assert ModelScanRefusal.NAME_MISMATCH in _reasons(files["model.pt"])
 
 
 def test_zip_members_get_the_file_rules(tmp_path: Path) -> None:
     model = tmp_path / "m"
     model.mkdir()
     (model / "model.zip").write_bytes(_zip({"loader.py": b"import os\n", "w.json": b"not json"}))
-    issues = _issues(_refusal(model, _ZIP_OK)["model.zip"])
+    entry = _refusal(model, _ZIP_OK)["model.zip"]
+    assert _reasons(entry) == {ModelScanRefusal.NAME_MISMATCH}
+    issues = _issues(entry)
     assert any(i.startswith("loader.py: text content in a file not named") for i in issues)
     assert any(i.startswith("w.json: file name says json") for i in issues)
 
@@ -376,3 +437,54 @@ def test_safetensors_looking_pickle_polyglot_is_a_pickle(tmp_path: Path) -> None
     entry = _refusal(model)["model.safetensors"]
     assert entry["format"] == "pickle"
     assert "os.system" in entry["pickle_globals"]  # type: ignore[operator]
+    assert ModelScanRefusal.DANGEROUS_GLOBAL in _reasons(entry)
+
+
+# --- the result contract: evaluate returns, enforce raises with a reason --------------------
+
+
+def test_evaluate_returns_a_refusable_result_without_raising(clean_dir: Path) -> None:
+    (clean_dir / "model.pkl").write_bytes(pickle.dumps(_RunsShell()))
+    result = evaluate_model_files(clean_dir)
+    assert not result.passed
+    assert [f.path for f in result.refused] == ["model.pkl"]
+    assert result.reasons == (
+        ModelScanRefusal.DANGEROUS_GLOBAL,
+        ModelScanRefusal.PICKLE,
+        ModelScanRefusal.FORMAT_NOT_ALLOWED,
+    )
+    with pytest.raises(ControlRefused) as err:
+        enforce_model_scan(result)
+    assert err.value.reason is ModelScanRefusal.DANGEROUS_GLOBAL and err.value.result is result
+    # Prefect pickles exceptions between processes: the reason survives.
+    again = pickle.loads(pickle.dumps(err.value))  # noqa: S301 - our own exception
+    assert again.reason is ModelScanRefusal.DANGEROUS_GLOBAL
+
+
+def test_clean_result_has_no_reason(clean_dir: Path) -> None:
+    result = evaluate_model_files(clean_dir)
+    assert result.passed and result.reasons == () and result.reason is None
+    assert enforce_model_scan(result) is result
+
+
+def test_more_refusal_reasons(tmp_path: Path) -> None:
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "model.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(32))
+    np.save(model / "arr.npy", np.zeros(3))
+    (model / "broken.bin").write_bytes(b"\x80\x04\x95\xff")
+    (model / "notes.json").write_text(json.dumps({"x": "y" * 64}))
+    files = _refusal(model, ModelScanPolicy(max_text_bytes=32))
+    assert ModelScanRefusal.UNSAFE_FORMAT in _reasons(files["model.h5"])
+    assert _reasons(files["arr.npy"]) == {ModelScanRefusal.FORMAT_NOT_ALLOWED}
+    assert ModelScanRefusal.MALFORMED_PICKLE in _reasons(files["broken.bin"])
+    assert _reasons(files["notes.json"]) == {ModelScanRefusal.LIMIT_EXCEEDED}
+
+
+def test_reason_values_are_stable() -> None:
+    # Values are recorded by callers and documentation; renaming one is a breaking change.
+    assert ModelScanRefusal.DANGEROUS_GLOBAL.value == "dangerous_global"
+    assert ModelScanRefusal.SYMLINK.value == "symlink"
+    assert ModelScanRefusal.PICKLE.value == "pickle"
+    assert ModelScanRefusal.UNKNOWN_FORMAT.value == "unknown_format"
+    assert next(iter(ModelScanRefusal)) is ModelScanRefusal.DANGEROUS_GLOBAL

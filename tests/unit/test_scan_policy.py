@@ -13,17 +13,22 @@ from pydantic import ValidationError
 from secmlops._internal.toolrun import tool_env
 from secmlops.controls.image_scan import (
     OFFLINE_FLAGS,
+    UPSTREAM_SOURCE_LABEL,
     AllowedVulnerability,
     Finding,
+    ImageScanRefusal,
     ImageScanResult,
     ScanPolicy,
+    ScanVerdict,
+    TrivyDbInfo,
     enforce_scan_policy,
+    enforce_scan_predicate,
     evaluate_scan_policy,
     image_scan_statement,
     scan_predicate_verdict,
     trivy_invocation,
 )
-from secmlops.demo.trivy_db import DEMO_SOURCE_LABEL, UPSTREAM_SOURCE_LABEL, TrivyDbInfo
+from secmlops.demo.trivy_db import DEMO_SOURCE_LABEL
 from secmlops.errors import ControlRefused, InputError
 from secmlops.evidence.statements import PREDICATE_VULNS
 
@@ -162,6 +167,9 @@ def test_blocking_findings_refused_with_ids_and_verdict() -> None:
         enforce_scan_policy(_result(crit, high, med), ScanPolicy())
     err = excinfo.value
     assert err.exit_code == 1
+    assert err.reason is ImageScanRefusal.BLOCKING_VULNERABILITY
+    assert isinstance(err.result, ScanVerdict) and err.result.blocking == (crit, high)
+    assert err.details["reasons"] == ["blocking_vulnerability"]
     assert "CVE-2020-14343 pyyaml 1.0 -> 5.4 (CRITICAL)" in err.message
     assert "CVE-2023-5363 libssl3" in err.message
     assert "CVE-2023-32681" not in err.message  # MEDIUM does not block by default
@@ -170,8 +178,9 @@ def test_blocking_findings_refused_with_ids_and_verdict() -> None:
     assert verdict["passed"] is False
     assert {f["id"] for f in verdict["blocking"]} == {"CVE-2020-14343", "CVE-2023-5363"}
     # MEDIUM blocks once the policy says so.
-    with pytest.raises(ControlRefused, match="CVE-2023-32681"):
+    with pytest.raises(ControlRefused, match="CVE-2023-32681") as excinfo:
         enforce_scan_policy(_result(med), ScanPolicy(fail_on=("MEDIUM",)))
+    assert excinfo.value.reason is ImageScanRefusal.BLOCKING_VULNERABILITY
 
 
 def test_active_allow_entry_applies_with_reason() -> None:
@@ -196,8 +205,10 @@ def test_expired_allow_entry_does_not_apply_and_is_reported() -> None:
     verdict = evaluate_scan_policy(_result(high), policy)
     assert not verdict.passed and verdict.blocking == (high,)
     assert verdict.expired_allow_entries == ("CVE-2024-6387",)
-    with pytest.raises(ControlRefused, match="expired allow entries"):
+    assert verdict.reasons == (ImageScanRefusal.EXPIRED_ALLOWANCE,)
+    with pytest.raises(ControlRefused, match="expired allow entries") as excinfo:
         enforce_scan_policy(_result(high), policy)
+    assert excinfo.value.reason is ImageScanRefusal.EXPIRED_ALLOWANCE
     # It still applied the day it expired.
     assert enforce_scan_policy(_result(high), policy, today=expired.expires).passed
 
@@ -219,32 +230,70 @@ def test_ignore_unfixed() -> None:
     assert verdict.ignored_unfixed == (unfixed,)
     # A secret has no "fix" to wait for: ignore_unfixed never hides it.
     assert verdict.blocking == (fixed, secret)
+    assert verdict.reasons == (
+        ImageScanRefusal.BLOCKING_VULNERABILITY,
+        ImageScanRefusal.LEAKED_SECRET,
+    )
+    only_secret = evaluate_scan_policy(_result(secret), ScanPolicy())
+    assert only_secret.reason is ImageScanRefusal.LEAKED_SECRET
 
 
 def test_curated_db_needs_explicit_unsafe_opt_in() -> None:
     result = _result(db=_db(source=DEMO_SOURCE_LABEL))
     with pytest.raises(ControlRefused, match="not an upstream trivy-db") as excinfo:
         enforce_scan_policy(result, ScanPolicy())
+    assert excinfo.value.reason is ImageScanRefusal.CURATED_DB_NOT_ALLOWED
     assert excinfo.value.fix and "unsafe_allow_curated_db" in excinfo.value.fix
     assert enforce_scan_policy(result, ScanPolicy(unsafe_allow_curated_db=True)).passed
 
 
 def test_eosl_nothing_scanned_and_stale_db_block() -> None:
-    with pytest.raises(ControlRefused, match="end of life"):
+    with pytest.raises(ControlRefused, match="end of life") as excinfo:
         enforce_scan_policy(_result(os_eosl=True), ScanPolicy())
+    assert excinfo.value.reason is ImageScanRefusal.END_OF_LIFE_OS
+    assert excinfo.value.fix and "supported OS release" in excinfo.value.fix
     assert enforce_scan_policy(_result(os_eosl=True), ScanPolicy(fail_on_eosl=False)).passed
-    with pytest.raises(ControlRefused, match="no packages"):
+    with pytest.raises(ControlRefused, match="no packages") as excinfo:
         enforce_scan_policy(_result(packages_scanned=0), ScanPolicy())
+    assert excinfo.value.reason is ImageScanRefusal.NO_PACKAGES_FOUND
     old = _result(db=_db(updated="2020-01-01T00:00:00Z"))
-    with pytest.raises(ControlRefused, match="days old"):
+    with pytest.raises(ControlRefused, match="days old") as excinfo:
         enforce_scan_policy(old, ScanPolicy(max_db_age_days=30))
+    assert excinfo.value.reason is ImageScanRefusal.STALE_DB
+    assert excinfo.value.fix and "Refresh the Trivy DB" in excinfo.value.fix
     assert enforce_scan_policy(old, ScanPolicy()).passed
+    unknown_age = _result(db=_db(updated=""))
+    assert evaluate_scan_policy(unknown_age, ScanPolicy(max_db_age_days=30)).reasons == (
+        ImageScanRefusal.STALE_DB,
+    )
+
+
+def test_several_reasons_all_recorded_first_one_leads() -> None:
+    crit = _finding("CVE-2020-14343", "pyyaml", "CRITICAL")
+    result = _result(crit, os_eosl=True, db=_db(source=DEMO_SOURCE_LABEL))
+    verdict = evaluate_scan_policy(result, ScanPolicy())
+    assert verdict.reasons == (
+        ImageScanRefusal.BLOCKING_VULNERABILITY,
+        ImageScanRefusal.END_OF_LIFE_OS,
+        ImageScanRefusal.CURATED_DB_NOT_ALLOWED,
+    )
+    with pytest.raises(ControlRefused) as excinfo:
+        enforce_scan_policy(result, ScanPolicy())
+    assert excinfo.value.reason is ImageScanRefusal.BLOCKING_VULNERABILITY
+    assert excinfo.value.result == verdict
+
+
+def test_clean_verdict_has_no_reason() -> None:
+    verdict = evaluate_scan_policy(_result(), ScanPolicy())
+    assert verdict.passed and verdict.reasons == () and verdict.reason is None
 
 
 def test_report_only_never_blocks_but_records_it() -> None:
     crit = _finding("CVE-2020-14343", "pyyaml", "CRITICAL")
     verdict = enforce_scan_policy(_result(crit), ScanPolicy(unsafe_report_only=True))
     assert verdict.passed and verdict.report_only and verdict.blocking == (crit,)
+    # What would have blocked is still named.
+    assert verdict.reasons == (ImageScanRefusal.BLOCKING_VULNERABILITY,)
     assert verdict.to_json()["reportOnly"] is True
 
 
@@ -286,6 +335,21 @@ def test_stored_evidence_is_rejudged_against_the_current_policy() -> None:
         scan_predicate_verdict(curated["predicate"], ScanPolicy()) or ""
     )
     assert scan_predicate_verdict({"scanner": {}}, ScanPolicy())  # malformed never passes
+    # The same judgement with a reason, for the gate.
+    assert enforce_scan_predicate(predicate, ScanPolicy()).passed
+    for pred, policy, reason in (
+        (
+            predicate,
+            ScanPolicy(fail_on=("HIGH", "MEDIUM")),
+            ImageScanRefusal.BLOCKING_VULNERABILITY,
+        ),
+        (curated["predicate"], ScanPolicy(), ImageScanRefusal.CURATED_DB_NOT_ALLOWED),
+        ({"scanner": {}}, ScanPolicy(), ImageScanRefusal.MALFORMED_EVIDENCE),
+    ):
+        with pytest.raises(ControlRefused) as excinfo:
+            enforce_scan_predicate(pred, policy)
+        assert excinfo.value.reason is reason
+        assert excinfo.value.message == scan_predicate_verdict(pred, policy)
 
 
 def test_stored_evidence_must_cover_every_scanner_the_policy_requires() -> None:
@@ -297,6 +361,9 @@ def test_stored_evidence_must_cover_every_scanner_the_policy_requires() -> None:
     assert scan_predicate_verdict(predicate, ScanPolicy(scanners=("vuln",))) is None
     reason = scan_predicate_verdict(predicate, ScanPolicy())
     assert reason and "missing ['secret']" in reason
+    with pytest.raises(ControlRefused) as excinfo:
+        enforce_scan_predicate(predicate, ScanPolicy())
+    assert excinfo.value.reason is ImageScanRefusal.MISSING_SCANNERS
     full = _result()
     full_pred = image_scan_statement(full, enforce_scan_policy(full, ScanPolicy()))["predicate"]
     assert scan_predicate_verdict(full_pred, ScanPolicy()) is None
@@ -309,6 +376,12 @@ def test_stored_evidence_must_cover_every_scanner_the_policy_requires() -> None:
     ):
         stripped = {**full_pred, "invocation": {**full_pred["invocation"], "parameters": params}}
         assert scan_predicate_verdict(stripped, ScanPolicy(scanners=("vuln",)))
+        with pytest.raises(ControlRefused) as excinfo:
+            enforce_scan_predicate(stripped, ScanPolicy(scanners=("vuln",)))
+        assert excinfo.value.reason in (
+            ImageScanRefusal.MISSING_SCANNERS,
+            ImageScanRefusal.MALFORMED_EVIDENCE,
+        )
 
 
 # --- the trivy command ----------------------------------------------------------------------

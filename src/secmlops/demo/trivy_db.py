@@ -5,7 +5,8 @@ Trivy reads ``<cache_dir>/db/trivy.db`` (a bbolt key/value file) and
 Go toolchain and no download, so the offline demo and the tests scan against a real DB in
 Trivy's own format. A site with a real, pre-seeded Trivy DB (``trivy image --download-db-only``
 on a connected machine, cache dir copied over) does not need this module at all; the scan
-control reads either kind through :func:`read_trivy_db_info`.
+control reads either kind through :func:`secmlops.controls.image_scan.db.read_trivy_db_info`
+(re-exported here with ``TrivyDbInfo`` and ``UPSTREAM_SOURCE_LABEL``).
 
 Example::
 
@@ -24,26 +25,33 @@ import json
 import re
 import struct
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from secmlops._internal.atomic import write_atomic
-from secmlops._internal.digests import sha256_bytes, sha256_file
+from secmlops._internal.digests import sha256_bytes
+from secmlops.controls.image_scan.db import (
+    BOLT_MAGIC,
+    BOLT_META_FIELDS,
+    BOLT_PAGE_HEADER,
+    BOLT_VERSION,
+    PAGE_SIZE,
+    SCHEMA_VERSION,
+    UPSTREAM_SOURCE_LABEL,
+    TrivyDbInfo,
+    fnv1a_64,
+    read_trivy_db_info,
+)
 from secmlops.errors import InputError, ToolError
 
-#: Trivy's DB schema; metadata.json "Version" must equal it (1 is refused as too old).
-SCHEMA_VERSION = 2
 #: The label our own DBs carry, so the evidence says which DB a scan used.
 DEMO_SOURCE_LABEL = (
     "secmlops offline demo DB (a curated subset of real advisories, "
     "secmlops/demo/advisories/demo_advisories.json; NOT a complete vulnerability feed)"
 )
 DEMO_ADVISORIES = Path(__file__).parent / "advisories" / "demo_advisories.json"
-#: What read_trivy_db_info reports for a DB that Trivy downloaded itself.
-UPSTREAM_SOURCE_LABEL = "trivy-db as downloaded by trivy (no secmlops label in metadata.json)"
 
 Severity = Literal["UNKNOWN", "LOW", "MEDIUM", "HIGH", "CRITICAL"]
 SEVERITY_INT: dict[str, int] = {"UNKNOWN": 0, "LOW": 1, "MEDIUM": 2, "HIGH": 3, "CRITICAL": 4}
@@ -201,58 +209,22 @@ class Advisory(BaseModel):
         return value
 
 
-@dataclass(frozen=True)
-class TrivyDbInfo:
-    """Which Trivy DB a scan used: where, its sha256, schema, dates, and what it is."""
-
-    path: Path
-    sha256: str
-    schema_version: int
-    updated_at: str | None
-    next_update: str | None
-    downloaded_at: str | None
-    source: str
-    advisory_count: int | None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "path": str(self.path),
-            "sha256": self.sha256,
-            "schemaVersion": self.schema_version,
-            "updatedAt": self.updated_at,
-            "nextUpdate": self.next_update,
-            "downloadedAt": self.downloaded_at,
-            "source": self.source,
-            "advisoryCount": self.advisory_count,
-        }
-
-
 # --- bbolt ----------------------------------------------------------------------------------
 
-PAGE_SIZE = 4096
-_MAGIC = 0xED0CDAED
-_BOLT_VERSION = 2
+_MAGIC = BOLT_MAGIC
+_BOLT_VERSION = BOLT_VERSION
 _BRANCH, _LEAF, _META, _FREELIST = 0x01, 0x02, 0x04, 0x10
 _BUCKET_LEAF_FLAG = 0x01
-_PAGE_HEADER = struct.Struct("<QHHI")  # id, flags, count, overflow
+_PAGE_HEADER = BOLT_PAGE_HEADER
 _LEAF_ELEMENT = struct.Struct("<IIII")  # flags, pos, ksize, vsize
 _BUCKET_HEADER = struct.Struct("<QQ")  # root pgid, sequence
-_META_FIELDS = struct.Struct("<IIIIQQQQQ")  # magic..txid (56 bytes), then the checksum u64
+_META_FIELDS = BOLT_META_FIELDS
 _MAX_KEYS = 0xFFFF
 _FREELIST_PGID = 2
 _FIRST_DATA_PGID = 3
 
 #: A bucket: keys map to a value (bytes) or a nested bucket.
 BoltTree = Mapping[bytes, "bytes | BoltTree"]
-
-
-def fnv1a_64(data: bytes) -> int:
-    """FNV-1a 64-bit hash, bbolt's meta page checksum."""
-    h = 0xCBF29CE484222325
-    for byte in data:
-        h ^= byte
-        h = (h * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-    return h
 
 
 def _leaf_page(pgid: int, items: list[tuple[bytes, bytes, int]]) -> bytes:
@@ -436,83 +408,6 @@ def write_trivy_db(
     return read_trivy_db_info(cache_dir)
 
 
-def read_trivy_db_info(cache_dir: Path) -> TrivyDbInfo:
-    """Describe the Trivy DB in ``cache_dir``; ``ToolError`` if it is missing or malformed.
-
-    Fails closed: a scan without a usable DB would report "no vulnerabilities" and pass.
-    """
-    db_dir = cache_dir / "db"
-    db_path, meta_path = db_dir / "trivy.db", db_dir / "metadata.json"
-    fix = (
-        "seed the DB (`seed_demo_trivy_db`, or copy a cache dir made by "
-        "`trivy image --download-db-only` on a connected machine)"
-    )
-    for path in (db_path, meta_path):
-        if not path.is_file():
-            raise ToolError(f"Trivy DB file {path} is missing", where=str(cache_dir), fix=fix)
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ToolError(
-            f"{meta_path} is not valid JSON: {exc}", where=str(meta_path), fix=fix
-        ) from exc
-    if not isinstance(meta, dict) or meta.get("Version") != SCHEMA_VERSION:
-        version = meta.get("Version") if isinstance(meta, dict) else None
-        raise ToolError(
-            f"{meta_path} has schema version {version!r}; Trivy 0.76 needs {SCHEMA_VERSION}",
-            where=str(meta_path),
-            fix=fix,
-        )
-    head = db_path.read_bytes()[: 2 * PAGE_SIZE]
-    if not _has_valid_meta_page(head):
-        raise ToolError(
-            f"{db_path} is not a bbolt database (no valid meta page)",
-            where=str(db_path),
-            fix=fix,
-        )
-    digest = sha256_file(db_path)
-    source = str(meta.get("SecMLOpsSource") or UPSTREAM_SOURCE_LABEL)
-    recorded = meta.get("SecMLOpsDbSha256")
-    if recorded is not None and recorded != digest:
-        raise ToolError(
-            f"{db_path} does not match the sha256 recorded in metadata.json (modified?)",
-            where=str(db_path),
-            fix=fix,
-            details={"recorded": recorded, "actual": digest},
-        )
-    count = meta.get("SecMLOpsAdvisoryCount")
-    return TrivyDbInfo(
-        path=db_path,
-        sha256=digest,
-        schema_version=SCHEMA_VERSION,
-        updated_at=_opt_str(meta.get("UpdatedAt")),
-        next_update=_opt_str(meta.get("NextUpdate")),
-        downloaded_at=_opt_str(meta.get("DownloadedAt")),
-        source=source,
-        advisory_count=count if isinstance(count, int) else None,
-    )
-
-
-def _opt_str(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-def _has_valid_meta_page(head: bytes) -> bool:
-    """True if page 0 or page 1 is a bbolt meta page with a correct checksum."""
-    for offset in (0, PAGE_SIZE):
-        block = head[
-            offset + _PAGE_HEADER.size : offset + _PAGE_HEADER.size + _META_FIELDS.size + 8
-        ]
-        if len(block) < _META_FIELDS.size + 8:
-            continue
-        fields = block[: _META_FIELDS.size]
-        magic, version = struct.unpack_from("<II", fields)
-        (checksum,) = struct.unpack_from("<Q", block, _META_FIELDS.size)
-        if magic == _MAGIC and version == _BOLT_VERSION and checksum == fnv1a_64(fields):
-            return True
-    return False
-
-
 def load_advisories(path: Path) -> list[Advisory]:
     """Load advisories from a JSON file (``{"advisories": [...]}``); ``InputError`` if invalid."""
     try:
@@ -552,3 +447,22 @@ def seed_demo_trivy_db(cache_dir: Path, *, advisories_file: Path = DEMO_ADVISORI
 
 
 # The Prefect task wrapper is tasks/image_scan.py (seed_trivy_db_task), next to the scan it feeds.
+
+__all__ = [
+    "DEMO_ADVISORIES",
+    "DEMO_SOURCE_LABEL",
+    "PAGE_SIZE",
+    "SCHEMA_VERSION",
+    "UPSTREAM_SOURCE_LABEL",
+    "Advisory",
+    "Cvss",
+    "TrivyDbInfo",
+    "build_trivy_db_tree",
+    "fnv1a_64",
+    "load_advisories",
+    "normalize_pip_name",
+    "read_trivy_db_info",
+    "seed_demo_trivy_db",
+    "write_bolt_bytes",
+    "write_trivy_db",
+]
