@@ -1,4 +1,6 @@
-"""A model format that cannot run code when it is loaded.
+"""The demo model (YOUR CODE HERE: a fork replaces this file with its own model).
+
+A model format that cannot run code when it is loaded.
 
 A trained scikit-learn pipeline (standardise numeric columns, one-hot encode categorical
 columns, logistic regression) is stored as its learned numbers only:
@@ -16,6 +18,12 @@ Example::
     save_model(pipeline, spec, Path("model"), metadata={"dataset_sha256": digest})
     model = load_model(Path("model"))
     labels = model.predict(df)
+
+What the library needs from a fork's model code is small: a loader with the signature of
+:func:`load_model` returning an object that satisfies :class:`secmlops.model.LoadedModel`
+(``label``, ``feature_names``, ``classes``, ``predict``, ``predict_proba``). The Prefect
+layer passes that loader to the smoke test. Keep the loader free of pickle: it runs on files
+downloaded from the registry.
 """
 
 from __future__ import annotations
@@ -220,7 +228,10 @@ def save_model(
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A model loaded from safetensors + JSON; predicts with numpy only."""
+    """A model loaded from safetensors + JSON; predicts with numpy only.
+
+    Satisfies :class:`secmlops.model.LoadedModel`, the interface the smoke test calls.
+    """
 
     spec: FeatureSpec
     mean: np.ndarray
@@ -230,6 +241,16 @@ class LoadedModel:
     intercept: np.ndarray
     classes: tuple[Any, ...]
     document: dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        """The label column (``secmlops.model.LoadedModel``)."""
+        return self.spec.label
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """The columns ``predict`` reads (``secmlops.model.LoadedModel``)."""
+        return self.spec.columns
 
     def _design_matrix(self, df: pd.DataFrame) -> np.ndarray:
         frame = prepare_features(df, self.spec, where="model input")

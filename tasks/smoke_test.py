@@ -9,6 +9,7 @@ from prefect.cache_policies import NO_CACHE
 
 from secmlops.controls.smoke_test import SmokeTestResult, smoke_test_stage
 from secmlops.evidence.keys import KeyDirectory
+from secmlops.model import ModelLoader
 from secmlops.registry.models import ModelRegistry
 
 
@@ -19,10 +20,20 @@ def smoke_test_stage_task(
     sample: Path,
     *,
     keys: KeyDirectory,
+    loader: ModelLoader,
     min_accuracy: float,
     expect_version: str | None = None,
 ) -> SmokeTestResult:
-    """Prefect wrapper for :func:`smoke_test_stage` (a verification: never cached)."""
+    """Prefect wrapper for :func:`smoke_test_stage` (a verification: never cached).
+
+    ``loader`` is the project's model loader (the demo's is ``ml.model.load_model``).
+    """
     return smoke_test_stage(
-        models, stage, sample, keys=keys, min_accuracy=min_accuracy, expect_version=expect_version
+        models,
+        stage,
+        sample,
+        keys=keys,
+        loader=loader,
+        min_accuracy=min_accuracy,
+        expect_version=expect_version,
     )

@@ -13,18 +13,17 @@ import pytest
 import yaml
 
 from ml.model import load_model
+from ml.stages import classification_metrics, roc_auc, split_indices
 from secmlops._internal.digests import sha256_file, tree_digest
 from secmlops.controls.model_scan import scan_model_files
 from secmlops.controls.signing import sign_model, verify_model_signature
 from secmlops.controls.training import (
+    TrainingRefusal,
     TrainingResult,
-    classification_metrics,
     provenance_statement,
-    roc_auc,
-    split_indices,
     train_with_dvc,
 )
-from secmlops.errors import ControlRefused, InputError
+from secmlops.errors import ControlRefused, InputError, ToolError
 from secmlops.evidence.statements import PREDICATE_SLSA_PROVENANCE, generate_keypair
 
 pytestmark = pytest.mark.integration
@@ -81,9 +80,11 @@ def trained(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Training
 
 
 def _project_with(tmp_path: Path, evaluate: dict[str, float]) -> Path:
+    """A copy of the project (dvc.yaml, its code, params.yaml with these thresholds)."""
     project = tmp_path / "project"
     project.mkdir()
     shutil.copyfile(PROJECT / "dvc.yaml", project / "dvc.yaml")
+    shutil.copytree(PROJECT / "ml", project / "ml", ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((PROJECT / "params.yaml").read_text())
     params["evaluate"] = evaluate
     (project / "params.yaml").write_text(yaml.safe_dump(params))
@@ -137,8 +138,13 @@ def test_provenance_statement(trained: TrainingResult) -> None:
     build = st["predicate"]["buildDefinition"]
     deps = {d["name"]: d for d in build["resolvedDependencies"]}
     assert deps["dataset"]["digest"] == {"sha256": trained.dataset_sha256, "gitCommit": "a" * 40}
-    assert deps["ml/model.py"]["digest"]["sha256"] == sha256_file(PROJECT / "ml" / "model.py")
+    # The code deps are those dvc.yaml lists, not the dataset (above) nor the model (an out).
+    code = {"ml/model.py", "ml/stages.py"}
+    assert set(deps) == {"dataset", "dvc.yaml", "params.yaml", *code}
+    for rel in code:
+        assert deps[rel]["digest"]["sha256"] == sha256_file(PROJECT / rel)
     assert deps["dvc.yaml"]["digest"]["sha256"] == sha256_file(PROJECT / "dvc.yaml")
+    assert deps["params.yaml"]["digest"]["sha256"] == sha256_file(PROJECT / "params.yaml")
     assert set(build["externalParameters"]["stages"]) == {"train", "evaluate"}
     assert build["externalParameters"]["params"]["train"]["label"] == "churned"
     run = st["predicate"]["runDetails"]
@@ -175,6 +181,8 @@ def test_gate_refuses_low_accuracy(dataset: Path, tmp_path: Path) -> None:
     assert "accuracy = 0." in message and "min_accuracy = 0.99" in message
     assert "roc_auc" not in message  # only the failing metric is named
     assert err.value.exit_code == 1
+    assert err.value.reason is TrainingRefusal.METRIC_BELOW_THRESHOLD
+    assert [c.metric for c in err.value.result if not c.passed] == ["accuracy"]
     assert Path(err.value.details["model_dir"]).is_dir()
 
 
@@ -209,3 +217,47 @@ def test_split_and_metrics_match_sklearn(dataset: Path) -> None:
     metrics = classification_metrics(y, pred, proba, (0, 1))
     assert metrics["accuracy"] == pytest.approx(accuracy_score(y, pred), abs=1e-6)
     assert metrics["f1"] == pytest.approx(f1_score(y, pred), abs=1e-6)
+
+
+def _with_code_deps(project: Path, deps: list[str]) -> Path:
+    """Rewrite the project's dvc.yaml so both stages list ``deps`` as their code."""
+    document = yaml.safe_load((project / "dvc.yaml").read_text())
+    for stage in document["stages"].values():
+        stage["deps"] = [d for d in stage["deps"] if not d.startswith("ml")] + deps
+    (project / "dvc.yaml").write_text(yaml.safe_dump(document))
+    return project
+
+
+def test_code_recorded_is_read_from_dvc_yaml(dataset: Path, tmp_path: Path) -> None:
+    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    project = _with_code_deps(_project_with(tmp_path, params["evaluate"]), ["ml"])
+    (project / "ml" / "__pycache__").mkdir()
+    (project / "ml" / "__pycache__" / "stale.pyc").write_bytes(b"\0")
+    result = train_with_dvc(dataset, workspace=tmp_path / "ws", project_dir=project)
+    expected = {f"ml/{p.name}": sha256_file(p) for p in (PROJECT / "ml").glob("*.py")}
+    assert result.code_digests == expected  # every file of the folder, no bytecode
+    st = provenance_statement(
+        result,
+        dataset_sha256=result.dataset_sha256,
+        dataset_uri="x",
+        dataset_commit="y",
+        builder_id="b",
+        invocation_id="i",
+    )
+    names = {d["name"] for d in st["predicate"]["buildDefinition"]["resolvedDependencies"]}
+    assert names == {"dataset", "dvc.yaml", "params.yaml", *expected}
+
+
+def test_code_a_stage_does_not_declare_does_not_run(dataset: Path, tmp_path: Path) -> None:
+    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    project = _project_with(tmp_path, params["evaluate"])
+    # ml/stages.py imports ml.model; without it in deps, the stage cannot import it.
+    _with_code_deps(project, ["ml/stages.py"])
+    with pytest.raises(ToolError, match="dvc repro failed") as err:
+        train_with_dvc(dataset, workspace=tmp_path / "ws", project_dir=project)
+    assert "ml.model" in err.value.details["stderr_tail"]
+    _with_code_deps(project, ["ml/stages.py", "ml/nowhere.py"])
+    with pytest.raises(InputError, match=r"depends on ml/nowhere\.py") as bad:
+        train_with_dvc(dataset, workspace=tmp_path / "ws2", project_dir=project)
+    assert bad.value.where == "dvc.yaml stages.evaluate.deps"
+    assert not (tmp_path / "ws2").exists()  # refused before any workspace or dvc

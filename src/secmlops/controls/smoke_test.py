@@ -2,8 +2,17 @@
 
 Reads the stage pointer, checks its VSA is signed by the gate key and is about the
 pointer's model digest, downloads the model, verifies its signature again, loads it with
-the code-free format loader and predicts on a held-out sample: predictions must be valid
-labels, probabilities finite and in [0, 1], and accuracy at least the policy's floor.
+the project's loader (a :class:`secmlops.model.ModelLoader`, passed in: this library never
+imports the project's model code) and predicts on a held-out sample: predictions must be
+valid labels, probabilities finite and in [0, 1], and accuracy at least the policy's floor.
+A refusal carries a :class:`SmokeTestRefusal` reason.
+
+Example::
+
+    from ml.model import load_model  # in the Prefect layer: the project's loader
+
+    result = smoke_test_stage(models, "staging", Path("held-out.csv"), keys=keys,
+                              loader=load_model, min_accuracy=0.7, expect_version="v3")
 """
 
 from __future__ import annotations
@@ -17,10 +26,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ml.model import load_model
 from secmlops._internal.digests import sha256_file, tree_digest
 from secmlops.controls.signing import verify_model_signature
-from secmlops.errors import ControlRefused, InputError
+from secmlops.errors import ControlRefused, InputError, RefusalReason
 from secmlops.evidence.keys import KeyDirectory
 from secmlops.evidence.statements import (
     PREDICATE_SMOKE_TEST,
@@ -29,7 +37,22 @@ from secmlops.evidence.statements import (
     utc_now,
 )
 from secmlops.gate import verify_pointer_vsa
+from secmlops.model import LoadedModel, ModelLoader
 from secmlops.registry.models import ModelRegistry
+
+
+class SmokeTestRefusal(RefusalReason):
+    """Why the smoke test refused what a stage serves.
+
+    A VSA or model signature that does not verify is refused by those checks, with theirs.
+    """
+
+    NOTHING_DEPLOYED = "nothing_deployed"
+    WRONG_VERSION = "wrong_version"
+    FILES_DO_NOT_MATCH_POINTER = "files_do_not_match_pointer"
+    PROBABILITIES_OUT_OF_RANGE = "probabilities_out_of_range"
+    UNKNOWN_LABELS = "unknown_labels"
+    ACCURACY_BELOW_FLOOR = "accuracy_below_floor"
 
 
 @dataclass(frozen=True)
@@ -68,6 +91,7 @@ def smoke_test_stage(
     sample: Path,
     *,
     keys: KeyDirectory,
+    loader: ModelLoader,
     min_accuracy: float,
     max_rows: int = 2000,
     expect_version: str | None = None,
@@ -77,16 +101,23 @@ def smoke_test_stage(
     The stage pointer itself is unsigned, so what counts is its VSA: signed by the gate key,
     written by this gate, PASSED, and about exactly this model, version, stage and digest.
     ``expect_version`` guards against a concurrent promotion moving the pointer meanwhile.
+    ``loader`` loads the downloaded model directory (after its signature verified); the
+    ``sample`` CSV must hold the model's label and feature columns.
     """
     start = time.monotonic()
     pointer, _ = models.read_pointer(stage)
     where = f"smoke-test:{stage}"
     if pointer is None:
-        raise ControlRefused(f"nothing is deployed to {stage}", where=where)
+        raise ControlRefused(
+            f"nothing is deployed to {stage}",
+            where=where,
+            reason=SmokeTestRefusal.NOTHING_DEPLOYED,
+        )
     if expect_version is not None and pointer.version != expect_version:
         raise ControlRefused(
             f"{stage} serves {pointer.version}, expected {expect_version} (moved meanwhile?)",
             where=where,
+            reason=SmokeTestRefusal.WRONG_VERSION,
         )
     verify_pointer_vsa(models, stage, pointer, keys)
     try:
@@ -102,18 +133,45 @@ def smoke_test_stage(
             model_dir, signature=signature, public_key=keys.require(keys.public("model-signer"))
         )
         if tree_digest(model_dir) != pointer.model_digest:
-            raise ControlRefused(f"{stage} serves files that do not match its pointer", where=where)
-        model = load_model(model_dir)
-        label = model.spec.label
+            raise ControlRefused(
+                f"{stage} serves files that do not match its pointer",
+                where=where,
+                reason=SmokeTestRefusal.FILES_DO_NOT_MATCH_POINTER,
+            )
+        model = _load(loader, model_dir)
+        label = model.label
         if label not in frame.columns or frame.empty:
             raise InputError(f"sample {sample} has no rows with label {label!r}", where=str(sample))
+        missing = [c for c in model.feature_names if c not in frame.columns]
+        if missing:
+            raise InputError(
+                f"sample {sample} lacks the model's feature column(s) {missing}",
+                where=str(sample),
+                fix="write the sample from the same dataset the model was trained on",
+            )
         proba = np.asarray(model.predict_proba(frame), dtype=float)
-        predictions = model.predict(frame)
-    if not np.all(np.isfinite(proba)) or proba.min() < 0 or proba.max() > 1:
-        raise ControlRefused("model returned probabilities outside [0, 1]", where=where)
-    unknown = set(np.unique(predictions).tolist()) - set(model.classes)
-    if unknown:
-        raise ControlRefused(f"model predicted unknown labels {sorted(unknown)}", where=where)
+        predictions = np.asarray(model.predict(frame))
+    classes = list(model.classes)
+    if (
+        proba.shape != (len(frame), len(classes))
+        or not np.all(np.isfinite(proba))
+        or proba.min() < 0
+        or proba.max() > 1
+    ):
+        raise ControlRefused(
+            "model returned probabilities outside [0, 1] (or of the wrong shape)",
+            where=where,
+            reason=SmokeTestRefusal.PROBABILITIES_OUT_OF_RANGE,
+        )
+    unknown = set(np.unique(predictions).tolist()) - set(classes)
+    if unknown or predictions.shape != (len(frame),):
+        raise ControlRefused(
+            f"model predicted unknown labels {sorted(unknown, key=str)}"
+            if unknown
+            else f"model returned {predictions.shape} predictions for {len(frame)} rows",
+            where=where,
+            reason=SmokeTestRefusal.UNKNOWN_LABELS,
+        )
     accuracy = float(np.mean(predictions == frame[label].to_numpy()))
     result = SmokeTestResult(
         model=models.model,
@@ -133,8 +191,23 @@ def smoke_test_stage(
             f"smoke test accuracy {accuracy:.3f} is below {min_accuracy:.3f} in {stage}",
             where=where,
             details=result.to_json(),
+            reason=SmokeTestRefusal.ACCURACY_BELOW_FLOOR,
+            result=result,
         )
     return result
+
+
+def _load(loader: ModelLoader, model_dir: Path) -> LoadedModel:
+    model = loader(model_dir)
+    if not isinstance(model, LoadedModel):
+        # Fail closed on a loader that returns something we cannot exercise.
+        raise InputError(
+            f"the model loader returned a {type(model).__name__}, which lacks "
+            "label/feature_names/classes/predict/predict_proba",
+            where=getattr(loader, "__qualname__", repr(loader)),
+            fix="return an object satisfying secmlops.model.LoadedModel",
+        )
+    return model
 
 
 def smoke_test_statement(result: SmokeTestResult) -> dict[str, Any]:

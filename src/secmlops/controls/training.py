@@ -1,17 +1,17 @@
 """Train and evaluate with ``dvc repro``, enforce the evaluation gate, describe the build.
 
-The ML stages live in the project's ``dvc.yaml`` + ``params.yaml``; their commands are this
-module's CLI::
+The ML stages are the project's own code (``ml/stages.py`` in the demo), declared in its
+``dvc.yaml`` + ``params.yaml``. This module knows nothing about the model: it copies
+dvc.yaml, params.yaml, the dataset and the code each stage lists in its ``deps`` into a
+fresh workspace (so a run never reuses a stale cache or someone else's outputs), runs the
+real ``dvc`` binary there, and refuses a model whose ``metrics.json`` misses a
+``min_*``/``max_*`` threshold of the ``evaluate`` section. :func:`provenance_statement`
+describes the run as SLSA Provenance v1, binding the model digest to the dataset digest and
+the sha256 of every code file the stages depend on (read from dvc.yaml, not a fixed list).
 
-    python -m secmlops.controls.training train --data data/dataset.csv \\
-        --params params.yaml --out model
-    python -m secmlops.controls.training evaluate --data data/dataset.csv --params params.yaml \\
-        --model model --metrics metrics.json
-
-:func:`train_with_dvc` runs the real ``dvc`` binary in a fresh workspace (so a run never
-reuses a stale cache or someone else's outputs), then refuses a model whose metrics are
-below the ``evaluate`` thresholds. :func:`provenance_statement` describes the run as SLSA
-Provenance v1, binding the model digest to the dataset digest and the code that ran.
+The stages import only the code copied into the workspace (``PYTHONPATH`` is the
+workspace), so the code whose digest the provenance records is the code that ran: a stage
+importing project code its ``deps`` do not list fails instead of running unrecorded.
 
 Example::
 
@@ -22,40 +22,42 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
+import posixpath
 import re
 import shutil
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
 
-from ml.model import (
-    FeatureSpec,
-    build_pipeline,
-    feature_spec_from_params,
-    load_model,
-    prepare_features,
-    save_model,
-)
 from secmlops._internal.digests import sha256_bytes, sha256_file, tree_digest, tree_files
 from secmlops._internal.toolrun import resolve_binary, run_tool
-from secmlops.errors import ControlRefused, InputError, SecMLOpsError, ToolError
+from secmlops.errors import ControlRefused, InputError, RefusalReason, ToolError
 from secmlops.evidence.statements import PREDICATE_SLSA_PROVENANCE, Subject, make_statement, utc_now
 
 BUILD_TYPE = "https://secmlops.dev/buildtypes/dvc-repro/v1"
 DATASET_PATH = "data/dataset.csv"
 MODEL_DIR = "model"
 METRICS_FILE = "metrics.json"
-#: The code the stages run, recorded (by sha256) in the provenance.
-CODE_FILES = ("src/secmlops/controls/training.py", "ml/model.py")
+#: Files the workspace always gets; recorded in the provenance on their own.
+PROJECT_FILES = ("dvc.yaml", "params.yaml")
 _COMMIT = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
+# Bytecode caches are build litter, not code: neither copied into the workspace nor hashed.
+_NOT_CODE = shutil.ignore_patterns("__pycache__", "*.pyc")
+
+
+class TrainingRefusal(RefusalReason):
+    """Why the evaluation gate refused a trained model."""
+
+    METRIC_MISSING = "metric_missing"
+    METRIC_BELOW_THRESHOLD = "metric_below_threshold"
+    METRIC_ABOVE_THRESHOLD = "metric_above_threshold"
 
 
 # --- params --------------------------------------------------------------------------------
@@ -90,37 +92,38 @@ def _number(section: Mapping[str, Any], key: str, where: str) -> float:
     return float(value)
 
 
-@dataclass(frozen=True)
-class TrainParams:
-    """The ``train`` section of params.yaml, checked."""
+def dataset_columns(params: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+    """The dataset columns params.yaml ``train`` names: ``{field: columns}``.
 
-    seed: int
-    test_size: float
-    C: float  # the scikit-learn name users know
-    max_iter: int
-    spec: FeatureSpec
+    By convention ``train.label`` names the label column and every ``train.*features`` key
+    lists feature columns; other keys are the model's own. A fork that names its columns
+    otherwise gets no early column check (its train stage still checks them).
+    """
+    train = params.get("train")
+    if not isinstance(train, Mapping):
+        return {}
+    fields: dict[str, tuple[str, ...]] = {}
+    for key, value in train.items():
+        if key == "label":
+            if not isinstance(value, str) or not value:
+                raise InputError(
+                    "train.label must name the label column", where="params.yaml train.label"
+                )
+            fields["train.label"] = (value,)
+        elif isinstance(key, str) and key.endswith("features"):
+            if (
+                not isinstance(value, list | tuple)
+                or not value
+                or not all(isinstance(v, str) for v in value)
+            ):
+                raise InputError(
+                    f"train.{key} must be a list of column names", where=f"params.yaml train.{key}"
+                )
+            fields[f"train.{key}"] = tuple(value)
+    return fields
 
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> TrainParams:
-        train = params["train"]
-        seed, max_iter = train.get("seed"), train.get("max_iter")
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            raise InputError("train.seed must be a non-negative integer", where="params.yaml train")
-        if not isinstance(max_iter, int) or isinstance(max_iter, bool) or max_iter < 1:
-            raise InputError("train.max_iter must be a positive integer", where="params.yaml train")
-        test_size = _number(train, "test_size", "train")
-        if not 0.0 < test_size < 1.0:
-            raise InputError("train.test_size must be between 0 and 1", where="params.yaml train")
-        c = _number(train, "C", "train")
-        if c <= 0:
-            raise InputError("train.C must be positive", where="params.yaml train")
-        return cls(
-            seed=seed,
-            test_size=test_size,
-            C=c,
-            max_iter=max_iter,
-            spec=feature_spec_from_params(train),
-        )
+
+# --- the evaluation gate -------------------------------------------------------------------
 
 
 def thresholds(params: Mapping[str, Any]) -> dict[str, tuple[str, float]]:
@@ -142,176 +145,179 @@ def thresholds(params: Mapping[str, Any]) -> dict[str, tuple[str, float]]:
     return gate
 
 
-def check_gate(metrics: Mapping[str, Any], params: Mapping[str, Any]) -> None:
-    """Raise ``ControlRefused`` naming every metric outside its threshold (or missing)."""
-    failures: list[str] = []
+@dataclass(frozen=True)
+class MetricCheck:
+    """One threshold of the evaluation gate against the metric it names."""
+
+    threshold: str  # the params.yaml key, e.g. "min_accuracy"
+    metric: str
+    limit: float
+    value: Any
+    #: ``None`` when the metric is within its threshold.
+    refusal: TrainingRefusal | None
+
+    @property
+    def passed(self) -> bool:
+        return self.refusal is None
+
+    def describe(self) -> str:
+        if self.refusal is TrainingRefusal.METRIC_MISSING:
+            return (
+                f"{self.metric} is missing or not a number ({self.value!r}); "
+                f"{self.threshold} = {self.limit:g}"
+            )
+        side = "below" if self.threshold.startswith("min_") else "above"
+        state = side if self.refusal is not None else "within"
+        return f"{self.metric} = {self.value:.4f} is {state} {self.threshold} = {self.limit:g}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "threshold": self.threshold,
+            "metric": self.metric,
+            "limit": self.limit,
+            "value": self.value,
+            "passed": self.passed,
+            "reason": self.refusal.value if self.refusal else None,
+        }
+
+
+def evaluate_gate(metrics: Mapping[str, Any], params: Mapping[str, Any]) -> list[MetricCheck]:
+    """Check every ``evaluate`` threshold against ``metrics`` (sorted by threshold name)."""
+    checks: list[MetricCheck] = []
     for key, (metric, limit) in sorted(thresholds(params).items()):
         value = metrics.get(metric)
+        refusal: TrainingRefusal | None = None
         if (
             isinstance(value, bool)
             or not isinstance(value, int | float)
             or not math.isfinite(value)
         ):
-            failures.append(f"{metric} is missing or not a number ({value!r}); {key} = {limit:g}")
+            refusal = TrainingRefusal.METRIC_MISSING
         elif key.startswith("min_") and value < limit:
-            failures.append(f"{metric} = {value:.4f} is below {key} = {limit:g}")
+            refusal = TrainingRefusal.METRIC_BELOW_THRESHOLD
         elif key.startswith("max_") and value > limit:
-            failures.append(f"{metric} = {value:.4f} is above {key} = {limit:g}")
+            refusal = TrainingRefusal.METRIC_ABOVE_THRESHOLD
+        checks.append(MetricCheck(key, metric, limit, value, refusal))
+    return checks
+
+
+def check_gate(metrics: Mapping[str, Any], params: Mapping[str, Any]) -> list[MetricCheck]:
+    """Enforce the gate: ``ControlRefused`` naming every metric outside its threshold.
+
+    The error's ``reason`` is that of the first failing check (by threshold name), its
+    ``result`` every check. Returns the checks when all pass.
+    """
+    checks = evaluate_gate(metrics, params)
+    failures = [c for c in checks if not c.passed]
     if failures:
         raise ControlRefused(
-            "evaluation gate refused the model: " + "; ".join(failures),
+            "evaluation gate refused the model: " + "; ".join(c.describe() for c in failures),
             where="evaluate",
             fix="improve the model or data; lower a threshold only with a reviewed params change",
             details={"metrics": dict(metrics), "thresholds": dict(params["evaluate"])},
+            reason=failures[0].refusal,
+            result=checks,
         )
+    return checks
 
 
-# --- the stage commands --------------------------------------------------------------------
+# --- what the stages depend on -------------------------------------------------------------
 
 
-def _read_dataset(path: Path, spec: FeatureSpec) -> tuple[Any, Any]:
-    import pandas as pd
-
-    try:
-        df = pd.read_csv(path)
-    except FileNotFoundError as exc:
-        raise InputError(f"dataset {path} does not exist", where=str(path)) from exc
-    except (ValueError, pd.errors.ParserError) as exc:
-        raise InputError(f"dataset {path} is not a readable CSV: {exc}", where=str(path)) from exc
-    if spec.label not in df.columns:
+def _stage_path(entry: Any, where: str) -> str:
+    """A dvc.yaml path entry (``"path"`` or ``{"path": {...}}``), normalised and checked."""
+    if isinstance(entry, Mapping) and len(entry) == 1:
+        entry = next(iter(entry))
+    if not isinstance(entry, str) or not entry.strip():
+        raise InputError(f"{where} holds {entry!r}, not a path", where=f"dvc.yaml {where}")
+    path = PurePosixPath(entry.strip())
+    if path.is_absolute() or ".." in path.parts or posixpath.normpath(path.as_posix()) == ".":
         raise InputError(
-            f"dataset has no label column {spec.label!r}",
-            where=str(path),
-            fix="set train.label in params.yaml to the label column",
+            f"{where} names {entry!r}, which is not inside the project",
+            where=f"dvc.yaml {where}",
+            fix="list paths relative to the project root, without '..'",
         )
-    if df[spec.label].isna().any():
-        raise InputError(f"label column {spec.label!r} has missing values", where=str(path))
-    if df[spec.label].nunique() < 2:
-        raise InputError(f"label column {spec.label!r} has fewer than two classes", where=str(path))
-    return df, df[spec.label]
+    return posixpath.normpath(path.as_posix())
 
 
-def write_held_out_sample(dataset: Path, params: Mapping[str, Any], out: Path) -> int:
-    """Write the rows the model never trained on (the evaluate split) to ``out``; return count.
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder + "/")
 
-    The staging smoke test runs on these, so its accuracy is not measured on training rows.
+
+def stage_code_dependencies(project_dir: Path) -> list[str]:
+    """The project paths (files or folders) the dvc.yaml stages depend on, sorted.
+
+    Every stage's ``deps`` except the dataset (recorded on its own), dvc.yaml/params.yaml,
+    and what another stage produces (its ``outs``, ``metrics``, ``plots``). ``InputError``
+    names the stage and path for a dvc.yaml that cannot be read, a path outside the project,
+    or a dependency the project does not hold.
     """
-    tp = TrainParams.from_params(params)
-    df, labels = _read_dataset(dataset, tp.spec)
-    _, test_idx = split_indices(labels, test_size=tp.test_size, seed=tp.seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    df.iloc[test_idx].to_csv(out, index=False)
-    return len(test_idx)
-
-
-def split_indices(labels: Any, *, test_size: float, seed: int) -> tuple[Any, Any]:
-    """Stratified, seeded train/test split as sorted row positions (numpy, no scikit-learn).
-
-    Train and evaluate run in separate processes; both call this with the same params and
-    get the same split. Each class contributes ``round(test_size * n)`` rows (at least one
-    to each side), so a tiny class cannot vanish from either side.
-    """
-    import numpy as np
-
-    values = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    test: list[Any] = []
-    for cls in sorted(set(values.tolist()), key=str):
-        members = np.flatnonzero(values == cls)
-        if len(members) < 2:
+    dvc_yaml = project_dir / "dvc.yaml"
+    try:
+        document = yaml.safe_load(dvc_yaml.read_text("utf-8"))
+    except OSError as exc:
+        raise InputError(f"cannot read {dvc_yaml}: {exc}", where=str(dvc_yaml)) from exc
+    except yaml.YAMLError as exc:
+        raise InputError(f"{dvc_yaml} is not valid YAML: {exc}", where=str(dvc_yaml)) from exc
+    stages = document.get("stages") if isinstance(document, dict) else None
+    if not isinstance(stages, dict) or not stages:
+        raise InputError(f"{dvc_yaml} defines no stages", where=f"{dvc_yaml}:stages")
+    produced: set[str] = set()
+    declared: dict[str, str] = {}  # path -> the first stage that lists it
+    for name, stage in stages.items():
+        where = f"stages.{name}"
+        if not isinstance(stage, dict):
+            raise InputError(f"{where} is not a mapping", where=f"dvc.yaml {where}")
+        if "foreach" in stage or "matrix" in stage or stage.get("wdir", ".") != ".":
+            # Their deps are templated or relative to another folder: we could not tell
+            # which files ran, and provenance must not guess.
             raise InputError(
-                f"class {cls!r} has {len(members)} row(s); need at least 2 to split",
-                where="train.test_size",
-                fix="add data for every class",
+                f"{where} uses foreach/matrix/wdir, which the provenance cannot follow",
+                where=f"dvc.yaml {where}",
+                fix="write each stage out in full, run from the project root",
             )
-        n_test = min(max(1, round(test_size * len(members))), len(members) - 1)
-        test.extend(rng.permutation(members)[:n_test].tolist())
-    test_idx = np.sort(np.asarray(test, dtype=np.int64))
-    train_idx = np.setdiff1d(np.arange(len(values)), test_idx)
-    return train_idx, test_idx
+        for key in ("outs", "metrics", "plots"):
+            for entry in stage.get(key) or []:
+                produced.add(_stage_path(entry, f"{where}.{key}"))
+        deps = stage.get("deps") or []
+        if not isinstance(deps, list):
+            raise InputError(f"{where}.deps must be a list", where=f"dvc.yaml {where}.deps")
+        for entry in deps:
+            declared.setdefault(_stage_path(entry, f"{where}.deps"), name)
+    code: list[str] = []
+    for path, stage_name in sorted(declared.items()):
+        if (
+            path in PROJECT_FILES
+            or _inside(DATASET_PATH, path)
+            or any(_inside(path, out) for out in produced)
+        ):
+            continue
+        source = project_dir / path
+        if source.is_symlink() or not (source.is_file() or source.is_dir()):
+            raise InputError(
+                f"stage {stage_name!r} depends on {path}, which {project_dir} does not hold "
+                "(or is a symlink)",
+                where=f"dvc.yaml stages.{stage_name}.deps",
+                fix="fix the path in dvc.yaml, or add the file to the project",
+            )
+        code.append(path)
+    return code
 
 
-def roc_auc(is_positive: Any, scores: Any) -> float:
-    """Binary ROC AUC (Mann-Whitney U with average ranks for ties)."""
-    import numpy as np
-    import pandas as pd
-
-    positive = np.asarray(is_positive, dtype=bool)
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if n_pos == 0 or n_neg == 0:
-        raise InputError("ROC AUC needs both classes in the test split", where="evaluate")
-    ranks = pd.Series(np.asarray(scores, dtype=np.float64)).rank(method="average").to_numpy()
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def classification_metrics(
-    y_true: Any, predicted: Any, proba: Any, classes: Sequence[Any]
-) -> dict[str, Any]:
-    """accuracy, roc_auc (one-vs-rest macro for more than two classes), and for two classes
-    precision/recall/f1 of the positive class ``classes[1]``."""
-    import numpy as np
-
-    y = np.asarray(y_true)
-    pred = np.asarray(predicted)
-    metrics: dict[str, Any] = {"accuracy": float((y == pred).mean()), "test_rows": len(y)}
-    if len(classes) == 2:
-        pos = classes[1]
-        metrics["roc_auc"] = roc_auc(y == pos, proba[:, 1])
-        tp = int(((pred == pos) & (y == pos)).sum())
-        fp = int(((pred == pos) & (y != pos)).sum())
-        fn = int(((pred != pos) & (y == pos)).sum())
-        precision = tp / (tp + fp) if tp + fp else 0.0
-        recall = tp / (tp + fn) if tp + fn else 0.0
-        metrics["precision"] = precision
-        metrics["recall"] = recall
-        metrics["f1"] = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    else:
-        metrics["roc_auc"] = float(
-            np.mean([roc_auc(y == c, proba[:, i]) for i, c in enumerate(classes)])
-        )
-    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()}
-
-
-def train_stage(data: Path, params_path: Path, out: Path) -> None:
-    """The ``train`` stage: fit the pipeline on the training split, save it as safetensors."""
-    params = load_params(params_path)
-    tp = TrainParams.from_params(params)
-    df, y = _read_dataset(data, tp.spec)
-    train_idx, _ = split_indices(y, test_size=tp.test_size, seed=tp.seed)
-    x_train, y_train = df.iloc[train_idx], y.iloc[train_idx]
-    pipeline = build_pipeline(tp.spec, C=tp.C, max_iter=tp.max_iter, seed=tp.seed)
-    pipeline.fit(prepare_features(x_train, tp.spec, where=str(data)), y_train.to_numpy())
-    if out.exists():
-        shutil.rmtree(out)
-    # No timestamps: the same inputs must give byte-identical model files.
-    save_model(
-        pipeline,
-        tp.spec,
-        out,
-        metadata={
-            "dataset_sha256": sha256_file(data),
-            "train_rows": len(x_train),
-            "params": params["train"],
-        },
-    )
-
-
-def evaluate_stage(
-    data: Path, params_path: Path, model_dir: Path, metrics_path: Path
-) -> dict[str, Any]:
-    """The ``evaluate`` stage: score the saved model, loaded from its safetensors files (not
-    the in-memory pipeline), on the held-out split. Needs no scikit-learn."""
-    params = load_params(params_path)
-    tp = TrainParams.from_params(params)
-    df, y = _read_dataset(data, tp.spec)
-    _, test_idx = split_indices(y, test_size=tp.test_size, seed=tp.seed)
-    x_test, y_test = df.iloc[test_idx], y.iloc[test_idx]
-    model = load_model(model_dir)
-    metrics = classification_metrics(
-        y_test.to_numpy(), model.predict(x_test), model.predict_proba(x_test), model.classes
-    )
-    metrics_path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", "utf-8")
-    return metrics
+def _copy_code(project_dir: Path, deps: list[str], workspace: Path) -> dict[str, str]:
+    """Copy the stages' code into the workspace; ``{path: sha256}`` of the copies, per file."""
+    digests: dict[str, str] = {}
+    for rel in deps:
+        source, target = project_dir / rel, workspace / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            # symlinks=True keeps a link a link, so tree_files refuses it below.
+            shutil.copytree(source, target, symlinks=True, ignore=_NOT_CODE, dirs_exist_ok=True)
+            digests.update({f"{rel}/{sub}": sha for sub, sha in tree_files(target).items()})
+        else:
+            shutil.copyfile(source, target)
+            digests[rel] = sha256_file(target)
+    return digests
 
 
 # --- running the pipeline with dvc ---------------------------------------------------------
@@ -352,14 +358,6 @@ class TrainingResult:
         }
 
 
-def _code_root() -> Path:
-    # The project checkout whose code the stages import: the code whose digest the
-    # provenance records is the code that runs.
-    from secmlops.settings import project_root
-
-    return project_root()
-
-
 def _prepare_workspace(workspace: Path) -> None:
     if workspace.exists() and (not workspace.is_dir() or any(workspace.iterdir())):
         raise InputError(
@@ -370,20 +368,26 @@ def _prepare_workspace(workspace: Path) -> None:
     workspace.mkdir(parents=True, exist_ok=True)
 
 
-def _check_columns(dataset: Path, spec: FeatureSpec) -> None:
+def _check_columns(dataset: Path, params: Mapping[str, Any]) -> None:
     """Name missing columns now, as bad input, rather than as a failed dvc stage later."""
     import pandas as pd
 
+    fields = dataset_columns(params)
     try:
         columns = set(pd.read_csv(dataset, nrows=0).columns)
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise InputError(
             f"dataset {dataset} is not a readable CSV: {exc}", where=str(dataset)
         ) from exc
-    missing = [c for c in (*spec.columns, spec.label) if c not in columns]
+    missing = {
+        field: [c for c in names if c not in columns]
+        for field, names in fields.items()
+        if any(c not in columns for c in names)
+    }
     if missing:
+        named = "; ".join(f"{cols} ({field})" for field, cols in missing.items())
         raise InputError(
-            f"dataset {dataset} lacks column(s) {missing} that params.yaml train uses",
+            f"dataset {dataset} lacks column(s) that params.yaml uses: {named}",
             where=str(dataset),
             fix="fix the dataset, or the feature lists / label in params.yaml",
         )
@@ -394,12 +398,14 @@ def train_with_dvc(
 ) -> TrainingResult:
     """Run ``dvc repro`` (train + evaluate) in a fresh workspace and enforce the gate.
 
-    Copies ``project_dir``'s dvc.yaml and params.yaml into ``workspace``, the dataset to
-    data/dataset.csv, then runs the real dvc binary. ``ToolError`` if dvc or a stage fails,
-    ``InputError`` for a missing/bad input, ``ControlRefused`` if a metric misses its
-    threshold (the error names metric, value and threshold; the model stays in the workspace).
+    Copies ``project_dir``'s dvc.yaml, params.yaml and the code its stages list in ``deps``
+    into ``workspace``, the dataset to data/dataset.csv, then runs the real dvc binary with
+    only that code importable. ``ToolError`` if dvc or a stage fails, ``InputError`` for a
+    missing/bad input, ``ControlRefused`` (reason :class:`TrainingRefusal`) if a metric
+    misses its threshold (the error names metric, value and threshold; the model stays in
+    the workspace).
     """
-    for name in ("dvc.yaml", "params.yaml"):
+    for name in PROJECT_FILES:
         if not (project_dir / name).is_file():
             raise InputError(
                 f"{project_dir / name} does not exist",
@@ -409,21 +415,26 @@ def train_with_dvc(
     if not dataset.is_file():
         raise InputError(f"dataset {dataset} does not exist", where=str(dataset))
     params = load_params(project_dir / "params.yaml")
-    spec = TrainParams.from_params(params).spec
     thresholds(params)  # refuse an empty gate before spending minutes training
-    _check_columns(dataset, spec)
+    _check_columns(dataset, params)
+    code_deps = stage_code_dependencies(project_dir)
 
     workspace = workspace.resolve()
     _prepare_workspace(workspace)
-    shutil.copyfile(project_dir / "dvc.yaml", workspace / "dvc.yaml")
-    shutil.copyfile(project_dir / "params.yaml", workspace / "params.yaml")
+    for name in PROJECT_FILES:
+        shutil.copyfile(project_dir / name, workspace / name)
     (workspace / "data").mkdir()
     shutil.copyfile(dataset, workspace / DATASET_PATH)
+    code_digests = _copy_code(project_dir, code_deps, workspace)
 
-    code_root = _code_root()
-    code_digests = {rel: sha256_file(code_root / rel) for rel in CODE_FILES}
     dvc = resolve_binary("dvc", "SECMLOPS_DVC")
-    env = {"DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(code_root)}
+    # The stages import the copies just hashed, nothing else from the project; no bytecode
+    # caches appear next to them (dvc would hash those too).
+    env = {
+        "DVC_NO_ANALYTICS": "1",
+        "PYTHONPATH": str(workspace),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
     started_at, t0 = utc_now(), time.monotonic()
     run_tool(
         [dvc, "init", "--no-scm", "-q"],
@@ -512,9 +523,14 @@ def provenance_statement(
         {"name": rel, "uri": f"file:{rel}", "digest": {"sha256": sha}}
         for rel, sha in sorted(result.code_digests.items())
     ]
-    dependencies.append(
-        {"name": "dvc.yaml", "uri": "file:dvc.yaml", "digest": {"sha256": sha256_file(dvc_yaml)}}
-    )
+    dependencies += [
+        {
+            "name": name,
+            "uri": f"file:{name}",
+            "digest": {"sha256": sha256_file(result.workspace / name)},
+        }
+        for name in PROJECT_FILES
+    ]
     metrics_bytes = (result.workspace / METRICS_FILE).read_bytes()
     predicate = {
         "buildDefinition": {
@@ -543,41 +559,3 @@ def provenance_statement(
         },
     }
     return make_statement(subjects, PREDICATE_SLSA_PROVENANCE, predicate)
-
-
-# --- CLI for the dvc stages ----------------------------------------------------------------
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m secmlops.controls.training {train,evaluate}``: the commands dvc.yaml runs."""
-    parser = argparse.ArgumentParser(
-        prog="python -m secmlops.controls.training", description=__doc__.splitlines()[0]
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="fit the model on the training split")
-    train.add_argument("--data", type=Path, default=Path(DATASET_PATH))
-    train.add_argument("--params", type=Path, default=Path("params.yaml"))
-    train.add_argument("--out", type=Path, default=Path(MODEL_DIR))
-    evaluate = sub.add_parser("evaluate", help="score the saved model on the test split")
-    evaluate.add_argument("--data", type=Path, default=Path(DATASET_PATH))
-    evaluate.add_argument("--params", type=Path, default=Path("params.yaml"))
-    evaluate.add_argument("--model", type=Path, default=Path(MODEL_DIR))
-    evaluate.add_argument("--metrics", type=Path, default=Path(METRICS_FILE))
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "train":
-            train_stage(args.data, args.params, args.out)
-        else:
-            metrics = evaluate_stage(args.data, args.params, args.model, args.metrics)
-            print(json.dumps(metrics, sort_keys=True))
-    except SecMLOpsError as exc:
-        print(exc.diagnostics(), file=sys.stderr)
-        return exc.exit_code
-    return 0
-
-
-# --- Prefect -------------------------------------------------------------------------------
-
-if __name__ == "__main__":
-    # The dvc stages run this module as a script; stop before importing Prefect (~3 s each).
-    sys.exit(main())
