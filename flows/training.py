@@ -17,7 +17,6 @@ from __future__ import annotations
 import getpass
 import shutil
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +24,20 @@ from prefect import flow, get_run_logger
 
 from blocks import DataSource, RegistryTarget, ServingImage
 from flows.summary import RunSummary
+from ml.model import load_model
+from ml.stages import write_held_out_sample
 from secmlops.controls.data import data_pull_statement
 from secmlops.controls.image_scan import enforce_scan_policy, image_scan_statement
 from secmlops.controls.model_scan import model_scan_statement
 from secmlops.controls.smoke_test import smoke_test_statement
-from secmlops.controls.training import provenance_statement, write_held_out_sample
+from secmlops.controls.training import provenance_statement
 from secmlops.controls.validation import validation_statement
 from secmlops.evidence.keys import KeyDirectory
-from secmlops.evidence.statements import PrivateKey, load_private_key, sign_statement
+from secmlops.evidence.statements import load_private_key, sign_statement
 from secmlops.gate import GatePolicy
 from secmlops.policy import load_gate_policy
 from secmlops.registry.models import ModelRegistry, stamped
-from secmlops.release import ReleaseInputs
+from secmlops.release import ReleaseEvidence, ReleaseInputs
 from secmlops.settings import LocalPaths, local_paths, project_root
 from tasks.data import create_demo_data_registry_task, pull_dataset_task
 from tasks.deploy import promote_to_stage_task, record_approval_task
@@ -49,17 +50,6 @@ from tasks.training import train_model_task
 from tasks.validation import validate_dataset_task
 
 BUILDER_ID = "https://secmlops.dev/builders/prefect-secure-training/v1"
-
-
-@dataclass
-class _Evidence:
-    """Signed bundles collected before the version exists; written at registration."""
-
-    key: PrivateKey
-    bundles: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def add(self, name: str, statement: dict[str, Any]) -> None:
-        self.bundles[name] = sign_statement(statement, self.key)
 
 
 @flow(name="secure-training", log_prints=True, validate_parameters=True, timeout_seconds=3600)
@@ -133,7 +123,8 @@ def _run(
             )
             target = str(built.path)
         st.detail = f"keys {keys.root}; data {repo}@{data.rev}; image {target}"
-    evidence = _Evidence(load_private_key(keys.require(keys.private("attestor"))))
+    # Build evidence, checked against the catalogue and signed as each control passes.
+    evidence = ReleaseEvidence(load_private_key(keys.require(keys.private("attestor"))))
 
     with summary.stage("pull-data") as st:
         pulled = pull_dataset_task(repo, data.path, data.rev, workdir / "data")
@@ -241,6 +232,7 @@ def _run(
             "staging",
             sample,
             keys=keys,
+            loader=load_model,
             min_accuracy=policy.min_smoke_accuracy,
             expect_version=version,
         )

@@ -13,6 +13,7 @@ import hashlib
 from dataclasses import dataclass
 
 from secmlops._internal.digests import sha256_bytes
+from secmlops.catalogue import control
 from secmlops.controls.approval import (
     ApprovalRequest,
     approval_statement,
@@ -22,6 +23,18 @@ from secmlops.controls.approval import (
 )
 from secmlops.errors import ControlRefused, InputError, SecMLOpsError
 from secmlops.evidence.keys import KeyDirectory
+from secmlops.evidence.predicates import (
+    VERIFIER_ID,
+    ApproverRef,
+    GateCheckRecord,
+    GateVerdict,
+    ReleasePredicate,
+    ResourceDescriptor,
+    Sha256Ref,
+    Verifier,
+    VsaPredicate,
+    dump_predicate,
+)
 from secmlops.evidence.statements import (
     PREDICATE_SLSA_VSA,
     Subject,
@@ -32,7 +45,6 @@ from secmlops.evidence.statements import (
     verify_bundle,
 )
 from secmlops.gate import (
-    VERIFIER_ID,
     GatePolicy,
     GateReport,
     passed_gate_before,
@@ -63,31 +75,31 @@ def vsa_statement(
 ) -> dict[str, object]:
     """SLSA Verification Summary v1 for a version that passed the gate for a stage."""
     policy_digest = hashlib.sha256(canonical_json(policy.model_dump(mode="json"))).hexdigest()
+    vsa = VsaPredicate(
+        verifier=Verifier(id=VERIFIER_ID),
+        time_verified=utc_now(),
+        resource_uri=models.store.describe(models.version_prefix(report.version)),
+        policy=ResourceDescriptor(
+            uri=f"secmlops:gate-policy/{report.stage}", digest={"sha256": policy_digest}
+        ),
+        input_attestations=[ResourceDescriptor(**a) for a in report.input_attestations],
+        verification_result="PASSED",
+        verified_levels=[f"SECMLOPS_GATE_{report.stage.upper()}"],
+        secmlops=GateVerdict(
+            model=report.model,
+            version=report.version,
+            stage=report.stage,
+            dataset_digest=report.dataset_digest,
+            image_digest=report.image_digest,
+            release=Sha256Ref(sha256=report.release_sha256),
+            approval=ApproverRef(approver=report.approver, method=report.approval_method),
+            checks=[GateCheckRecord(**c.to_json()) for c in report.checks],
+        ),
+    )
     return make_statement(
         [Subject("model", report.model_digest)],
         PREDICATE_SLSA_VSA,
-        {
-            "verifier": {"id": VERIFIER_ID},
-            "timeVerified": utc_now(),
-            "resourceUri": models.store.describe(models.version_prefix(report.version)),
-            "policy": {
-                "uri": f"secmlops:gate-policy/{report.stage}",
-                "digest": {"sha256": policy_digest},
-            },
-            "inputAttestations": report.input_attestations,
-            "verificationResult": "PASSED",
-            "verifiedLevels": [f"SECMLOPS_GATE_{report.stage.upper()}"],
-            "secmlops": {
-                "model": report.model,
-                "version": report.version,
-                "stage": report.stage,
-                "datasetDigest": report.dataset_digest,
-                "imageDigest": report.image_digest,
-                "release": {"sha256": report.release_sha256},
-                "approval": {"approver": report.approver, "method": report.approval_method},
-                "checks": [c.to_json() for c in report.checks],
-            },
-        },
+        dump_predicate(vsa, exclude_none=True),
     )
 
 
@@ -209,13 +221,8 @@ def _verified_release(models: ModelRegistry, version: str, keys: KeyDirectory) -
     key = f"{models.evidence_prefix(version)}/release.json"
     raw = models.store.read(key)  # read once: the digest approved is of the bytes verified
     statement = verify_bundle(parse_json_object(raw, key), keys.trusted("attestor"), where=key)
-    try:
-        digest = str(statement.predicate["modelDigest"]["sha256"])
-    except (KeyError, TypeError) as exc:
-        raise ControlRefused(
-            f"release manifest of {version} names no model digest", where=key
-        ) from exc
-    return digest, sha256_bytes(raw)
+    manifest: ReleasePredicate = control("release").parse(statement, key).predicate
+    return manifest.model_digest.sha256, sha256_bytes(raw)
 
 
 def record_approval(

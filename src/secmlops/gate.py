@@ -7,21 +7,24 @@ Nothing in the registry is trusted as stored. The gate downloads the model and c
                     (by sha256) — it binds the chain together;
 2. ``model-signature``  the model files verify against the model-signer key (OpenSSF
                     model-signing) and hash to the manifest's model digest;
-3. ``data-pull``, ``validation``, ``image-scan``, ``provenance``, ``model-scan``: each
-                    bundle is the file the manifest names, is signed by the attestor, is
-                    about the right digest, and says pass (the scan is re-judged against
-                    the current scan policy, not trusted by its stored verdict);
+3. every build control in :data:`secmlops.catalogue.CATALOGUE` (``data-pull``,
+                    ``validation``, ``image-scan``, ``provenance``, ``model-scan``): each
+                    bundle is the file the manifest names, is signed by the attestor, its
+                    predicate validates against the control's model, and the control's
+                    check passes (about the right digest, says pass; the scan is re-judged
+                    against the current scan policy, not trusted by its stored verdict);
 4. ``approval``     an approval for this stage, signed by an allowed approver's own key,
                     covers this exact model digest;
 5. ``staged``       (production) the version passed the gate for staging and its staging
                     smoke test passed.
 
-Any failure raises ``ControlRefused`` listing every failed check.
+Any failure raises ``ControlRefused`` listing every failed check, with the first failed
+check's :class:`GateRefusal` as its ``reason`` and the :class:`GateReport` as its ``result``.
 """
 
 from __future__ import annotations
 
-import datetime as dt
+import dataclasses
 import functools
 import tempfile
 from collections.abc import Callable
@@ -32,37 +35,66 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from secmlops._internal.digests import sha256_bytes, tree_digest
+from secmlops.catalogue import (
+    Control,
+    Evidence,
+    GateContext,
+    GateRefusal,
+    build_controls,
+    control,
+    judge_vsa,
+)
 from secmlops.controls.approval import ApprovalPolicy, Stage, check_stage
-from secmlops.controls.image_scan import ScanPolicy, scan_predicate_verdict
+from secmlops.controls.image_scan import ScanPolicy
 from secmlops.controls.signing import verify_model_signature
-from secmlops.errors import ControlRefused, SecMLOpsError
+from secmlops.errors import ControlRefused, RefusalReason, SecMLOpsError
 from secmlops.evidence.keys import KeyDirectory
+from secmlops.evidence.predicates import (
+    VERIFIER_ID,
+    ApprovalPredicate,
+    ReleasePredicate,
+    VsaPredicate,
+)
 from secmlops.evidence.statements import (
-    PREDICATE_APPROVAL,
-    PREDICATE_DATA_PULL,
-    PREDICATE_MODEL_SCAN,
-    PREDICATE_RELEASE,
-    PREDICATE_SLSA_PROVENANCE,
     PREDICATE_SLSA_VSA,
-    PREDICATE_SMOKE_TEST,
-    PREDICATE_TEST_RESULT,
-    PREDICATE_VULNS,
+    EvidenceRefusal,
     TrustedKeys,
     VerifiedStatement,
     verify_bundle,
 )
 from secmlops.registry.models import ModelRegistry, StagePointer, parse_json_object
 
-VERIFIER_ID = "https://secmlops.dev/deploy-gate/v1"
+#: Build-time evidence every release must carry, and the predicate each must have (from
+#: the catalogue: every control of scope ``build``).
+REQUIRED_EVIDENCE: dict[str, str] = {c.name: c.predicate_type for c in build_controls()}
 
-#: Build-time evidence every release must carry, and the predicate each must have.
-REQUIRED_EVIDENCE: dict[str, str] = {
-    "data-pull": PREDICATE_DATA_PULL,
-    "validation": PREDICATE_TEST_RESULT,
-    "image-scan": PREDICATE_VULNS,
-    "provenance": PREDICATE_SLSA_PROVENANCE,
-    "model-scan": PREDICATE_MODEL_SCAN,
+_FROM_EVIDENCE_REFUSAL = {
+    EvidenceRefusal.MALFORMED_BUNDLE: GateRefusal.MALFORMED_EVIDENCE,
+    EvidenceRefusal.NOT_A_STATEMENT: GateRefusal.MALFORMED_EVIDENCE,
+    EvidenceRefusal.UNTRUSTED_SIGNER: GateRefusal.UNTRUSTED_SIGNER,
+    EvidenceRefusal.BAD_SIGNATURE: GateRefusal.BAD_SIGNATURE,
 }
+
+
+def gate_reason(exc: BaseException, default: GateRefusal = GateRefusal.CHECK_ERROR) -> GateRefusal:
+    """The :class:`GateRefusal` an exception raised inside a gate check stands for.
+
+    Only a ``ControlRefused`` is a refusal; anything else (a tool or input error, a crash)
+    is ``CHECK_ERROR``, which fails the check just the same.
+    """
+    if not isinstance(exc, ControlRefused):
+        return GateRefusal.CHECK_ERROR
+    if isinstance(exc.reason, GateRefusal):
+        return exc.reason
+    if isinstance(exc.reason, EvidenceRefusal):
+        return _FROM_EVIDENCE_REFUSAL[exc.reason]
+    return default
+
+
+def _with_reason(exc: SecMLOpsError, reason: RefusalReason) -> ControlRefused:
+    return ControlRefused(
+        exc.message, where=exc.where, fix=exc.fix, details=exc.details, reason=reason
+    )
 
 
 class GatePolicy(BaseModel):
@@ -89,14 +121,18 @@ class GateCheck:
     passed: bool
     detail: str
     evidence: list[str] = field(default_factory=list)
+    reason: GateRefusal | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "passed": self.passed,
             "detail": self.detail,
             "evidence": self.evidence,
         }
+        if self.reason is not None:
+            out["reason"] = self.reason.value
+        return out
 
 
 @dataclass
@@ -123,35 +159,23 @@ class GateReport:
         return [c for c in self.checks if not c.passed]
 
 
-def has_subject(statement: dict[str, Any], digest: str, name: str | None = None) -> bool:
-    """Does the statement name ``digest`` (under subject ``name``, when given)?"""
-    return any(
-        isinstance(s, dict)
-        and (s.get("digest") or {}).get("sha256") == digest
-        and (name is None or s.get("name") == name)
-        for s in statement.get("subject", [])
-    )
-
-
 def vsa_problem(
     st: VerifiedStatement, *, model: str, version: str, stage: str, model_digest: str | None
 ) -> str | None:
     """Why a (signature-verified) VSA does not vouch that ``model`` ``version`` passed this
     gate for ``stage``; ``None`` when it does."""
-    pred = st.predicate
-    ours = pred.get("secmlops") or {}
     if st.predicate_type != PREDICATE_SLSA_VSA:
         return f"predicate {st.predicate_type} is not a VSA"
-    if (pred.get("verifier") or {}).get("id") != VERIFIER_ID:
-        return "not written by this deploy gate"
-    if pred.get("verificationResult") != "PASSED":
-        return f"verification result {pred.get('verificationResult')}"
-    for field_name, expected in (("model", model), ("version", version), ("stage", stage)):
-        if ours.get(field_name) != expected:
-            return f"is for {field_name}={ours.get(field_name)!r}, not {expected!r}"
-    if model_digest is not None and not has_subject(st.statement, model_digest, "model"):
-        return f"is not about model digest {model_digest[:12]}…"
-    return None
+    try:
+        ev: Evidence[VsaPredicate] = control("vsa").parse(st, "the VSA")
+    except ControlRefused as exc:
+        return exc.message
+    failed = [
+        r
+        for r in judge_vsa(ev, model=model, version=version, stage=stage, model_digest=model_digest)
+        if not r.passed
+    ]
+    return failed[0].detail if failed else None
 
 
 class _Gate:
@@ -168,92 +192,121 @@ class _Gate:
         self.policy = policy
         self.report = GateReport(model=models.model, version=version, stage=stage)
         self.attestor = keys.trusted("attestor")
+        self.release: ReleasePredicate | None = None
 
-    def check(self, name: str, fn: Callable[[], tuple[str, list[str]]]) -> bool:
+    def check(
+        self,
+        name: str,
+        fn: Callable[[], tuple[str, list[str]]],
+        *,
+        default: GateRefusal = GateRefusal.CHECK_ERROR,
+    ) -> bool:
+        """Run one check; any exception fails it (``default``: the reason of an unlabelled
+        refusal)."""
         try:
             detail, evidence = fn()
         except SecMLOpsError as exc:
-            self.report.checks.append(GateCheck(name, False, str(exc)))
+            self.report.checks.append(
+                GateCheck(name, False, str(exc), reason=gate_reason(exc, default))
+            )
             return False
         except Exception as exc:
-            self.report.checks.append(GateCheck(name, False, f"{type(exc).__name__}: {exc}"))
+            self.report.checks.append(
+                GateCheck(
+                    name, False, f"{type(exc).__name__}: {exc}", reason=GateRefusal.CHECK_ERROR
+                )
+            )
             return False
         self.report.checks.append(GateCheck(name, True, detail, evidence))
         return True
+
+    def context(self, **changes: Any) -> GateContext:
+        """What evidence must be about, from what the gate verified so far."""
+        r = self.report
+        ctx = GateContext(
+            model=r.model,
+            version=r.version,
+            stage=r.stage,
+            policy=self.policy,
+            model_digest=r.model_digest,
+            dataset_digest=r.dataset_digest,
+            image_digest=r.image_digest,
+            release_sha256=r.release_sha256,
+        )
+        return dataclasses.replace(ctx, **changes)
 
     def load(
         self,
         key: str,
         trusted: TrustedKeys,
-        expected_type: str,
+        entry: Control[Any],
         *,
         expected_sha256: str | None = None,
-    ) -> tuple[VerifiedStatement, str]:
-        """Read ``key`` once; hash, verify and parse those same bytes. Returns (statement, sha)."""
+    ) -> tuple[Evidence[Any], str]:
+        """Read ``key`` once; hash, verify and type those same bytes. Returns (evidence, sha)."""
         where = self.models.store.describe(key)
-        raw = self.models.store.read(key)
+        try:
+            raw = self.models.store.read(key)
+        except ControlRefused as exc:
+            raise _with_reason(exc, GateRefusal.MISSING_EVIDENCE) from exc
         digest = sha256_bytes(raw)
         if expected_sha256 is not None and digest != expected_sha256:
             raise ControlRefused(
-                f"{key} was changed after the release manifest was signed", where=where
-            )
-        verified = verify_bundle(parse_json_object(raw, where), trusted, where=where)
-        if verified.predicate_type != expected_type:
-            raise ControlRefused(
-                f"{key} has predicate {verified.predicate_type}, expected {expected_type}",
+                f"{key} was changed after the release manifest was signed",
                 where=where,
+                reason=GateRefusal.EVIDENCE_CHANGED,
             )
+        try:
+            bundle = parse_json_object(raw, where)
+        except ControlRefused as exc:
+            raise _with_reason(exc, GateRefusal.MALFORMED_EVIDENCE) from exc
+        verified = verify_bundle(bundle, trusted, where=where)
+        evidence = entry.parse(verified, key)
         self.report.input_attestations.append({"uri": key, "digest": {"sha256": digest}})
-        return verified, digest
+        return evidence, digest
 
-    def require_subject(
-        self, st: VerifiedStatement, digest: str, what: str, key: str, *, name: str | None = None
-    ) -> None:
-        """The statement must name ``digest`` (under subject ``name``, when given)."""
-        if not has_subject(st.statement, digest, name):
-            raise ControlRefused(f"{key} is not about this {what} ({digest[:12]}…)", where=key)
-
-    def require_fields(self, pred: dict[str, Any], key: str, **expected: str) -> None:
-        """The predicate must carry exactly these values (model, version, stage, ...)."""
-        for field_name, value in expected.items():
-            if pred.get(field_name) != value:
-                raise ControlRefused(
-                    f"{key} is for {field_name}={pred.get(field_name)!r}, not {value!r}", where=key
-                )
+    def judge(self, entry: Control[Any], evidence: Evidence[Any], ctx: GateContext) -> None:
+        """Run the catalogue's check for ``evidence``; ``ControlRefused`` naming every failure."""
+        failed = [r for r in entry.check(evidence, ctx) if not r.passed]
+        if failed:
+            raise ControlRefused(
+                "; ".join(r.detail for r in failed), where=evidence.key, reason=failed[0].reason
+            )
 
 
 def verify_release(
     models: ModelRegistry, version: str, stage: str, *, keys: KeyDirectory, policy: GatePolicy
 ) -> GateReport:
-    """Run every check for ``version`` -> ``stage``; raise ``ControlRefused`` on any failure."""
+    """Run every check for ``version`` -> ``stage``; raise ``ControlRefused`` on any failure.
+
+    The refusal's ``reason`` is the first failed check's :class:`GateRefusal` and its
+    ``result`` the :class:`GateReport` (every check, with its own reason).
+    """
     gate = _Gate(models, version, check_stage(stage), keys, policy)
     models.require_version(version)
     report = gate.report
-    release: dict[str, Any] = {}
 
     def check_release() -> tuple[str, list[str]]:
         key = f"{models.evidence_prefix(version)}/release.json"
-        st, report.release_sha256 = gate.load(key, gate.attestor, PREDICATE_RELEASE)
-        pred = st.predicate
-        if pred.get("model") != models.model or pred.get("version") != version:
-            raise ControlRefused(
-                f"release manifest is for {pred.get('model')} {pred.get('version')}"
-            )
-        release.update(pred)
-        report.model_digest = pred["modelDigest"]["sha256"]
-        report.dataset_digest = pred["dataset"]["sha256"]
-        report.image_digest = pred["image"]["sha256"]
-        gate.require_subject(st, report.model_digest, "model", key, name="model")
-        return f"signed by {st.signer}", [key]
+        entry = control("release")
+        ev, report.release_sha256 = gate.load(key, gate.attestor, entry)
+        gate.judge(entry, ev, gate.context())
+        manifest: ReleasePredicate = ev.predicate
+        report.model_digest = manifest.model_digest.sha256
+        report.dataset_digest = manifest.dataset.sha256
+        report.image_digest = manifest.image.sha256
+        gate.release = manifest
+        return f"signed by {ev.signer}", [key]
 
-    if not gate.check("release", check_release):
+    if not gate.check("release", check_release, default=GateRefusal.MISSING_EVIDENCE):
         _refuse(report)
 
     def check_model_signature() -> tuple[str, list[str]]:
+        assert gate.release is not None  # noqa: S101 - the release check passed
         with tempfile.TemporaryDirectory(prefix="secmlops-gate-") as tmp:
             model_dir, signature = models.download_model(version, Path(tmp))
             sig_sha = sha256_bytes(signature.read_bytes())
-            if sig_sha != release["signature"]["sha256"]:
+            if sig_sha != gate.release.signature.sha256:
                 raise ControlRefused("model.sig is not the signature named in the release manifest")
             verify_model_signature(
                 model_dir, signature=signature, public_key=keys.require(keys.public("model-signer"))
@@ -268,12 +321,12 @@ def verify_release(
             models.signature_key(version)
         ]
 
-    gate.check("model-signature", check_model_signature)
+    gate.check(
+        "model-signature", check_model_signature, default=GateRefusal.MODEL_SIGNATURE_INVALID
+    )
 
-    for name, predicate_type in REQUIRED_EVIDENCE.items():
-        gate.check(
-            name, functools.partial(_check_build_evidence, gate, release, name, predicate_type)
-        )
+    for entry in build_controls():
+        gate.check(entry.name, functools.partial(_check_build_evidence, gate, entry))
 
     gate.check("approval", lambda: _check_approval(gate, version))
     if report.stage == "production":
@@ -291,53 +344,29 @@ def _refuse(report: GateReport) -> None:
         where=f"gate:{report.stage}",
         fix="fix the failed checks (see `secmlops evidence`) and rerun the pipeline",
         details={"checks": [c.to_json() for c in report.checks]},
+        reason=failed[0].reason if failed else GateRefusal.CHECK_ERROR,
+        result=report,
     )
 
 
-def _check_build_evidence(
-    gate: _Gate, release: dict[str, Any], name: str, predicate_type: str
-) -> tuple[str, list[str]]:
-    report = gate.report
-    entry = release.get("evidence", {}).get(name)
-    if not entry:
-        raise ControlRefused(f"release manifest names no {name} evidence")
-    key = str(entry["key"])
-    if not key.startswith(gate.models.evidence_prefix(report.version) + "/"):
-        raise ControlRefused(f"release manifest points {name} outside this version: {key}")
-    st, _ = gate.load(key, gate.attestor, predicate_type, expected_sha256=entry["sha256"])
-    pred = st.predicate
-    if name in ("data-pull", "validation"):
-        gate.require_subject(st, report.dataset_digest, "dataset", key)
-    if name == "validation":
-        if pred.get("result") != "PASSED":
-            raise ControlRefused(f"validation result is {pred.get('result')}", where=key)
-        pinned = gate.policy.required_schema_digests
-        used = {
-            str((c.get("digest") or {}).get("sha256"))
-            for c in pred.get("configuration") or []
-            if isinstance(c, dict)
-        }
-        if pinned and not used & set(pinned):
-            raise ControlRefused(
-                f"data was validated against schema {sorted(used)}, not a pinned one", where=key
-            )
-    if name == "image-scan":
-        gate.require_subject(st, report.image_digest, "image", key)
-        verdict = scan_predicate_verdict(pred, gate.policy.scan)
-        if verdict:
-            raise ControlRefused(f"image scan does not meet policy: {verdict}", where=key)
-    if name == "provenance":
-        gate.require_subject(st, report.model_digest, "model", key, name="model")
-        deps = pred.get("buildDefinition", {}).get("resolvedDependencies", [])
-        if not any(d.get("digest", {}).get("sha256") == report.dataset_digest for d in deps):
-            raise ControlRefused("provenance does not name the validated dataset", where=key)
-    if name == "model-scan":
-        gate.require_subject(st, report.model_digest, "model", key, name="model")
-        files = pred.get("files") or []
-        bad = [f.get("path") for f in files if f.get("verdict") != "pass"]
-        if pred.get("verdict") != "pass" or not files or bad:
-            raise ControlRefused(f"model-file scan did not pass (files: {bad})", where=key)
-    return f"signed by {st.signer}", [key]
+def _check_build_evidence(gate: _Gate, entry: Control[Any]) -> tuple[str, list[str]]:
+    """The manifest's ``entry.name`` evidence: the file it names, signed by the attestor,
+    judged by the catalogue's check for it."""
+    assert gate.release is not None  # noqa: S101 - the release check passed
+    ref = gate.release.evidence.get(entry.name)
+    if ref is None:
+        raise ControlRefused(
+            f"release manifest names no {entry.name} evidence",
+            reason=GateRefusal.MISSING_EVIDENCE,
+        )
+    if not ref.key.startswith(gate.models.evidence_prefix(gate.report.version) + "/"):
+        raise ControlRefused(
+            f"release manifest points {entry.name} outside this version: {ref.key}",
+            reason=GateRefusal.MISPLACED_EVIDENCE,
+        )
+    ev, _ = gate.load(ref.key, gate.attestor, entry, expected_sha256=ref.sha256)
+    gate.judge(entry, ev, gate.context())
+    return f"signed by {ev.signer}", [ref.key]
 
 
 def _stage_evidence(gate: _Gate, version: str, prefix: str) -> list[str]:
@@ -346,19 +375,6 @@ def _stage_evidence(gate: _Gate, version: str, prefix: str) -> list[str]:
         for k in gate.models.evidence_keys(version)
         if k.rsplit("/", 1)[-1].startswith(f"{prefix}-")
     ]
-
-
-def _approval_age_problem(decided_at: Any, max_days: int | None) -> str | None:
-    if max_days is None:
-        return None
-    try:
-        when = dt.datetime.strptime(str(decided_at), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
-    except ValueError:
-        return f"approval has no valid decidedAt ({decided_at!r})"
-    age = dt.datetime.now(dt.UTC) - when
-    if age > dt.timedelta(days=max_days):
-        return f"approval from {decided_at} is older than {max_days} days; approve again"
-    return None
 
 
 def _check_approval(gate: _Gate, version: str) -> tuple[str, list[str]]:
@@ -372,91 +388,70 @@ def _check_approval(gate: _Gate, version: str) -> tuple[str, list[str]]:
             trusted.keys[kid] = ("auto", public)
     keys = _stage_evidence(gate, version, f"approval-{stage}")
     if not keys:
-        raise ControlRefused(f"no approval for {stage} recorded for {version}")
+        raise ControlRefused(
+            f"no approval for {stage} recorded for {version}", reason=GateRefusal.APPROVAL_MISSING
+        )
     staging_approvers = _staging_approvers(gate, version) if stage == "production" else set()
-    problems = []
+    ctx = gate.context(staging_approvers=frozenset(staging_approvers))
+    entry = control("approval")
+    problems: list[SecMLOpsError] = []
     for key in keys:
         try:
-            st, _ = gate.load(key, trusted, PREDICATE_APPROVAL)
-            gate.require_subject(st, report.model_digest, "model", key, name="model")
-            pred = st.predicate
-            gate.require_fields(
-                pred, key, model=report.model, version=version, stage=stage, decision="approved"
-            )
-            if (pred.get("release") or {}).get("sha256") != report.release_sha256:
-                raise ControlRefused(f"{key} approves a different release manifest")
-            if st.signer == "auto" and pred.get("method") != "unsafe-auto-approval":
-                raise ControlRefused(f"{key}: attestor-signed approval is not an auto-approval")
-            if st.signer != "auto" and pred.get("approver") != st.signer:
-                raise ControlRefused(
-                    f"{key}: names {pred.get('approver')} but signed by {st.signer}"
-                )
-            too_old = _approval_age_problem(
-                pred.get("decidedAt"), gate.policy.max_approval_age_days
-            )
-            if too_old:
-                raise ControlRefused(f"{key}: {too_old}")
-            if policy.separation_of_duties and st.signer in staging_approvers:
-                raise ControlRefused(f"{st.signer} also approved staging (separation of duties)")
-            report.approver, report.approval_method = st.signer, str(pred.get("method"))
-            return f"approved by {st.signer} ({pred.get('method')})", [key]
+            ev, _ = gate.load(key, trusted, entry)
+            gate.judge(entry, ev, ctx)
         except SecMLOpsError as exc:
-            problems.append(str(exc))
-    raise ControlRefused("no valid approval: " + "; ".join(problems))
+            problems.append(exc)
+            continue
+        approval: ApprovalPredicate = ev.predicate
+        report.approver, report.approval_method = ev.signer, approval.method
+        return f"approved by {ev.signer} ({approval.method})", [key]
+    # Several candidates may each fail differently; the first one's reason stands for all.
+    raise ControlRefused(
+        "no valid approval: " + "; ".join(str(p) for p in problems),
+        reason=gate_reason(problems[0]),
+    )
 
 
-def _staging_vsas(gate: _Gate, version: str) -> list[tuple[str, VerifiedStatement]]:
+def _staging_vsas(gate: _Gate, version: str) -> list[tuple[str, Evidence[VsaPredicate]]]:
     """Gate-signed staging VSAs that passed, for exactly this model, version and digest."""
     found = []
+    entry = control("vsa")
     for key in _stage_evidence(gate, version, "vsa-staging"):
         try:
-            st, _ = gate.load(key, gate.keys.trusted("gate"), PREDICATE_SLSA_VSA)
+            ev, _ = gate.load(key, gate.keys.trusted("gate"), entry)
         except SecMLOpsError:
             continue  # an unverifiable file does not count; enough valid ones can still pass
-        problem = vsa_problem(
-            st,
-            model=gate.report.model,
-            version=version,
-            stage="staging",
-            model_digest=gate.report.model_digest,
-        )
-        if problem is None:
-            found.append((key, st))
+        results = entry.check(ev, gate.context(stage="staging"))
+        if all(r.passed for r in results):
+            found.append((key, ev))
     return found
 
 
 def _staging_approvers(gate: _Gate, version: str) -> set[str]:
     """Who approved staging, as recorded by the gate in its signed staging VSAs."""
-    return {
-        str((st.predicate.get("secmlops") or {}).get("approval", {}).get("approver"))
-        for _, st in _staging_vsas(gate, version)
-    }
+    return {ev.predicate.secmlops.approval.approver for _, ev in _staging_vsas(gate, version)}
 
 
 def _check_staged(gate: _Gate, version: str) -> tuple[str, list[str]]:
     """Production needs a passing staging gate (VSA) and a passing staging smoke test."""
-    report = gate.report
     vsas = _staging_vsas(gate, version)
     if not vsas:
         raise ControlRefused(
-            f"{version} never passed the gate for staging; promote it to staging first"
+            f"{version} never passed the gate for staging; promote it to staging first",
+            reason=GateRefusal.NOT_STAGED,
         )
+    entry = control("smoke-test")
+    ctx = gate.context(stage="staging")
     for key in _stage_evidence(gate, version, "smoke-test-staging"):
         try:
-            st, _ = gate.load(key, gate.attestor, PREDICATE_SMOKE_TEST)
-            gate.require_subject(st, report.model_digest, "model", key, name="model")
-            gate.require_fields(
-                st.predicate,
-                key,
-                model=report.model,
-                version=version,
-                stage="staging",
-                result="PASSED",
-            )
+            ev, _ = gate.load(key, gate.attestor, entry)
+            gate.judge(entry, ev, ctx)
         except SecMLOpsError:
             continue
         return "passed the staging gate and the staging smoke test", [vsas[0][0], key]
-    raise ControlRefused(f"{version} has no passing staging smoke test")
+    raise ControlRefused(
+        f"{version} has no passing staging smoke test", reason=GateRefusal.SMOKE_TEST_FAILED
+    )
 
 
 def passed_gate_before(models: ModelRegistry, version: str, stage: str, keys: KeyDirectory) -> bool:
@@ -495,11 +490,17 @@ def verify_pointer_vsa(
     expected_prefix = models.evidence_prefix(pointer.version) + f"/vsa-{stage}-"
     if not pointer.vsa.startswith(expected_prefix):
         raise ControlRefused(
-            f"the {stage} pointer names a VSA of another version/stage", where=where
+            f"the {stage} pointer names a VSA of another version/stage",
+            where=where,
+            reason=GateRefusal.POINTER_NOT_VOUCHED,
         )
     raw = models.store.read(pointer.vsa)  # read once: hash, verify and parse the same bytes
     if sha256_bytes(raw) != pointer.vsa_sha256:
-        raise ControlRefused(f"the {stage} pointer's VSA changed after promotion", where=where)
+        raise ControlRefused(
+            f"the {stage} pointer's VSA changed after promotion",
+            where=where,
+            reason=GateRefusal.POINTER_NOT_VOUCHED,
+        )
     vsa = verify_bundle(
         parse_json_object(raw, pointer.vsa), keys.trusted("gate"), where=pointer.vsa
     )
@@ -511,4 +512,23 @@ def verify_pointer_vsa(
         model_digest=pointer.model_digest,
     )
     if problem:
-        raise ControlRefused(f"the {stage} pointer's VSA {problem}", where=where)
+        raise ControlRefused(
+            f"the {stage} pointer's VSA {problem}",
+            where=where,
+            reason=GateRefusal.POINTER_NOT_VOUCHED,
+        )
+
+
+__all__ = [
+    "REQUIRED_EVIDENCE",
+    "VERIFIER_ID",
+    "GateCheck",
+    "GatePolicy",
+    "GateRefusal",
+    "GateReport",
+    "gate_reason",
+    "passed_gate_before",
+    "verify_pointer_vsa",
+    "verify_release",
+    "vsa_problem",
+]

@@ -9,12 +9,24 @@ half-way cannot be deployed.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from secmlops._internal.digests import sha256_bytes, tree_digest
+from secmlops.catalogue import Control, build_controls, required_release_evidence
 from secmlops.errors import InputError
+from secmlops.evidence.predicates import (
+    DatasetRef,
+    EvidenceRef,
+    ImageRef,
+    ReleasePredicate,
+    Sha256Ref,
+    SignatureRef,
+    dump_predicate,
+)
 from secmlops.evidence.statements import (
     PREDICATE_RELEASE,
     PrivateKey,
@@ -38,6 +50,64 @@ class ReleaseInputs:
     created_by: str
 
 
+def _build_control(name: str) -> Control[Any]:
+    for entry in build_controls():
+        if entry.name == name:
+            return entry
+    raise InputError(
+        f"{name!r} is not build evidence the catalogue knows",
+        where="release evidence",
+        fix="known: " + ", ".join(c.name for c in build_controls()),
+    )
+
+
+def check_build_statement(name: str, statement: Mapping[str, Any]) -> None:
+    """``statement`` must be ``name``'s evidence: its predicate type, its predicate model.
+
+    Run before signing, so a writer that drifted from the model the gate reads fails the
+    build here, not the deploy gate later. ``InputError`` otherwise.
+    """
+    entry = _build_control(name)
+    if statement.get("predicateType") != entry.predicate_type:
+        raise InputError(
+            f"{name} evidence has predicate {statement.get('predicateType')}, "
+            f"expected {entry.predicate_type}",
+            where=f"release evidence {name}",
+        )
+    try:
+        entry.predicate.model_validate(statement.get("predicate"))
+    except ValidationError as exc:
+        raise InputError(
+            f"{name} evidence does not match {entry.predicate.__name__}: {exc}",
+            where=f"release evidence {name}",
+            fix="the statement writer and the catalogue's predicate model disagree; fix the writer",
+        ) from exc
+
+
+@dataclass
+class ReleaseEvidence:
+    """A release's build evidence, collected and signed before the version exists.
+
+    Example::
+
+        evidence = ReleaseEvidence(attestor_key)
+        evidence.add("data-pull", data_pull_statement(pulled))
+        register_release(models, model_dir, sig, evidence.bundles, inputs, attestor=evidence.key)
+    """
+
+    key: PrivateKey
+    bundles: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def add(self, name: str, statement: Mapping[str, Any]) -> None:
+        """Check ``statement`` against ``name``'s catalogue entry, then sign and keep it."""
+        check_build_statement(name, statement)
+        self.bundles[name] = sign_statement(statement, self.key)
+
+    def missing(self) -> frozenset[str]:
+        """Required evidence not collected yet."""
+        return required_release_evidence() - set(self.bundles)
+
+
 @dataclass(frozen=True)
 class Registration:
     """A registered version and where its pieces are."""
@@ -57,14 +127,24 @@ def register_release(
     *,
     attestor: PrivateKey,
 ) -> Registration:
-    """Claim the next version, upload model + signature + evidence, then the signed manifest."""
-    missing = {"data-pull", "validation", "image-scan", "provenance", "model-scan"} - set(evidence)
+    """Claim the next version, upload model + signature + evidence, then the signed manifest.
+
+    ``evidence`` must hold a signed bundle for every build control of the catalogue, and
+    nothing the catalogue does not know (``InputError`` otherwise).
+    """
+    missing = required_release_evidence() - set(evidence)
     if missing:
         raise InputError(
             f"cannot register a release without evidence: {', '.join(sorted(missing))}",
             where="register",
         )
+    for name in evidence:
+        _build_control(name)
     model_digest = tree_digest(model_dir)
+    try:  # shape-check what the caller passed before a version is claimed
+        dataset, image = DatasetRef(**inputs.dataset), ImageRef(**inputs.image)
+    except ValidationError as exc:
+        raise InputError(f"release inputs are malformed: {exc}", where="register") from exc
     version = models.allocate_version(
         {"run": inputs.run, "builder": inputs.builder, "createdBy": inputs.created_by}
     )
@@ -72,22 +152,21 @@ def register_release(
     sig_bytes = signature.read_bytes()
     models.store.put(models.signature_key(version), sig_bytes)
     written = {name: models.put_evidence(version, name, b) for name, b in evidence.items()}
+    manifest = ReleasePredicate(
+        model=models.model,
+        version=version,
+        model_digest=Sha256Ref(sha256=model_digest),
+        signature=SignatureRef(key=models.signature_key(version), sha256=sha256_bytes(sig_bytes)),
+        dataset=dataset,
+        image=image,
+        evidence={n: EvidenceRef(key=k, sha256=s) for n, (k, s) in written.items()},
+        metrics=dict(inputs.metrics),
+        run=inputs.run,
+        builder=inputs.builder,
+        created_at=utc_now(),
+    )
     release = make_statement(
-        [Subject("model", model_digest)],
-        PREDICATE_RELEASE,
-        {
-            "model": models.model,
-            "version": version,
-            "modelDigest": {"sha256": model_digest},
-            "signature": {"key": models.signature_key(version), "sha256": sha256_bytes(sig_bytes)},
-            "dataset": dict(inputs.dataset),
-            "image": dict(inputs.image),
-            "evidence": {n: {"key": k, "sha256": s} for n, (k, s) in written.items()},
-            "metrics": dict(inputs.metrics),
-            "run": inputs.run,
-            "builder": inputs.builder,
-            "createdAt": utc_now(),
-        },
+        [Subject("model", model_digest)], PREDICATE_RELEASE, dump_predicate(manifest)
     )
     release_key, _ = models.put_evidence(version, "release", sign_statement(release, attestor))
     models.audit("registered", version=version, model_digest=model_digest, run=inputs.run)

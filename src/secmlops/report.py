@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from secmlops.catalogue import Control, Evidence, control_for_evidence, evidence_order
 from secmlops.errors import ControlRefused, SecMLOpsError
 from secmlops.evidence.keys import ROLES, KeyDirectory
+from secmlops.evidence.predicates import ApprovalPredicate
 from secmlops.evidence.statements import (
     TrustedKeys,
     VerifiedStatement,
@@ -44,95 +46,47 @@ def _all_trusted(keys: KeyDirectory) -> TrustedKeys:
     return trusted
 
 
-def _facts(predicate_type: str, pred: dict[str, Any]) -> dict[str, Any]:
-    short = predicate_type.rsplit("/", 2)[-2]
-    if short == "release":
-        return {
-            "dataset": pred.get("dataset"),
-            "image": pred.get("image"),
-            "metrics": pred.get("metrics"),
-        }
-    if short == "approval":
-        return {k: pred.get(k) for k in ("stage", "decision", "approver", "method", "decidedAt")}
-    if short == "verification_summary":
-        return {
-            "result": pred.get("verificationResult"),
-            "levels": pred.get("verifiedLevels"),
-            "time": pred.get("timeVerified"),
-            "inputs": len(pred.get("inputAttestations", [])),
-        }
-    if short == "smoke-test":
-        return {k: pred.get(k) for k in ("stage", "result", "accuracy", "minAccuracy")}
-    if short == "test-result":
-        return {"result": pred.get("result"), "configuration": pred.get("configuration")}
-    if short == "provenance":
-        return {
-            "builder": pred.get("runDetails", {}).get("builder", {}).get("id"),
-            "byproducts": pred.get("runDetails", {}).get("byproducts"),
-        }
-    if short == "vulns":
-        verdict = pred.get("verdict") or {}
-        scanner = pred.get("scanner") or {}
-        return {
-            "passed": verdict.get("passed"),
-            "counts": verdict.get("counts"),
-            "blocking": [
-                b.get("id") if isinstance(b, dict) else b for b in verdict.get("blocking", [])
-            ],
-            "trivy": scanner.get("version"),
-            "db": (scanner.get("db") or {}).get("source"),
-        }
-    if short == "model-scan":
-        files = pred.get("files") or []
-        return {
-            "verdict": pred.get("verdict"),
-            "files": [f"{f.get('path')} ({f.get('format')})" for f in files],
-        }
-    keep = ("verdict", "repo", "rev", "commit", "sizeBytes")
-    return {k: pred[k] for k in keep if k in pred}
-
-
-_ORDER = (
-    "data-pull",
-    "validation",
-    "image-scan",
-    "provenance",
-    "model-scan",
-    "release",
-    "approval-staging",
-    "vsa-staging",
-    "smoke-test-staging",
-    "approval-production",
-    "vsa-production",
-)
-
-
 def _rank(name: str) -> tuple[int, str]:
-    for i, prefix in enumerate(_ORDER):
+    order = evidence_order()
+    for i, prefix in enumerate(order):
         if name == prefix or name.startswith(prefix + "-"):
             return i, name
-    return len(_ORDER), name
+    return len(order), name
 
 
-def _check_belongs(st: VerifiedStatement, name: str, model: str, version: str, key: str) -> None:
-    """A valid signature is not enough: the right role must have signed it, and it must be
-    about this model and version (evidence copied from elsewhere is flagged)."""
-    pred = st.predicate
-    if name.startswith("approval-"):
-        auto = st.signer == "attestor" and pred.get("method") == "unsafe-auto-approval"
+def _typed(
+    st: VerifiedStatement, name: str, model: str, version: str, key: str
+) -> tuple[Control[Any], Evidence[Any]]:
+    """The statement as its catalogue control's evidence, if it is what its name says.
+
+    A valid signature is not enough: the file must be evidence the catalogue knows, with
+    that control's predicate type and model, signed by that control's role, and about this
+    model and version (evidence copied from elsewhere is flagged).
+    """
+    entry = control_for_evidence(name)
+    if entry is None:
+        raise ControlRefused(f"{name} is not evidence the catalogue knows", where=key)
+    ev = entry.parse(st, key)
+    if entry.signer == "approver":
+        auto = (
+            isinstance(ev.predicate, ApprovalPredicate)
+            and st.signer == "attestor"
+            and ev.predicate.method == "unsafe-auto-approval"
+        )
         if not (st.signer.startswith("approver:") or auto):
             raise ControlRefused(f"approval signed by {st.signer}, not by an approver", where=key)
-    elif name.startswith("vsa-"):
-        if st.signer != "gate":
-            raise ControlRefused(f"VSA signed by {st.signer}, not by the gate", where=key)
-        pred = pred.get("secmlops") or {}
-    elif st.signer != "attestor":
-        raise ControlRefused(f"signed by {st.signer}, not by the attestor", where=key)
+    elif st.signer != entry.signer:
+        raise ControlRefused(
+            f"{entry.name} signed by {st.signer}, not by the {entry.signer}", where=key
+        )
+    claims = entry.claims(ev.predicate)
     for field_name, expected in (("model", model), ("version", version)):
-        if field_name in pred and pred[field_name] != expected:
+        if field_name in claims and claims[field_name] != expected:
             raise ControlRefused(
-                f"is about {field_name} {pred[field_name]!r}, not {expected!r} (copied?)", where=key
+                f"is about {field_name} {claims[field_name]!r}, not {expected!r} (copied?)",
+                where=key,
             )
+    return entry, ev
 
 
 def evidence_report(models: ModelRegistry, version: str, keys: KeyDirectory) -> dict[str, Any]:
@@ -147,7 +101,7 @@ def evidence_report(models: ModelRegistry, version: str, keys: KeyDirectory) -> 
         name = key.rsplit("/", 1)[-1].removesuffix(".json")
         try:
             st = verify_bundle(models.read_json(key), trusted, where=key)
-            _check_belongs(st, name, models.model, version, key)
+            entry, ev = _typed(st, name, models.model, version, key)
         except SecMLOpsError as exc:
             items.append(
                 EvidenceItem(
@@ -165,7 +119,7 @@ def evidence_report(models: ModelRegistry, version: str, keys: KeyDirectory) -> 
                 subjects=[
                     f"{s['name']}@sha256:{s['digest']['sha256']}" for s in st.statement["subject"]
                 ],
-                facts=_facts(st.predicate_type, st.predicate),
+                facts=entry.facts(ev.predicate),
             )
         )
     stages = {}

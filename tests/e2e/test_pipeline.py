@@ -231,6 +231,7 @@ def test_evidence_copied_from_another_version_is_refused(world_copy: PipelineWor
 def test_forged_stage_pointer_fails_the_smoke_test(world_copy: PipelineWorld) -> None:
     import pytest
 
+    from ml.model import load_model
     from secmlops.controls.smoke_test import smoke_test_stage
     from secmlops.errors import ControlRefused
     from secmlops.evidence.keys import KeyDirectory
@@ -253,6 +254,7 @@ def test_forged_stage_pointer_fails_the_smoke_test(world_copy: PipelineWorld) ->
             "production",
             sample,
             keys=KeyDirectory(world_copy.home / "keys"),
+            loader=load_model,
             min_accuracy=0.5,
         )
 

@@ -12,19 +12,27 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from secmlops.errors import ControlRefused, InputError
 from secmlops.evidence.keys import check_approver_name
+from secmlops.evidence.predicates import (
+    ApprovalMethod,
+    ApprovalPredicate,
+    ApprovalRequestRecord,
+    Sha256Ref,
+    StageName,
+    dump_predicate,
+)
 from secmlops.evidence.statements import PREDICATE_APPROVAL, Subject, make_statement, utc_now
 
 log = logging.getLogger(__name__)
 
 STAGES = ("staging", "production")
-Stage = Literal["staging", "production"]
-DecisionMethod = Literal["cli-preapproval", "prefect-ui", "unsafe-auto-approval"]
+Stage = StageName
+DecisionMethod = ApprovalMethod
 
 
 def check_stage(stage: str) -> Stage:
@@ -153,16 +161,18 @@ def approval_statement(request: ApprovalRequest, decision: ApprovalDecision) -> 
     return make_statement(
         [Subject("model", request.model_digest)],
         PREDICATE_APPROVAL,
-        {
-            "model": request.model,
-            "version": request.version,
-            "stage": request.stage,
-            "decision": "approved" if decision.approved else "rejected",
-            "approver": decision.approver,
-            "method": decision.method,
-            "comment": decision.comment,
-            "decidedAt": decision.decided_at or utc_now(),
-            "release": {"sha256": request.release_sha256},
-            "request": asdict(request),
-        },
+        dump_predicate(
+            ApprovalPredicate(
+                model=request.model,
+                version=request.version,
+                stage=request.stage,
+                decision="approved" if decision.approved else "rejected",
+                approver=decision.approver,
+                method=decision.method,
+                comment=decision.comment,
+                decided_at=decision.decided_at or utc_now(),
+                release=Sha256Ref(sha256=request.release_sha256),
+                request=ApprovalRequestRecord.model_validate(asdict(request)),
+            )
+        ),
     )

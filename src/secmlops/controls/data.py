@@ -39,6 +39,7 @@ import yaml
 from secmlops._internal.atomic import write_atomic
 from secmlops._internal.toolrun import resolve_binary, run_tool
 from secmlops.errors import ControlRefused, InputError, ToolError
+from secmlops.evidence.predicates import DataPullPredicate, ToolRef, dump_predicate
 from secmlops.evidence.statements import PREDICATE_DATA_PULL, Subject, make_statement, utc_now
 
 #: Where the demo registry keeps its one dataset.
@@ -629,17 +630,19 @@ def data_pull_statement(pull: DatasetPull) -> dict[str, Any]:
     return make_statement(
         [Subject(pull.path, pull.sha256)],
         PREDICATE_DATA_PULL,
-        {
-            "repo": pull.repo,
-            "path": pull.path,
-            "rev": pull.rev,
-            "commit": pull.commit,
-            "dvcMd5": pull.dvc_md5,
-            "md5Verified": True,
-            "sizeBytes": pull.size_bytes,
-            "pulledAt": pull.pulled_at,
-            "tool": {"name": "dvc", "version": _dvc_version()},
-        },
+        dump_predicate(
+            DataPullPredicate(
+                repo=pull.repo,
+                path=pull.path,
+                rev=pull.rev,
+                commit=pull.commit,
+                dvc_md5=pull.dvc_md5,
+                md5_verified=True,
+                size_bytes=pull.size_bytes,
+                pulled_at=pull.pulled_at,
+                tool=ToolRef(name="dvc", version=_dvc_version()),
+            )
+        ),
     )
 
 

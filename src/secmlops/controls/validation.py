@@ -41,6 +41,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from secmlops._internal.digests import sha256_bytes
 from secmlops.errors import ControlRefused, InputError, ToolError
+from secmlops.evidence.predicates import (
+    ResourceDescriptor,
+    SchemaFailure,
+    TestResultPredicate,
+    ToolRef,
+    ValidationSummary,
+    dump_predicate,
+)
 from secmlops.evidence.statements import PREDICATE_TEST_RESULT, Subject, make_statement, utc_now
 
 logger = logging.getLogger(__name__)
@@ -581,25 +589,28 @@ def validation_statement(result: ValidationResult) -> dict[str, Any]:
     return make_statement(
         [Subject(result.data_path.name, result.data_sha256)],
         PREDICATE_TEST_RESULT,
-        {
-            "result": "PASSED" if result.passed else "FAILED",
-            "configuration": [
-                {
-                    "name": result.schema_name,
-                    "uri": result.schema_spec,
-                    "digest": {"sha256": result.schema_digest},
-                }
-            ],
-            "passedTests": list(result.passed_tests),
-            "failedTests": list(result.failed_tests),
-            "warnedTests": [],
-            "summary": {
-                "rows": result.rows,
-                "columns": list(result.columns),
-                "checksRun": result.checks_run,
-                "failures": [f.to_json() for f in result.failures],
-                "validatedAt": result.validated_at,
-                "tool": {"name": "pandera", "version": result.pandera_version},
-            },
-        },
+        dump_predicate(
+            TestResultPredicate(
+                result="PASSED" if result.passed else "FAILED",
+                configuration=[
+                    ResourceDescriptor(
+                        name=result.schema_name,
+                        uri=result.schema_spec,
+                        digest={"sha256": result.schema_digest},
+                    )
+                ],
+                passed_tests=list(result.passed_tests),
+                failed_tests=list(result.failed_tests),
+                warned_tests=[],
+                summary=ValidationSummary(
+                    rows=result.rows,
+                    columns=list(result.columns),
+                    checks_run=result.checks_run,
+                    failures=[SchemaFailure.model_validate(f.to_json()) for f in result.failures],
+                    validated_at=result.validated_at,
+                    tool=ToolRef(name="pandera", version=result.pandera_version),
+                ),
+            ),
+            exclude_none=True,
+        ),
     )

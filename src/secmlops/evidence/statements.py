@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from secmlops._internal.digests import sha256_bytes
-from secmlops.errors import ControlRefused, InputError
+from secmlops.errors import ControlRefused, InputError, RefusalReason
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
@@ -44,6 +44,17 @@ PREDICATE_DATA_PULL = "https://secmlops.dev/attestation/data-pull/v1"
 PREDICATE_MODEL_SCAN = "https://secmlops.dev/attestation/model-scan/v1"
 PREDICATE_APPROVAL = "https://secmlops.dev/attestation/approval/v1"
 PREDICATE_SMOKE_TEST = "https://secmlops.dev/attestation/smoke-test/v1"
+PREDICATE_RELEASE = "https://secmlops.dev/attestation/release/v1"
+
+
+class EvidenceRefusal(RefusalReason):
+    """Why :func:`verify_bundle` refused a bundle."""
+
+    MALFORMED_BUNDLE = "malformed_bundle"
+    UNTRUSTED_SIGNER = "untrusted_signer"
+    BAD_SIGNATURE = "bad_signature"
+    NOT_A_STATEMENT = "not_a_statement"
+
 
 PrivateKey = ec.EllipticCurvePrivateKey
 PublicKey = ec.EllipticCurvePublicKey
@@ -84,6 +95,16 @@ def make_statement(
         "predicateType": predicate_type,
         "predicate": dict(predicate),
     }
+
+
+def has_subject(statement: Mapping[str, Any], digest: str, name: str | None = None) -> bool:
+    """Does the statement name ``digest`` (under subject ``name``, when given)?"""
+    return any(
+        isinstance(s, dict)
+        and (s.get("digest") or {}).get("sha256") == digest
+        and (name is None or s.get("name") == name)
+        for s in statement.get("subject", [])
+    )
 
 
 # --- keys -------------------------------------------------------------------------------
@@ -233,20 +254,35 @@ def verify_bundle(
         signatures = envelope["signatures"]
         payload_type = envelope["payloadType"]
     except (KeyError, TypeError, ValueError) as exc:
-        raise ControlRefused(f"malformed evidence bundle: {exc}", where=where) from exc
+        raise ControlRefused(
+            f"malformed evidence bundle: {exc}",
+            where=where,
+            reason=EvidenceRefusal.MALFORMED_BUNDLE,
+        ) from exc
     if not isinstance(hint, str) or not isinstance(signatures, list) or not signatures:
-        raise ControlRefused("malformed evidence bundle: bad key hint or signatures", where=where)
+        raise ControlRefused(
+            "malformed evidence bundle: bad key hint or signatures",
+            where=where,
+            reason=EvidenceRefusal.MALFORMED_BUNDLE,
+        )
     if bundle.get("mediaType") != BUNDLE_MEDIA_TYPE:
         raise ControlRefused(
-            f"unexpected bundle media type {bundle.get('mediaType')!r}", where=where
+            f"unexpected bundle media type {bundle.get('mediaType')!r}",
+            where=where,
+            reason=EvidenceRefusal.MALFORMED_BUNDLE,
         )
     if payload_type != PAYLOAD_TYPE:
-        raise ControlRefused(f"unexpected DSSE payload type {payload_type!r}", where=where)
+        raise ControlRefused(
+            f"unexpected DSSE payload type {payload_type!r}",
+            where=where,
+            reason=EvidenceRefusal.MALFORMED_BUNDLE,
+        )
     if hint not in trusted.keys:
         raise ControlRefused(
             f"evidence was signed by an untrusted key {hint[:16]}…",
             where=where,
             fix="check the trust policy lists the key that signed this evidence",
+            reason=EvidenceRefusal.UNTRUSTED_SIGNER,
         )
     name, key = trusted.keys[hint]
     message = pae(payload_type, payload)
@@ -257,11 +293,19 @@ def verify_bundle(
             continue
         break
     else:
-        raise ControlRefused("evidence signature does not verify (tampered?)", where=where)
+        raise ControlRefused(
+            "evidence signature does not verify (tampered?)",
+            where=where,
+            reason=EvidenceRefusal.BAD_SIGNATURE,
+        )
     try:
         statement = json.loads(payload)
     except ValueError as exc:
-        raise ControlRefused(f"signed payload is not JSON: {exc}", where=where) from exc
+        raise ControlRefused(
+            f"signed payload is not JSON: {exc}",
+            where=where,
+            reason=EvidenceRefusal.NOT_A_STATEMENT,
+        ) from exc
     if (
         not isinstance(statement, dict)
         or statement.get("_type") != STATEMENT_TYPE
@@ -269,8 +313,9 @@ def verify_bundle(
         or not isinstance(statement.get("predicate"), dict)
         or not isinstance(statement.get("predicateType"), str)
     ):
-        raise ControlRefused("signed payload is not an in-toto Statement v1", where=where)
+        raise ControlRefused(
+            "signed payload is not an in-toto Statement v1",
+            where=where,
+            reason=EvidenceRefusal.NOT_A_STATEMENT,
+        )
     return VerifiedStatement(statement=statement, signer=name, key_id=hint)
-
-
-PREDICATE_RELEASE = "https://secmlops.dev/attestation/release/v1"

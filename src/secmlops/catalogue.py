@@ -1,0 +1,707 @@
+"""The catalogue of controls: every kind of evidence the pipeline writes, in one place.
+
+Each :class:`Control` entry names its evidence (``data-pull``, ``validation``, ...), its
+predicate type and the pydantic model both writer and reader use, who must sign it, how the
+deploy gate judges one verified statement of it, and what the evidence report shows. The
+release manifest's required evidence, the gate's per-evidence checks and the report's order
+and facts are all derived from :data:`CATALOGUE`, so they cannot drift apart.
+
+Adding a control is one module (its evaluate/enforce steps, its predicate model and its
+statement writer) plus one entry here::
+
+    Control(
+        name="bias-audit",                      # evidence file name: bias-audit.json
+        predicate_type=PREDICATE_BIAS_AUDIT,
+        predicate=BiasAuditPredicate,
+        scope="build",                          # the release manifest must name it
+        signer="attestor",
+        check=check_bias_audit,                 # (Evidence[P], GateContext) -> [CheckResult]
+        facts=lambda p: {"verdict": p.verdict}, # what `secmlops evidence` shows
+    )
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from secmlops.controls.approval import STAGES, Stage
+from secmlops.controls.image_scan import scan_predicate_verdict
+from secmlops.errors import ControlRefused, RefusalReason
+from secmlops.evidence.predicates import (
+    VERIFIER_ID,
+    ApprovalPredicate,
+    DataPullPredicate,
+    ModelScanPredicate,
+    ProvenancePredicate,
+    ReleasePredicate,
+    SmokeTestPredicate,
+    TestResultPredicate,
+    VsaPredicate,
+    VulnsPredicate,
+    dump_predicate,
+)
+from secmlops.evidence.statements import (
+    PREDICATE_APPROVAL,
+    PREDICATE_DATA_PULL,
+    PREDICATE_MODEL_SCAN,
+    PREDICATE_RELEASE,
+    PREDICATE_SLSA_PROVENANCE,
+    PREDICATE_SLSA_VSA,
+    PREDICATE_SMOKE_TEST,
+    PREDICATE_TEST_RESULT,
+    PREDICATE_VULNS,
+    VerifiedStatement,
+    has_subject,
+)
+
+if TYPE_CHECKING:
+    from secmlops.gate import GatePolicy
+
+P = TypeVar("P", bound=BaseModel)
+Scope = Literal["build", "release", "stage"]
+SignerRole = Literal["attestor", "gate", "approver"]
+
+
+class GateRefusal(RefusalReason):
+    """Why the deploy gate refused a check (``GateCheck.reason``, ``ControlRefused.reason``)."""
+
+    MISSING_EVIDENCE = "missing_evidence"
+    """Evidence the release needs is not there (or the manifest does not name it)."""
+    MISPLACED_EVIDENCE = "misplaced_evidence"
+    """The release manifest points at evidence outside this version."""
+    EVIDENCE_CHANGED = "evidence_changed"
+    """The bytes differ from the sha256 the signed release manifest recorded."""
+    MALFORMED_EVIDENCE = "malformed_evidence"
+    """Not a DSSE bundle, or its payload is not an in-toto Statement v1."""
+    UNTRUSTED_SIGNER = "untrusted_signer"
+    """Signed by a key the trust policy does not list for this evidence."""
+    BAD_SIGNATURE = "bad_signature"
+    """The signature does not verify (tampered?)."""
+    WRONG_PREDICATE_TYPE = "wrong_predicate_type"
+    """The statement's predicate type is not the one the catalogue lists for it."""
+    INVALID_PREDICATE = "invalid_predicate"
+    """The predicate does not validate against its catalogue model."""
+    WRONG_SUBJECT = "wrong_subject"
+    """The statement is not about this model, dataset or image digest."""
+    NOT_THIS_RELEASE = "not_this_release"
+    """The evidence names another model, version, stage or release manifest (copied?)."""
+    MODEL_SIGNATURE_INVALID = "model_signature_invalid"
+    """The model files do not verify against the model-signer key or the manifest."""
+    VALIDATION_FAILED = "validation_failed"
+    """The dataset did not pass schema validation."""
+    SCHEMA_NOT_PINNED = "schema_not_pinned"
+    """The data was validated against a schema the policy does not pin."""
+    SCAN_FAILED_POLICY = "scan_failed_policy"
+    """The image scan, re-judged under today's scan policy, does not pass."""
+    PROVENANCE_MISMATCH = "provenance_mismatch"
+    """The provenance does not bind the model to the validated dataset."""
+    MODEL_SCAN_FAILED = "model_scan_failed"
+    """The model-file scan did not pass."""
+    APPROVAL_MISSING = "approval_missing"
+    """No approval for this stage was recorded."""
+    APPROVAL_REJECTED = "approval_rejected"
+    """The recorded decision is not ``approved``."""
+    APPROVER_MISMATCH = "approver_mismatch"
+    """The approval names someone other than who signed it."""
+    STALE_APPROVAL = "stale_approval"
+    """The approval is older than the policy's ``max_approval_age_days``."""
+    SEPARATION_OF_DUTIES = "separation_of_duties"
+    """The production approver also approved staging."""
+    NOT_GATE_VERDICT = "not_gate_verdict"
+    """A VSA not written by this gate, or not PASSED."""
+    NOT_STAGED = "not_staged"
+    """Production was asked for a version that never passed the gate for staging."""
+    SMOKE_TEST_FAILED = "smoke_test_failed"
+    """No passing staging smoke test for this version."""
+    POINTER_NOT_VOUCHED = "pointer_not_vouched"
+    """A stage pointer's VSA does not vouch for what the pointer names."""
+    CHECK_ERROR = "check_error"
+    """The check could not run (a tool or input error, a crash): never a pass."""
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One finding of a control's gate check: what was checked, and why it failed."""
+
+    what: str
+    passed: bool
+    detail: str = ""
+    reason: GateRefusal | None = None
+
+
+def passed(what: str, detail: str = "") -> CheckResult:
+    """A check that passed."""
+    return CheckResult(what, True, detail)
+
+
+def refused(what: str, reason: GateRefusal, detail: str) -> CheckResult:
+    """A check that refused, with its reason and one sentence saying why."""
+    return CheckResult(what, False, detail, reason)
+
+
+@dataclass(frozen=True)
+class GateContext:
+    """What evidence must be about: this model, version and stage, these digests, this policy.
+
+    ``model_digest``/``dataset_digest``/``image_digest``/``release_sha256`` come from the
+    verified release manifest (empty while the manifest itself is being checked).
+    """
+
+    model: str
+    version: str
+    stage: Stage
+    policy: GatePolicy
+    model_digest: str = ""
+    dataset_digest: str = ""
+    image_digest: str = ""
+    release_sha256: str = ""
+    #: Who approved staging, as the gate's own staging VSAs record (production only).
+    staging_approvers: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Evidence(Generic[P]):
+    """A signature-verified statement whose predicate validated against its model."""
+
+    key: str
+    statement: VerifiedStatement
+    predicate: P
+
+    @property
+    def signer(self) -> str:
+        return self.statement.signer
+
+    def names(self, digest: str, name: str | None = None) -> bool:
+        """Is the statement about ``digest`` (under subject ``name``, when given)?"""
+        return has_subject(self.statement.statement, digest, name)
+
+
+def _no_claims(_: Any) -> dict[str, str]:
+    return {}
+
+
+@dataclass(frozen=True)
+class Control(Generic[P]):
+    """One catalogue entry: a kind of evidence, its model, its gate check and its facts."""
+
+    name: str
+    """Evidence name: the file ``<name>.json`` (scope ``stage``: ``<name>-<stage>-<stamp>``)."""
+    predicate_type: str
+    predicate: type[P]
+    scope: Scope
+    """``build``: named by the release manifest; ``release``: the manifest itself;
+    ``stage``: written per stage after registration (approvals, VSAs, smoke tests)."""
+    signer: SignerRole
+    check: Callable[[Evidence[P], GateContext], list[CheckResult]]
+    facts: Callable[[P], dict[str, Any]]
+    claims: Callable[[P], dict[str, str]] = _no_claims
+    """The model/version the predicate says it is about (the report flags copies)."""
+
+    def parse(self, statement: VerifiedStatement, key: str) -> Evidence[P]:
+        """Type ``statement``'s predicate; ``ControlRefused`` if it is not this control's."""
+        if statement.predicate_type != self.predicate_type:
+            raise ControlRefused(
+                f"{key} has predicate {statement.predicate_type}, expected {self.predicate_type}",
+                where=key,
+                reason=GateRefusal.WRONG_PREDICATE_TYPE,
+            )
+        try:
+            predicate = self.predicate.model_validate(statement.predicate)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            at = ".".join(str(p) for p in first["loc"]) or "predicate"
+            raise ControlRefused(
+                f"{key}: {self.name} predicate does not match its schema "
+                f"({exc.error_count()} error(s), first at {at}: {first['msg']})",
+                where=key,
+                reason=GateRefusal.INVALID_PREDICATE,
+            ) from exc
+        return Evidence(key, statement, predicate)
+
+    def evidence_names(self) -> tuple[str, ...]:
+        """File-name stems (or stem prefixes, for stage scope) in report order."""
+        if self.scope == "stage":
+            return tuple(f"{self.name}-{stage}" for stage in STAGES)
+        return (self.name,)
+
+    def owns(self, evidence_name: str) -> bool:
+        """Is ``evidence_name`` (a file stem) one of this control's evidence files?"""
+        if self.scope != "stage":
+            return evidence_name == self.name
+        return any(evidence_name.startswith(f"{n}-") for n in self.evidence_names())
+
+
+# --- shared checks -------------------------------------------------------------------------
+
+
+def subject_check(
+    ev: Evidence[Any], digest: str, what: str, *, name: str | None = None
+) -> CheckResult:
+    """The statement must be about ``digest`` (under subject ``name``, when given)."""
+    if ev.names(digest, name):
+        return passed("subject", f"about {what} {digest[:12]}…")
+    return refused(
+        "subject", GateRefusal.WRONG_SUBJECT, f"{ev.key} is not about this {what} ({digest[:12]}…)"
+    )
+
+
+def field_checks(
+    key: str, actual: Mapping[str, object], expected: Mapping[str, object], reason: GateRefusal
+) -> list[CheckResult]:
+    """Each named field must carry exactly its expected value (model, version, stage, ...)."""
+    return [
+        passed(name)
+        if actual.get(name) == value
+        else refused(name, reason, f"{key} is for {name}={actual.get(name)!r}, not {value!r}")
+        for name, value in expected.items()
+    ]
+
+
+# --- build evidence ------------------------------------------------------------------------
+
+
+def _check_data_pull(ev: Evidence[DataPullPredicate], ctx: GateContext) -> list[CheckResult]:
+    return [subject_check(ev, ctx.dataset_digest, "dataset")]
+
+
+def _facts_data_pull(p: DataPullPredicate) -> dict[str, Any]:
+    return {"repo": p.repo, "rev": p.rev, "commit": p.commit, "sizeBytes": p.size_bytes}
+
+
+def _check_validation(ev: Evidence[TestResultPredicate], ctx: GateContext) -> list[CheckResult]:
+    pred = ev.predicate
+    results = [subject_check(ev, ctx.dataset_digest, "dataset")]
+    if pred.result == "PASSED":
+        results.append(passed("result", "PASSED"))
+    else:
+        results.append(
+            refused("result", GateRefusal.VALIDATION_FAILED, f"validation result is {pred.result}")
+        )
+    pinned = set(ctx.policy.required_schema_digests)
+    used = {str((c.digest or {}).get("sha256")) for c in pred.configuration}
+    if pinned and not used & pinned:
+        results.append(
+            refused(
+                "schema",
+                GateRefusal.SCHEMA_NOT_PINNED,
+                f"data was validated against schema {sorted(used)}, not a pinned one",
+            )
+        )
+    return results
+
+
+def _facts_validation(p: TestResultPredicate) -> dict[str, Any]:
+    return {
+        "result": p.result,
+        "configuration": [dump_predicate(c, exclude_none=True) for c in p.configuration],
+    }
+
+
+def _check_image_scan(ev: Evidence[VulnsPredicate], ctx: GateContext) -> list[CheckResult]:
+    results = [subject_check(ev, ctx.image_digest, "image")]
+    # Re-judged under today's policy; the verdict stored with the scan is not trusted.
+    verdict = scan_predicate_verdict(dump_predicate(ev.predicate), ctx.policy.scan)
+    if verdict:
+        results.append(
+            refused(
+                "policy",
+                GateRefusal.SCAN_FAILED_POLICY,
+                f"image scan does not meet policy: {verdict}",
+            )
+        )
+    return results
+
+
+def _facts_image_scan(p: VulnsPredicate) -> dict[str, Any]:
+    return {
+        "passed": p.verdict.passed,
+        "counts": p.verdict.counts,
+        "blocking": [f.id for f in p.verdict.blocking],
+        "trivy": p.scanner.version,
+        "db": p.scanner.db.source,
+    }
+
+
+def _check_provenance(ev: Evidence[ProvenancePredicate], ctx: GateContext) -> list[CheckResult]:
+    deps = ev.predicate.build_definition.resolved_dependencies
+    results = [subject_check(ev, ctx.model_digest, "model", name="model")]
+    if not any((d.digest or {}).get("sha256") == ctx.dataset_digest for d in deps):
+        results.append(
+            refused(
+                "dataset",
+                GateRefusal.PROVENANCE_MISMATCH,
+                "provenance does not name the validated dataset",
+            )
+        )
+    return results
+
+
+def _facts_provenance(p: ProvenancePredicate) -> dict[str, Any]:
+    return {
+        "builder": p.run_details.builder.id,
+        "byproducts": [dump_predicate(b, exclude_none=True) for b in p.run_details.byproducts],
+    }
+
+
+def _check_model_scan(ev: Evidence[ModelScanPredicate], ctx: GateContext) -> list[CheckResult]:
+    pred = ev.predicate
+    results = [subject_check(ev, ctx.model_digest, "model", name="model")]
+    bad = [f.path for f in pred.files if f.verdict != "pass"]
+    if pred.verdict != "pass" or not pred.files or bad:
+        results.append(
+            refused(
+                "verdict",
+                GateRefusal.MODEL_SCAN_FAILED,
+                f"model-file scan did not pass (files: {bad})",
+            )
+        )
+    return results
+
+
+def _facts_model_scan(p: ModelScanPredicate) -> dict[str, Any]:
+    return {"verdict": p.verdict, "files": [f"{f.path} ({f.format})" for f in p.files]}
+
+
+# --- the release manifest ------------------------------------------------------------------
+
+
+def _check_release(ev: Evidence[ReleasePredicate], ctx: GateContext) -> list[CheckResult]:
+    pred = ev.predicate
+    results = [subject_check(ev, pred.model_digest.sha256, "model", name="model")]
+    if pred.model != ctx.model or pred.version != ctx.version:
+        results.insert(
+            0,
+            refused(
+                "release",
+                GateRefusal.NOT_THIS_RELEASE,
+                f"release manifest is for {pred.model} {pred.version}",
+            ),
+        )
+    return results
+
+
+def _facts_release(p: ReleasePredicate) -> dict[str, Any]:
+    return {
+        "dataset": dump_predicate(p.dataset),
+        "image": dump_predicate(p.image),
+        "metrics": p.metrics,
+    }
+
+
+# --- per-stage evidence --------------------------------------------------------------------
+
+
+def approval_age_problem(decided_at: str, max_days: int | None) -> str | None:
+    """Why an approval decided at ``decided_at`` is too old for the policy; ``None`` if not."""
+    if max_days is None:
+        return None
+    try:
+        when = dt.datetime.strptime(decided_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+    except ValueError:
+        return f"approval has no valid decidedAt ({decided_at!r})"
+    if dt.datetime.now(dt.UTC) - when > dt.timedelta(days=max_days):
+        return f"approval from {decided_at} is older than {max_days} days; approve again"
+    return None
+
+
+def _check_approval(ev: Evidence[ApprovalPredicate], ctx: GateContext) -> list[CheckResult]:
+    """An approval by its signer, for exactly this model, version, stage and release."""
+    pred, key, signer = ev.predicate, ev.key, ev.signer
+    results = [subject_check(ev, ctx.model_digest, "model", name="model")]
+    results += field_checks(
+        key,
+        pred.model_dump(),
+        {"model": ctx.model, "version": ctx.version, "stage": ctx.stage},
+        GateRefusal.NOT_THIS_RELEASE,
+    )
+    results += field_checks(
+        key, pred.model_dump(), {"decision": "approved"}, GateRefusal.APPROVAL_REJECTED
+    )
+    if pred.release.sha256 != ctx.release_sha256:
+        results.append(
+            refused(
+                "release",
+                GateRefusal.NOT_THIS_RELEASE,
+                f"{key} approves a different release manifest",
+            )
+        )
+    if signer == "auto" and pred.method != "unsafe-auto-approval":
+        results.append(
+            refused(
+                "approver",
+                GateRefusal.APPROVER_MISMATCH,
+                f"{key}: attestor-signed approval is not an auto-approval",
+            )
+        )
+    if signer != "auto" and pred.approver != signer:
+        results.append(
+            refused(
+                "approver",
+                GateRefusal.APPROVER_MISMATCH,
+                f"{key}: names {pred.approver} but signed by {signer}",
+            )
+        )
+    too_old = approval_age_problem(pred.decided_at, ctx.policy.max_approval_age_days)
+    if too_old:
+        results.append(refused("age", GateRefusal.STALE_APPROVAL, f"{key}: {too_old}"))
+    if ctx.policy.approval.separation_of_duties and signer in ctx.staging_approvers:
+        results.append(
+            refused(
+                "separation-of-duties",
+                GateRefusal.SEPARATION_OF_DUTIES,
+                f"{signer} also approved staging (separation of duties)",
+            )
+        )
+    return results
+
+
+def _facts_approval(p: ApprovalPredicate) -> dict[str, Any]:
+    return {
+        "stage": p.stage,
+        "decision": p.decision,
+        "approver": p.approver,
+        "method": p.method,
+        "decidedAt": p.decided_at,
+    }
+
+
+def judge_vsa(
+    ev: Evidence[VsaPredicate],
+    *,
+    model: str,
+    version: str,
+    stage: str,
+    model_digest: str | None,
+) -> list[CheckResult]:
+    """Does this VSA vouch that ``model`` ``version`` passed this gate for ``stage``?"""
+    pred = ev.predicate
+    if pred.verifier.id != VERIFIER_ID:
+        return [
+            refused("verifier", GateRefusal.NOT_GATE_VERDICT, "not written by this deploy gate")
+        ]
+    if pred.verification_result != "PASSED":
+        return [
+            refused(
+                "result",
+                GateRefusal.NOT_GATE_VERDICT,
+                f"verification result {pred.verification_result}",
+            )
+        ]
+    ours = pred.secmlops
+    for name, actual, expected in (
+        ("model", ours.model, model),
+        ("version", ours.version, version),
+        ("stage", ours.stage, stage),
+    ):
+        if actual != expected:
+            return [
+                refused(
+                    name,
+                    GateRefusal.NOT_THIS_RELEASE,
+                    f"is for {name}={actual!r}, not {expected!r}",
+                )
+            ]
+    if model_digest is not None and not ev.names(model_digest, "model"):
+        return [
+            refused(
+                "subject",
+                GateRefusal.WRONG_SUBJECT,
+                f"is not about model digest {model_digest[:12]}…",
+            )
+        ]
+    return [passed("vsa", f"{model} {version} passed the gate for {stage}")]
+
+
+def _check_vsa(ev: Evidence[VsaPredicate], ctx: GateContext) -> list[CheckResult]:
+    return judge_vsa(
+        ev,
+        model=ctx.model,
+        version=ctx.version,
+        stage=ctx.stage,
+        model_digest=ctx.model_digest or None,
+    )
+
+
+def _facts_vsa(p: VsaPredicate) -> dict[str, Any]:
+    return {
+        "result": p.verification_result,
+        "levels": p.verified_levels,
+        "time": p.time_verified,
+        "inputs": len(p.input_attestations),
+    }
+
+
+def _check_smoke_test(ev: Evidence[SmokeTestPredicate], ctx: GateContext) -> list[CheckResult]:
+    pred = ev.predicate.model_dump()
+    results = [subject_check(ev, ctx.model_digest, "model", name="model")]
+    results += field_checks(
+        ev.key,
+        pred,
+        {"model": ctx.model, "version": ctx.version, "stage": ctx.stage},
+        GateRefusal.NOT_THIS_RELEASE,
+    )
+    results += field_checks(ev.key, pred, {"result": "PASSED"}, GateRefusal.SMOKE_TEST_FAILED)
+    return results
+
+
+def _facts_smoke_test(p: SmokeTestPredicate) -> dict[str, Any]:
+    return {
+        "stage": p.stage,
+        "result": p.result,
+        "accuracy": p.accuracy,
+        "minAccuracy": p.min_accuracy,
+    }
+
+
+def _claims_model_version(
+    p: ApprovalPredicate | ReleasePredicate | SmokeTestPredicate,
+) -> dict[str, str]:
+    return {"model": p.model, "version": p.version}
+
+
+def _claims_vsa(p: VsaPredicate) -> dict[str, str]:
+    return {"model": p.secmlops.model, "version": p.secmlops.version}
+
+
+# --- the catalogue -------------------------------------------------------------------------
+
+CATALOGUE: tuple[Control[Any], ...] = (
+    Control(
+        name="data-pull",
+        predicate_type=PREDICATE_DATA_PULL,
+        predicate=DataPullPredicate,
+        scope="build",
+        signer="attestor",
+        check=_check_data_pull,
+        facts=_facts_data_pull,
+    ),
+    Control(
+        name="validation",
+        predicate_type=PREDICATE_TEST_RESULT,
+        predicate=TestResultPredicate,
+        scope="build",
+        signer="attestor",
+        check=_check_validation,
+        facts=_facts_validation,
+    ),
+    Control(
+        name="image-scan",
+        predicate_type=PREDICATE_VULNS,
+        predicate=VulnsPredicate,
+        scope="build",
+        signer="attestor",
+        check=_check_image_scan,
+        facts=_facts_image_scan,
+    ),
+    Control(
+        name="provenance",
+        predicate_type=PREDICATE_SLSA_PROVENANCE,
+        predicate=ProvenancePredicate,
+        scope="build",
+        signer="attestor",
+        check=_check_provenance,
+        facts=_facts_provenance,
+    ),
+    Control(
+        name="model-scan",
+        predicate_type=PREDICATE_MODEL_SCAN,
+        predicate=ModelScanPredicate,
+        scope="build",
+        signer="attestor",
+        check=_check_model_scan,
+        facts=_facts_model_scan,
+    ),
+    Control(
+        name="release",
+        predicate_type=PREDICATE_RELEASE,
+        predicate=ReleasePredicate,
+        scope="release",
+        signer="attestor",
+        check=_check_release,
+        facts=_facts_release,
+        claims=_claims_model_version,
+    ),
+    Control(
+        name="approval",
+        predicate_type=PREDICATE_APPROVAL,
+        predicate=ApprovalPredicate,
+        scope="stage",
+        signer="approver",
+        check=_check_approval,
+        facts=_facts_approval,
+        claims=_claims_model_version,
+    ),
+    Control(
+        name="vsa",
+        predicate_type=PREDICATE_SLSA_VSA,
+        predicate=VsaPredicate,
+        scope="stage",
+        signer="gate",
+        check=_check_vsa,
+        facts=_facts_vsa,
+        claims=_claims_vsa,
+    ),
+    Control(
+        name="smoke-test",
+        predicate_type=PREDICATE_SMOKE_TEST,
+        predicate=SmokeTestPredicate,
+        scope="stage",
+        signer="attestor",
+        check=_check_smoke_test,
+        facts=_facts_smoke_test,
+        claims=_claims_model_version,
+    ),
+)
+
+
+def control(name: str) -> Control[Any]:
+    """The catalogue entry called ``name`` (``KeyError`` if there is none)."""
+    for entry in CATALOGUE:
+        if entry.name == name:
+            return entry
+    raise KeyError(name)
+
+
+def build_controls() -> tuple[Control[Any], ...]:
+    """The controls whose evidence every release manifest must name, in pipeline order."""
+    return tuple(c for c in CATALOGUE if c.scope == "build")
+
+
+def required_release_evidence() -> frozenset[str]:
+    """Names of the evidence a release cannot be registered without."""
+    return frozenset(c.name for c in build_controls())
+
+
+def control_for_evidence(evidence_name: str) -> Control[Any] | None:
+    """The control an evidence file (by its stem) belongs to; ``None`` if unknown."""
+    return next((c for c in CATALOGUE if c.owns(evidence_name)), None)
+
+
+def evidence_order() -> tuple[str, ...]:
+    """Evidence names (stage-scoped ones as prefixes) in the order the pipeline writes them:
+    build evidence, the release manifest, then each stage's approval, VSA and smoke test."""
+    order = [n for c in CATALOGUE if c.scope != "stage" for n in c.evidence_names()]
+    stage_controls = [c for c in CATALOGUE if c.scope == "stage"]
+    for stage in STAGES:
+        order += [f"{c.name}-{stage}" for c in stage_controls]
+    return tuple(order)
+
+
+__all__ = [
+    "CATALOGUE",
+    "CheckResult",
+    "Control",
+    "Evidence",
+    "GateContext",
+    "GateRefusal",
+    "build_controls",
+    "control",
+    "control_for_evidence",
+    "evidence_order",
+    "required_release_evidence",
+]

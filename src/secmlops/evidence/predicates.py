@@ -1,0 +1,490 @@
+"""Typed predicates: one pydantic model per predicate type the pipeline writes.
+
+Writer and reader share these models: a control builds its predicate through its model
+(``Model(...).model_dump(mode="json", by_alias=True)``) and the deploy gate and the evidence
+report read a signed statement back with ``Model.model_validate(statement["predicate"])``.
+A predicate that does not validate is refused, never guessed at.
+
+Our own predicate types (data pull, model scan, release manifest, approval, smoke test)
+parse strictly: frozen, ``extra="forbid"``. The standard ones (SLSA Provenance v1, in-toto
+test-result v0.1 and vulns v0.1, SLSA VSA v1) model every field of their specification that
+we write, and our own data sits where it does today (the VSA's ``secmlops`` object, the
+test result's ``summary``, the scan's ``image``/``report``/``verdict``), itself strict.
+
+Example::
+
+    pred = DataPullPredicate.model_validate(statement["predicate"])
+    print(pred.commit, pred.size_bytes)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+#: Deployment stages, in promotion order.
+StageName = Literal["staging", "production"]
+#: How an approval decision was made.
+ApprovalMethod = Literal["cli-preapproval", "prefect-ui", "unsafe-auto-approval"]
+
+#: ``verifier.id`` of every VSA the deploy gate writes.
+VERIFIER_ID = "https://secmlops.dev/deploy-gate/v1"
+
+
+class _Strict(BaseModel):
+    """JSON keys as written (no aliases); frozen; unknown fields are an error."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class _Camel(BaseModel):
+    """camelCase JSON keys, snake_case attributes; frozen; unknown fields are an error."""
+
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+    )
+
+
+def dump_predicate(predicate: BaseModel, *, exclude_none: bool = False) -> dict[str, Any]:
+    """A predicate model as the JSON object a statement carries (camelCase keys)."""
+    return predicate.model_dump(mode="json", by_alias=True, exclude_none=exclude_none)
+
+
+# --- shared pieces -------------------------------------------------------------------------
+
+
+class ResourceDescriptor(_Camel):
+    """in-toto ResourceDescriptor v1 (every field of the specification)."""
+
+    name: str | None = None
+    uri: str | None = None
+    digest: dict[str, str] | None = None
+    content: str | None = None
+    download_location: str | None = None
+    media_type: str | None = None
+    annotations: dict[str, Any] | None = None
+
+
+class Sha256Ref(_Strict):
+    """``{"sha256": ...}``: a digest of something named elsewhere."""
+
+    sha256: str
+
+
+class ToolRef(_Strict):
+    """Which tool produced the evidence."""
+
+    name: str
+    version: str
+
+
+# --- data pull (ours) ----------------------------------------------------------------------
+
+
+class DataPullPredicate(_Camel):
+    """``data-pull/v1``: a DVC pull whose bytes matched the md5 recorded in git."""
+
+    repo: str
+    path: str
+    rev: str
+    commit: str
+    dvc_md5: str
+    md5_verified: bool
+    size_bytes: int
+    pulled_at: str
+    tool: ToolRef
+
+
+# --- validation: in-toto test-result v0.1 --------------------------------------------------
+
+
+class SchemaFailure(_Strict):
+    """One failed schema check (column, check, count, examples)."""
+
+    column: str
+    check: str
+    count: int
+    examples: list[str]
+
+
+class ValidationSummary(_Camel):
+    """Our data in a test result: what was validated, with which tool."""
+
+    rows: int
+    columns: list[str]
+    checks_run: int
+    failures: list[SchemaFailure]
+    validated_at: str
+    tool: ToolRef
+
+
+class TestResultPredicate(_Camel):
+    """in-toto ``test-result/v0.1``, plus our ``summary``."""
+
+    __test__ = False  # not a pytest test class
+
+    result: Literal["PASSED", "WARNED", "FAILED"]
+    configuration: list[ResourceDescriptor] = []
+    url: str | None = None
+    passed_tests: list[str] = []
+    warned_tests: list[str] = []
+    failed_tests: list[str] = []
+    summary: ValidationSummary | None = None
+
+
+# --- image scan: in-toto vulns v0.1 --------------------------------------------------------
+
+
+class VulnsInvocation(_Strict):
+    parameters: list[str]
+    uri: str
+    event_id: str
+    producer_id: str
+
+
+class VulnsSeverity(_Strict):
+    method: str
+    score: str
+
+
+class VulnsResult(_Strict):
+    id: str
+    severity: list[VulnsSeverity]
+    annotations: list[dict[str, Any]] = []
+
+
+class VulnsDb(_Camel):
+    """Trivy's vulnerability DB (``digest`` and ``source`` are ours)."""
+
+    uri: str
+    version: str
+    last_update: str | None = None
+    digest: Sha256Ref
+    source: str
+
+
+class VulnsScanner(_Strict):
+    uri: str
+    version: str
+    db: VulnsDb
+    result: list[VulnsResult]
+
+
+class VulnsMetadata(_Camel):
+    scan_started_on: str
+    scan_finished_on: str
+
+
+class ImageOs(_Strict):
+    family: str
+    name: str
+    eosl: bool
+
+
+class ScannedImage(_Camel):
+    """Our data: the image that was scanned."""
+
+    name: str
+    image_id: str
+    archive_sha256: str | None
+    repo_tags: list[str]
+    os: ImageOs
+    packages_scanned: int
+
+
+class ScanReportRef(_Strict):
+    format: str
+    sha256: str
+
+
+class VulnFinding(_Camel):
+    """One finding as the scan verdict records it."""
+
+    id: str
+    package: str
+    installed: str
+    fixed: str
+    status: str
+    severity: str
+    severity_source: str
+    title: str
+    target: str
+    kind: str = Field(alias="class")
+    pkg_type: str = Field(alias="type")
+    primary_url: str
+
+
+class AllowedVulnFinding(VulnFinding):
+    """A blocking finding let through by a policy exception."""
+
+    reason: str
+    expires: str
+
+
+class ScanVerdictRecord(_Camel):
+    """Our data: the scan policy's decision when the scan ran (the gate re-judges)."""
+
+    passed: bool
+    image_digest: str
+    blocking: list[VulnFinding]
+    allowed: list[AllowedVulnFinding]
+    ignored_unfixed: list[VulnFinding]
+    below_threshold: int
+    problems: list[str]
+    expired_allow_entries: list[str]
+    unused_allow_entries: list[str]
+    counts: dict[str, int]
+    evaluated_on: str
+    policy: dict[str, Any]
+    report_only: bool
+
+
+class VulnsPredicate(_Strict):
+    """in-toto ``vulns/v0.1``, plus our ``image``, ``report`` and ``verdict``."""
+
+    invocation: VulnsInvocation
+    scanner: VulnsScanner
+    metadata: VulnsMetadata
+    image: ScannedImage
+    report: ScanReportRef
+    verdict: ScanVerdictRecord
+
+
+# --- training: SLSA Provenance v1 ----------------------------------------------------------
+
+
+class BuildDefinition(_Camel):
+    build_type: str
+    external_parameters: dict[str, Any]
+    internal_parameters: dict[str, Any] | None = None
+    resolved_dependencies: list[ResourceDescriptor] = []
+
+
+class Builder(_Camel):
+    id: str
+    builder_dependencies: list[ResourceDescriptor] | None = None
+    version: dict[str, str] | None = None
+
+
+class BuildMetadata(_Camel):
+    invocation_id: str | None = None
+    started_on: str | None = None
+    finished_on: str | None = None
+
+
+class RunDetails(_Camel):
+    builder: Builder
+    metadata: BuildMetadata | None = None
+    byproducts: list[ResourceDescriptor] = []
+
+
+class ProvenancePredicate(_Camel):
+    """SLSA ``provenance/v1`` (every field of the specification)."""
+
+    build_definition: BuildDefinition
+    run_details: RunDetails
+
+
+# --- model-file scan (ours) ----------------------------------------------------------------
+
+
+class ModelScanner(_Strict):
+    name: str
+    version: str
+
+
+class ModelScanPolicyRecord(_Strict):
+    allowed_formats: list[str]
+    max_file_bytes: int
+    max_text_bytes: int
+    unsafe_allow_pickle_globals: list[str]
+
+
+class ModelFileScan(_Strict):
+    path: str
+    sha256: str | None
+    size: int
+    format: str
+    verdict: Literal["pass", "warn", "refused"]
+    issues: list[str]
+    pickle_globals: list[str]
+
+
+class ModelScanPredicate(_Strict):
+    """``model-scan/v1``: every model file's format and verdict."""
+
+    scanner: ModelScanner
+    policy: ModelScanPolicyRecord
+    files: list[ModelFileScan]
+    verdict: Literal["pass", "refused"]
+
+
+# --- release manifest (ours) ---------------------------------------------------------------
+
+
+class SignatureRef(_Strict):
+    key: str
+    sha256: str
+
+
+class DatasetRef(_Strict):
+    """The dataset a release was trained on."""
+
+    sha256: str
+    repo: str
+    path: str
+    rev: str
+    commit: str
+
+
+class ImageRef(_Strict):
+    """The serving image a release was scanned in."""
+
+    ref: str
+    sha256: str
+
+
+class EvidenceRef(_Strict):
+    key: str
+    sha256: str
+
+
+class ReleasePredicate(_Camel):
+    """``release/v1``: binds the model digest, its signature, data, image and evidence."""
+
+    model: str
+    version: str
+    model_digest: Sha256Ref
+    signature: SignatureRef
+    dataset: DatasetRef
+    image: ImageRef
+    evidence: dict[str, EvidenceRef]
+    metrics: dict[str, Any]
+    run: str
+    builder: str
+    created_at: str
+
+
+# --- approval (ours) -----------------------------------------------------------------------
+
+
+class ApprovalRequestRecord(_Strict):
+    """What was put to the approver (``ApprovalRequest`` as recorded)."""
+
+    model: str
+    version: str
+    model_digest: str
+    stage: StageName
+    release_sha256: str
+    summary: str
+
+
+class ApprovalPredicate(_Camel):
+    """``approval/v1``: a named person's decision about one release for one stage."""
+
+    model: str
+    version: str
+    stage: StageName
+    decision: Literal["approved", "rejected"]
+    approver: str
+    method: ApprovalMethod
+    comment: str
+    decided_at: str
+    release: Sha256Ref
+    request: ApprovalRequestRecord
+
+
+# --- smoke test (ours) ---------------------------------------------------------------------
+
+
+class SmokeSample(_Strict):
+    sha256: str
+    rows: int
+
+
+class SmokeTestPredicate(_Camel):
+    """``smoke-test/v1``: the model a stage serves, exercised on a held-out sample."""
+
+    model: str
+    stage: str
+    version: str
+    sample: SmokeSample
+    accuracy: float
+    min_accuracy: float
+    seconds: float
+    result: Literal["PASSED", "FAILED"]
+    tested_at: str
+
+
+# --- deploy gate verdict: SLSA VSA v1 ------------------------------------------------------
+
+
+class Verifier(_Strict):
+    id: str
+    version: dict[str, str] | None = None
+
+
+class GateCheckRecord(_Strict):
+    """One gate check as the VSA records it."""
+
+    name: str
+    passed: bool
+    detail: str
+    evidence: list[str]
+    reason: str | None = None
+
+
+class ApproverRef(_Strict):
+    approver: str
+    method: str
+
+
+class GateVerdict(_Camel):
+    """Our data in a VSA: which model, version and stage, and every check the gate ran."""
+
+    model: str
+    version: str
+    stage: str
+    dataset_digest: str
+    image_digest: str
+    release: Sha256Ref
+    approval: ApproverRef
+    checks: list[GateCheckRecord]
+
+
+class VsaPredicate(_Camel):
+    """SLSA ``verification_summary/v1`` (every field of the specification), plus ``secmlops``."""
+
+    verifier: Verifier
+    time_verified: str
+    resource_uri: str
+    policy: ResourceDescriptor
+    input_attestations: list[ResourceDescriptor] = []
+    verification_result: Literal["PASSED", "FAILED"]
+    verified_levels: list[str]
+    dependency_levels: dict[str, int] | None = None
+    slsa_version: str | None = None
+    secmlops: GateVerdict
+
+
+__all__ = [
+    "VERIFIER_ID",
+    "ApprovalPredicate",
+    "DataPullPredicate",
+    "ModelScanPredicate",
+    "ProvenancePredicate",
+    "ReleasePredicate",
+    "ResourceDescriptor",
+    "SmokeTestPredicate",
+    "TestResultPredicate",
+    "VsaPredicate",
+    "VulnsPredicate",
+    "dump_predicate",
+]
