@@ -304,8 +304,8 @@ def scan_image(
 ) -> None:
     """Scan a container image with Trivy and judge it against the scan policy."""
     from secmlops.controls.image_scan import ScanPolicy, enforce_scan_policy
-    from secmlops.demo.trivy_db import seed_demo_trivy_db
     from secmlops.controls.image_scan import scan_image as run_scan
+    from secmlops.demo.trivy_db import seed_demo_trivy_db
     from secmlops.policy import load_gate_policy
     from secmlops.settings import local_paths
 

@@ -313,3 +313,17 @@ def test_report_timings(cache_dir: Path, clean_image: ServingImage) -> None:
     TIMINGS["scan_again_s"] = time.perf_counter() - t0
     assert result.image_digest == clean_image.image_digest
     print("\ntrivy control timings:", {k: round(v, 3) for k, v in TIMINGS.items()})
+
+
+def test_relative_image_and_cache_paths_are_scanned(
+    trivy: Path,
+    cache_dir: Path,
+    clean_image: ServingImage,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Trivy runs in an empty temporary cwd: relative paths given by a user still work."""
+    monkeypatch.chdir(clean_image.path.parent)
+    cache = Path(os.path.relpath(cache_dir, clean_image.path.parent))
+    result = scan_image(clean_image.path.name, cache_dir=cache, policy=POLICY)
+    assert result.image_digest == clean_image.image_digest

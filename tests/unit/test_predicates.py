@@ -391,9 +391,8 @@ def test_provenance_parses_strictly_with_the_official_bindings(tmp_path: Path) -
     """DESIGN.md: a standard predicate must parse with in-toto-attestation's protobufs
     (unknown fields are errors). Provenance does. Not yet the VSA (our ``secmlops`` object)
     nor the test result (our ``summary``): both should move into annotations."""
-    json_format = pytest.importorskip("google.protobuf.json_format")
-    provenance_pb2 = pytest.importorskip(
-        "in_toto_attestation.predicates.provenance.v1.provenance_pb2"
-    )
+    from google.protobuf import json_format
+    from in_toto_attestation.predicates.provenance.v1 import provenance_pb2
+
     predicate = _written("provenance", tmp_path)["predicate"]
     json_format.ParseDict(predicate, provenance_pb2.Provenance())

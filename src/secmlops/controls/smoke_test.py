@@ -30,6 +30,7 @@ from secmlops._internal.digests import sha256_file, tree_digest
 from secmlops.controls.signing import verify_model_signature
 from secmlops.errors import ControlRefused, InputError, RefusalReason
 from secmlops.evidence.keys import KeyDirectory
+from secmlops.evidence.predicates import SmokeTestPredicate, dump_predicate
 from secmlops.evidence.statements import (
     PREDICATE_SMOKE_TEST,
     Subject,
@@ -213,7 +214,9 @@ def _load(loader: ModelLoader, model_dir: Path) -> LoadedModel:
 def smoke_test_statement(result: SmokeTestResult) -> dict[str, Any]:
     """In-toto statement recording a smoke test of the model a stage serves."""
     return make_statement(
-        [Subject("model", result.model_digest)], PREDICATE_SMOKE_TEST, result.to_json()
+        [Subject("model", result.model_digest)],
+        PREDICATE_SMOKE_TEST,
+        dump_predicate(SmokeTestPredicate.model_validate(result.to_json())),
     )
 
 

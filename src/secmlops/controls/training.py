@@ -39,6 +39,7 @@ import yaml
 from secmlops._internal.digests import sha256_bytes, sha256_file, tree_digest, tree_files
 from secmlops._internal.toolrun import resolve_binary, run_tool
 from secmlops.errors import ControlRefused, InputError, RefusalReason, ToolError
+from secmlops.evidence.predicates import ProvenancePredicate, dump_predicate
 from secmlops.evidence.statements import PREDICATE_SLSA_PROVENANCE, Subject, make_statement, utc_now
 
 BUILD_TYPE = "https://secmlops.dev/buildtypes/dvc-repro/v1"
@@ -558,4 +559,8 @@ def provenance_statement(
             ],
         },
     }
-    return make_statement(subjects, PREDICATE_SLSA_PROVENANCE, predicate)
+    return make_statement(
+        subjects,
+        PREDICATE_SLSA_PROVENANCE,
+        dump_predicate(ProvenancePredicate.model_validate(predicate), exclude_none=True),
+    )

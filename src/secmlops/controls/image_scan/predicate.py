@@ -30,6 +30,7 @@ from secmlops.controls.image_scan.verdict import (
     scan_fixes,
 )
 from secmlops.errors import ControlRefused, InputError, ToolError
+from secmlops.evidence.predicates import VulnsPredicate, dump_predicate
 from secmlops.evidence.statements import PREDICATE_VULNS, Subject, make_statement
 
 
@@ -103,7 +104,9 @@ def image_scan_statement(result: ImageScanResult, verdict: ScanVerdict) -> dict[
         "verdict": verdict.to_json(),
     }
     return make_statement(
-        [Subject(result.subject_name, result.image_digest)], PREDICATE_VULNS, predicate
+        [Subject(result.subject_name, result.image_digest)],
+        PREDICATE_VULNS,
+        dump_predicate(VulnsPredicate.model_validate(predicate)),
     )
 
 

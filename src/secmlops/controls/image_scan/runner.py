@@ -74,7 +74,8 @@ def _target_args(target: str | Path) -> tuple[list[str], Path | None]:
                     where=str(path),
                     fix="pass a docker-archive tar (`docker save`), an OCI layout dir or a ref",
                 )
-            return ["--input", str(path)], path
+            # Trivy runs in an empty temporary cwd: hand it absolute paths.
+            return ["--input", str(path.resolve())], path
         if path.is_dir():
             if not (path / "oci-layout").is_file() or not (path / "index.json").is_file():
                 raise InputError(
@@ -82,7 +83,7 @@ def _target_args(target: str | Path) -> tuple[list[str], Path | None]:
                     where=str(path),
                     fix="pass an OCI layout directory or a docker-archive tar",
                 )
-            return ["--input", str(path)], None
+            return ["--input", str(path.resolve())], None
         raise InputError(f"image archive {path} does not exist", where=str(path))
     ref = str(target)
     if not ref or ref.startswith("-") or any(c.isspace() for c in ref):
@@ -93,6 +94,7 @@ def _target_args(target: str | Path) -> tuple[list[str], Path | None]:
 def trivy_invocation(target: str | Path, *, cache_dir: Path, policy: ScanPolicy) -> TrivyInvocation:
     """Build the Trivy command for ``target`` (used by ``scan_image``; shown in docs/tests)."""
     target_args, archive = _target_args(target)
+    cache_dir = cache_dir.resolve()  # Trivy runs in an empty temporary cwd
     trivy = resolve_binary("trivy", TRIVY_BINARY_ENV)
     argv = [
         str(trivy),

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from secmlops.controls.model_scan.result import ModelScanResult
+from secmlops.evidence.predicates import ModelScanPredicate, dump_predicate
 from secmlops.evidence.statements import PREDICATE_MODEL_SCAN, Subject, make_statement
 
 SCANNER_NAME = "secmlops-model-scan"
@@ -29,4 +30,6 @@ def model_scan_statement(result: ModelScanResult) -> dict[str, Any]:
         "files": [f.to_json() for f in result.files],
         "verdict": "pass" if result.passed else "refused",
     }
-    return make_statement(subjects, PREDICATE_MODEL_SCAN, predicate)
+    return make_statement(
+        subjects, PREDICATE_MODEL_SCAN, dump_predicate(ModelScanPredicate.model_validate(predicate))
+    )
