@@ -453,12 +453,11 @@ def evidence(
     as_json: JsonOpt = False,
 ) -> None:
     """Show a version's evidence, every bundle re-verified (exit 1 if any does not verify)."""
-    from secmlops.report import evidence_report, render_report
+    from secmlops.report import evidence_report, render_report, require_all_verified
 
     report = evidence_report(_models(model, registry, s3_endpoint_url), version, _keys(keys))
     _emit(report, as_json, render_report(report))
-    if not report["all_verified"]:
-        raise ControlRefused(f"evidence of {model} {version} does not all verify")
+    require_all_verified(report)
 
 
 @app.command()

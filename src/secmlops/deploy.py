@@ -21,7 +21,7 @@ from secmlops.controls.approval import (
     decide_automatically,
     decide_by_preapproval,
 )
-from secmlops.errors import ControlRefused, InputError, SecMLOpsError
+from secmlops.errors import ControlRefused, InputError, RefusalReason, SecMLOpsError
 from secmlops.evidence.keys import KeyDirectory
 from secmlops.evidence.predicates import (
     VERIFIER_ID,
@@ -57,8 +57,24 @@ from secmlops.registry.models import (
     parse_json_object,
     stamped,
 )
+from secmlops.registry.stores import WriteConflict
 
 HISTORY_LIMIT = 50
+
+
+class DeployRefusal(RefusalReason):
+    """Why a promotion, rollback or stage check refused (``ControlRefused.reason``).
+
+    The gate's own refusals carry a :class:`~secmlops.catalogue.GateRefusal`, approvals an
+    :class:`~secmlops.controls.approval.ApprovalRefusal`.
+    """
+
+    POINTER_RACE_LOST = "pointer_race_lost"
+    """The stage pointer moved between reading and writing it (a concurrent promotion)."""
+    NOTHING_TO_ROLL_BACK = "nothing_to_roll_back"
+    """No earlier version of the stage has a gate-signed VSA to roll back to."""
+    NOTHING_DEPLOYED = "nothing_deployed"
+    """The stage has no pointer: nothing is deployed there."""
 
 
 @dataclass(frozen=True)
@@ -157,7 +173,17 @@ def promote_to_stage(
         reason=reason,
         history=history[-HISTORY_LIMIT:],
     )
-    models.move_pointer(pointer, current_obj)
+    try:
+        models.move_pointer(pointer, current_obj)
+    except WriteConflict as exc:
+        raise WriteConflict(
+            f"{stage} pointer moved while promoting {version}: {exc.message}",
+            where=exc.where,
+            fix=exc.fix,
+            details={**exc.details, "vsa": vsa_key},
+            reason=DeployRefusal.POINTER_RACE_LOST,
+            result=report,
+        ) from exc
     models.audit(
         "rolled-back" if reason == "rollback" else "promoted",
         version=version,
@@ -200,6 +226,7 @@ def rollback_stage(
                 f"{stage} has no earlier version to roll back to",
                 where=models.store.describe(models.stage_key(stage)),
                 fix="promote a known-good version explicitly with `secmlops promote`",
+                reason=DeployRefusal.NOTHING_TO_ROLL_BACK,
             )
         to_version = candidates[0]
     elif to_version not in candidates:

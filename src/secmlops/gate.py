@@ -307,7 +307,10 @@ def verify_release(
             model_dir, signature = models.download_model(version, Path(tmp))
             sig_sha = sha256_bytes(signature.read_bytes())
             if sig_sha != gate.release.signature.sha256:
-                raise ControlRefused("model.sig is not the signature named in the release manifest")
+                raise ControlRefused(
+                    "model.sig is not the signature named in the release manifest",
+                    reason=GateRefusal.MODEL_SIGNATURE_INVALID,
+                )
             verify_model_signature(
                 model_dir, signature=signature, public_key=keys.require(keys.public("model-signer"))
             )
@@ -315,7 +318,8 @@ def verify_release(
         if digest != report.model_digest:
             raise ControlRefused(
                 f"model files hash to {digest[:12]}…, "
-                f"release manifest says {report.model_digest[:12]}…"
+                f"release manifest says {report.model_digest[:12]}…",
+                reason=GateRefusal.MODEL_SIGNATURE_INVALID,
             )
         return "model-signing signature verifies with the model-signer key", [
             models.signature_key(version)

@@ -8,7 +8,7 @@ the ``secmlops`` CLI both call these.
 from __future__ import annotations
 
 from secmlops.controls.approval import check_stage
-from secmlops.deploy import promote_to_stage, record_approval, rollback_stage
+from secmlops.deploy import DeployRefusal, promote_to_stage, record_approval, rollback_stage
 from secmlops.errors import ControlRefused
 from secmlops.evidence.keys import KeyDirectory
 from secmlops.gate import GatePolicy, GateReport, verify_pointer_vsa, verify_release
@@ -55,7 +55,11 @@ def verify_stage(
     """Re-verify what ``stage`` serves now: its pointer's VSA, then the full deploy gate."""
     pointer, _ = models.read_pointer(check_stage(stage))
     if pointer is None:
-        raise ControlRefused(f"nothing is deployed to {stage}", where=f"{models.model}:{stage}")
+        raise ControlRefused(
+            f"nothing is deployed to {stage}",
+            where=f"{models.model}:{stage}",
+            reason=DeployRefusal.NOTHING_DEPLOYED,
+        )
     verify_pointer_vsa(models, stage, pointer, keys)
     report = verify_release(
         models, pointer.version, stage, keys=keys, policy=policy or load_gate_policy()

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from secmlops.catalogue import Control, Evidence, control_for_evidence, evidence_order
-from secmlops.errors import ControlRefused, SecMLOpsError
+from secmlops.errors import ControlRefused, RefusalReason, SecMLOpsError
 from secmlops.evidence.keys import ROLES, KeyDirectory
 from secmlops.evidence.predicates import ApprovalPredicate
 from secmlops.evidence.statements import (
@@ -19,6 +19,23 @@ from secmlops.gate import verify_pointer_vsa
 from secmlops.registry.models import ModelRegistry
 
 
+class EvidenceReportRefusal(RefusalReason):
+    """Why the evidence report does not count a bundle as verified (``ControlRefused.reason``).
+
+    A bundle whose signature fails carries :class:`~secmlops.evidence.statements.EvidenceRefusal`
+    instead; a predicate that does not match the catalogue, a ``GateRefusal``.
+    """
+
+    UNKNOWN_EVIDENCE = "unknown_evidence"
+    """The file name is not evidence the catalogue knows."""
+    WRONG_SIGNER = "wrong_signer"
+    """Signed by a trusted key, but not the role the catalogue names for this evidence."""
+    NOT_ABOUT_THIS_VERSION = "not_about_this_version"
+    """The predicate names another model or version (copied evidence?)."""
+    NOT_ALL_VERIFIED = "not_all_verified"
+    """At least one bundle of the version does not verify (or there are none)."""
+
+
 @dataclass
 class EvidenceItem:
     name: str
@@ -29,6 +46,8 @@ class EvidenceItem:
     subjects: list[str] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
     error: str = ""
+    #: The refusal's reason value when the bundle does not verify ("" if none was given).
+    reason: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -65,7 +84,11 @@ def _typed(
     """
     entry = control_for_evidence(name)
     if entry is None:
-        raise ControlRefused(f"{name} is not evidence the catalogue knows", where=key)
+        raise ControlRefused(
+            f"{name} is not evidence the catalogue knows",
+            where=key,
+            reason=EvidenceReportRefusal.UNKNOWN_EVIDENCE,
+        )
     ev = entry.parse(st, key)
     if entry.signer == "approver":
         auto = (
@@ -74,10 +97,16 @@ def _typed(
             and ev.predicate.method == "unsafe-auto-approval"
         )
         if not (st.signer.startswith("approver:") or auto):
-            raise ControlRefused(f"approval signed by {st.signer}, not by an approver", where=key)
+            raise ControlRefused(
+                f"approval signed by {st.signer}, not by an approver",
+                where=key,
+                reason=EvidenceReportRefusal.WRONG_SIGNER,
+            )
     elif st.signer != entry.signer:
         raise ControlRefused(
-            f"{entry.name} signed by {st.signer}, not by the {entry.signer}", where=key
+            f"{entry.name} signed by {st.signer}, not by the {entry.signer}",
+            where=key,
+            reason=EvidenceReportRefusal.WRONG_SIGNER,
         )
     claims = entry.claims(ev.predicate)
     for field_name, expected in (("model", model), ("version", version)):
@@ -85,6 +114,7 @@ def _typed(
             raise ControlRefused(
                 f"is about {field_name} {claims[field_name]!r}, not {expected!r} (copied?)",
                 where=key,
+                reason=EvidenceReportRefusal.NOT_ABOUT_THIS_VERSION,
             )
     return entry, ev
 
@@ -105,7 +135,11 @@ def evidence_report(models: ModelRegistry, version: str, keys: KeyDirectory) -> 
         except SecMLOpsError as exc:
             items.append(
                 EvidenceItem(
-                    name=name, key=models.store.describe(key), verified=False, error=str(exc)
+                    name=name,
+                    key=models.store.describe(key),
+                    verified=False,
+                    error=str(exc),
+                    reason=exc.reason.value if exc.reason is not None else "",
                 )
             )
             continue
@@ -147,6 +181,20 @@ def evidence_report(models: ModelRegistry, version: str, keys: KeyDirectory) -> 
         "evidence": [i.to_json() for i in items],
         "stages": stages,
     }
+
+
+def require_all_verified(report: dict[str, Any]) -> None:
+    """Enforce an :func:`evidence_report`: ``ControlRefused`` unless every bundle verified."""
+    if report["all_verified"]:
+        return
+    failed = [item["name"] for item in report["evidence"] if not item["verified"]]
+    raise ControlRefused(
+        f"evidence of {report['model']} {report['version']} does not all verify",
+        where=report["location"],
+        details={"not_verified": failed},
+        reason=EvidenceReportRefusal.NOT_ALL_VERIFIED,
+        result=report,
+    )
 
 
 def render_report(report: dict[str, Any]) -> str:

@@ -13,6 +13,7 @@ import pytest
 from secmlops._internal.toolrun import resolve_binary
 from secmlops.controls.data import (
     DEMO_DATASET_PATH,
+    DataPullRefusal,
     DataRegistry,
     churn_csv_bytes,
     create_demo_data_registry,
@@ -176,8 +177,10 @@ def test_tampered_remote_is_refused(tmp_path: Path) -> None:
     dest = tmp_path / "after"  # fresh: nothing cached from the good pull can mask the tamper
     with pytest.raises(ControlRefused, match="does not match the md5 recorded in git") as info:
         pull_dataset(registry.url, registry.path, "v1.0", dest)
+    assert info.value.reason is DataPullRefusal.CONTENT_MISMATCH
     details = info.value.details
     assert details["expected_md5"] == good.dvc_md5
+    assert info.value.result == details
     assert details["actual_md5"] == hashlib.md5(tampered, usedforsecurity=False).hexdigest()
     assert details["commit"] == good.commit
     assert not dest.exists() or list(dest.iterdir()) == []  # nothing left to train on

@@ -2,6 +2,7 @@ import pytest
 
 from secmlops.controls.approval import (
     ApprovalPolicy,
+    ApprovalRefusal,
     ApprovalRequest,
     approval_statement,
     decide_automatically,
@@ -30,15 +31,18 @@ def test_stage_without_approvers_is_rejected() -> None:
 
 def test_preapproval_requires_an_allowed_approver() -> None:
     policy = ApprovalPolicy(approvers={"staging": ("alice",), "production": ("bob",)})
-    with pytest.raises(ControlRefused, match="not an allowed approver"):
+    with pytest.raises(ControlRefused, match="not an allowed approver") as info:
         decide_by_preapproval(REQ, "alice", policy)
+    assert info.value.reason is ApprovalRefusal.APPROVER_NOT_ALLOWED
+    assert info.value.result is REQ
     decision = decide_by_preapproval(REQ, "bob", policy)
     assert decision.method == "cli-preapproval" and decision.approved
 
 
 def test_no_approver_and_no_auto_policy_refuses() -> None:
-    with pytest.raises(ControlRefused, match="approval required"):
+    with pytest.raises(ControlRefused, match="approval required") as info:
         decide_automatically(REQ, ApprovalPolicy())
+    assert info.value.reason is ApprovalRefusal.AUTO_APPROVAL_NOT_ALLOWED
 
 
 def test_auto_approval_for_staging_is_recorded_as_automatic() -> None:

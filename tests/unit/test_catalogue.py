@@ -322,6 +322,7 @@ def test_report_shows_catalogue_facts_and_flags_unknown_files(
     report = report_module.evidence_report(models, "v1", keys)
     assert report["all_verified"] is False
     assert "catalogue" in report["evidence"][-1]["error"]
+    assert report["evidence"][-1]["reason"] == report_module.EvidenceReportRefusal.UNKNOWN_EVIDENCE
 
 
 def test_register_release_needs_every_build_control(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from secmlops.controls.data import (
     CHURN_COLUMNS,
     CONTRACT_TYPES,
     INTERNET_SERVICES,
+    DataPullRefusal,
     churn_csv_bytes,
     generate_churn_dataset,
     write_dataset_csv,
@@ -120,5 +121,6 @@ def test_major_versions_use_different_customers() -> None:
 
 def test_pull_task_retries_only_infrastructure_failures() -> None:
     assert _retry_tool_errors_only(None, None, Failed(data=ToolError("dvc remote down")))  # type: ignore[arg-type]
-    assert not _retry_tool_errors_only(None, None, Failed(data=ControlRefused("md5 mismatch")))  # type: ignore[arg-type]
+    mismatch = ControlRefused("md5 mismatch", reason=DataPullRefusal.CONTENT_MISMATCH)
+    assert not _retry_tool_errors_only(None, None, Failed(data=mismatch))  # type: ignore[arg-type]
     assert not _retry_tool_errors_only(None, None, Failed(data=InputError("no such tag")))  # type: ignore[arg-type]

@@ -4,14 +4,15 @@ import pytest
 
 from secmlops.errors import ControlRefused, InputError
 from secmlops.registry.models import ModelRegistry
-from secmlops.registry.stores import LocalRegistry, WriteConflict, open_registry
+from secmlops.registry.stores import LocalRegistry, RegistryRefusal, WriteConflict, open_registry
 
 
 def test_objects_are_create_only(tmp_path: Path) -> None:
     reg = LocalRegistry(tmp_path)
     reg.put("m/a.json", b"1")
-    with pytest.raises(WriteConflict, match="immutable"):
+    with pytest.raises(WriteConflict, match="immutable") as info:
         reg.put("m/a.json", b"2")
+    assert info.value.reason is RegistryRefusal.OBJECT_EXISTS
     assert reg.read("m/a.json") == b"1"
 
 
@@ -21,8 +22,9 @@ def test_compare_and_swap(tmp_path: Path) -> None:
     first = reg.get("p.json")
     assert first is not None
     reg.put("p.json", b"two", replace_etag=first.etag)
-    with pytest.raises(WriteConflict, match="changed"):
+    with pytest.raises(WriteConflict, match="changed") as info:
         reg.put("p.json", b"three", replace_etag=first.etag)
+    assert info.value.reason is RegistryRefusal.OBJECT_CHANGED
     assert reg.read("p.json") == b"two"
 
 
@@ -34,8 +36,9 @@ def test_keys_cannot_escape_the_root(tmp_path: Path) -> None:
 
 
 def test_missing_object_is_a_refusal(tmp_path: Path) -> None:
-    with pytest.raises(ControlRefused, match="does not exist"):
+    with pytest.raises(ControlRefused, match="does not exist") as info:
         LocalRegistry(tmp_path).read("nope.json")
+    assert info.value.reason is RegistryRefusal.OBJECT_MISSING
 
 
 def test_versions_are_allocated_in_order(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from secmlops._internal.digests import sha256_file, tree_digest
-from secmlops.controls.signing import sign_model, verify_model_signature
+from secmlops.controls.signing import SignatureRefusal, sign_model, verify_model_signature
 from secmlops.errors import ControlRefused, InputError
 from secmlops.evidence.statements import generate_keypair, key_id, load_public_key
 
@@ -65,15 +65,17 @@ def test_modified_byte_refused(signed: tuple[Path, Path, Path]) -> None:
     data = bytearray(path.read_bytes())
     data[-1] ^= 0x01
     path.write_bytes(bytes(data))
-    with pytest.raises(ControlRefused, match=r"does not verify: .*model\.safetensors"):
+    with pytest.raises(ControlRefused, match=r"does not verify: .*model\.safetensors") as info:
         verify_model_signature(model, signature=sig, public_key=pub)
+    assert info.value.reason is SignatureRefusal.CONTENT_MISMATCH
 
 
 def test_added_file_refused(signed: tuple[Path, Path, Path]) -> None:
     model, sig, pub = signed
     (model / "backdoor.pkl").write_bytes(b"\x80\x04N.")
-    with pytest.raises(ControlRefused, match=r"does not verify: .*backdoor\.pkl"):
+    with pytest.raises(ControlRefused, match=r"does not verify: .*backdoor\.pkl") as info:
         verify_model_signature(model, signature=sig, public_key=pub)
+    assert info.value.reason is SignatureRefusal.FILE_SET_MISMATCH
 
 
 @pytest.mark.parametrize("name", [".gitignore", ".git/config", ".github/x"])
@@ -82,15 +84,17 @@ def test_added_git_paths_refused(signed: tuple[Path, Path, Path], name: str) -> 
     model, sig, pub = signed
     (model / name).parent.mkdir(parents=True, exist_ok=True)
     (model / name).write_text("x")
-    with pytest.raises(ControlRefused, match="does not verify"):
+    with pytest.raises(ControlRefused, match="does not verify") as info:
         verify_model_signature(model, signature=sig, public_key=pub)
+    assert info.value.reason is SignatureRefusal.FILE_SET_MISMATCH
 
 
 def test_removed_file_refused(signed: tuple[Path, Path, Path]) -> None:
     model, sig, pub = signed
     (model / "sub" / "README.md").unlink()
-    with pytest.raises(ControlRefused, match=r"does not verify: .*Missing.*README\.md"):
+    with pytest.raises(ControlRefused, match=r"does not verify: .*Missing.*README\.md") as info:
         verify_model_signature(model, signature=sig, public_key=pub)
+    assert info.value.reason is SignatureRefusal.FILE_SET_MISMATCH
 
 
 def test_symlink_refused(signed: tuple[Path, Path, Path], tmp_path: Path) -> None:
@@ -99,15 +103,17 @@ def test_symlink_refused(signed: tuple[Path, Path, Path], tmp_path: Path) -> Non
     moved = tmp_path / "real.json"
     shutil.move(target, moved)
     target.symlink_to(moved)  # same bytes, but now a link out of the model
-    with pytest.raises(ControlRefused, match="does not verify"):
+    with pytest.raises(ControlRefused, match="does not verify") as info:
         verify_model_signature(model, signature=sig, public_key=pub)
+    assert info.value.reason is SignatureRefusal.SYMLINK_IN_MODEL
 
 
 def test_wrong_key_refused(signed: tuple[Path, Path, Path], tmp_path: Path) -> None:
     model, sig, _ = signed
     generate_keypair(tmp_path / "other.pem", tmp_path / "other.pub")
-    with pytest.raises(ControlRefused, match="does not verify"):
+    with pytest.raises(ControlRefused, match="does not verify") as info:
         verify_model_signature(model, signature=sig, public_key=tmp_path / "other.pub")
+    assert info.value.reason is SignatureRefusal.WRONG_KEY
 
 
 def test_tampered_signature_refused(signed: tuple[Path, Path, Path]) -> None:
@@ -115,11 +121,13 @@ def test_tampered_signature_refused(signed: tuple[Path, Path, Path]) -> None:
     bundle = json.loads(sig.read_text())
     bundle["dsseEnvelope"]["payload"] = bundle["dsseEnvelope"]["payload"][:-8] + "AAAAAAA="
     sig.write_text(json.dumps(bundle))
-    with pytest.raises(ControlRefused, match="does not verify"):
+    with pytest.raises(ControlRefused, match="does not verify") as info:
         verify_model_signature(model, signature=sig, public_key=pub)
+    assert info.value.reason is SignatureRefusal.SIGNATURE_INVALID
     sig.write_text("not json at all")
-    with pytest.raises(ControlRefused, match="does not verify"):
+    with pytest.raises(ControlRefused, match="does not verify") as info:
         verify_model_signature(model, signature=sig, public_key=pub)
+    assert info.value.reason is SignatureRefusal.MALFORMED_SIGNATURE
 
 
 def test_missing_inputs_are_input_errors(signed: tuple[Path, Path, Path], tmp_path: Path) -> None:
@@ -170,8 +178,9 @@ def test_upstream_elliptic_key_fixture_verifies(tmp_path: Path, version: str) ->
     verify_model_signature(model, signature=source / "model.sig", public_key=public_key)
 
     (model / "signme-2").write_bytes((model / "signme-2").read_bytes() + b"!")
-    with pytest.raises(ControlRefused, match="does not verify"):
+    with pytest.raises(ControlRefused, match="does not verify") as info:
         verify_model_signature(model, signature=source / "model.sig", public_key=public_key)
+    assert info.value.reason is SignatureRefusal.CONTENT_MISMATCH
 
 
 def test_upstream_fixture_with_other_key_refused(tmp_path: Path, keys: tuple[Path, Path]) -> None:
@@ -180,8 +189,9 @@ def test_upstream_fixture_with_other_key_refused(tmp_path: Path, keys: tuple[Pat
     model.mkdir()
     for name in ("signme-1", "signme-2"):
         shutil.copyfile(source / name, model / name)
-    with pytest.raises(ControlRefused, match="does not verify"):
+    with pytest.raises(ControlRefused, match="does not verify") as info:
         verify_model_signature(model, signature=source / "model.sig", public_key=keys[1])
+    assert info.value.reason is SignatureRefusal.WRONG_KEY
 
 
 def test_upstream_fixture_extra_ignored_file_refused(tmp_path: Path) -> None:
@@ -190,9 +200,10 @@ def test_upstream_fixture_extra_ignored_file_refused(tmp_path: Path) -> None:
     source = FIXTURES / "v1.1.0-elliptic-key"
     model = tmp_path / "m"
     shutil.copytree(source, model, ignore=shutil.ignore_patterns("model.sig"))
-    with pytest.raises(ControlRefused, match="unsigned: \\['ignore-me'\\]"):
+    with pytest.raises(ControlRefused, match="unsigned: \\['ignore-me'\\]") as info:
         verify_model_signature(
             model,
             signature=source / "model.sig",
             public_key=FIXTURES / "keys" / "signing-key-pub.pem",
         )
+    assert info.value.reason is SignatureRefusal.FILE_SET_MISMATCH

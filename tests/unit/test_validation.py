@@ -19,6 +19,8 @@ from secmlops.controls.data import generate_churn_dataset, write_dataset_csv
 from secmlops.controls.validation import (
     SchemaRef,
     ValidationPolicy,
+    ValidationRefusal,
+    ValidationResult,
     check_dataset,
     load_schema,
     schema_tests,
@@ -223,6 +225,13 @@ BAD_DATA = {
 }
 
 
+# pandera's own SchemaErrorReason, kept in the result, where it names the kind of failure.
+PANDERA_REASON = {
+    "missing column": "column_not_in_dataframe",
+    "extra column": "column_not_in_schema",
+}
+
+
 @pytest.mark.parametrize("case", list(BAD_DATA), ids=list(BAD_DATA))
 def test_bad_data_is_refused_naming_the_column(
     case: str, tmp_path: Path, good_frame: pd.DataFrame, churn_schema: SchemaRef
@@ -233,9 +242,15 @@ def test_bad_data_is_refused_naming_the_column(
     with pytest.raises(ControlRefused) as info:
         validate_dataset(path, churn_schema)
     error = info.value
+    assert error.reason is ValidationRefusal.SCHEMA_CHECK_FAILED
+    assert isinstance(error.result, ValidationResult)
+    assert error.result.pandera_reasons
+    if case in PANDERA_REASON:
+        assert PANDERA_REASON[case] in error.result.pandera_reasons
     assert column in error.message
     assert test.split(":", 1)[1] in error.message
     result = error.details["result"]
+    assert result["pandera_reasons"] == list(error.result.pandera_reasons)
     assert result["passed"] is False
     failed = result["failed_tests"]
     assert test in failed, failed
@@ -278,31 +293,36 @@ def test_env_kill_switch_is_refused(
     good_csv: Path, churn_schema: SchemaRef, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PANDERA_VALIDATION_ENABLED", "False")
-    with pytest.raises(ControlRefused, match="PANDERA_VALIDATION_ENABLED=False"):
+    with pytest.raises(ControlRefused, match="PANDERA_VALIDATION_ENABLED=False") as info:
         validate_dataset(good_csv, churn_schema)
+    assert info.value.reason is ValidationRefusal.VALIDATION_DISABLED
+    assert "PANDERA_VALIDATION_ENABLED=False" in info.value.result
 
 
 def test_env_depth_limit_is_refused(
     good_csv: Path, churn_schema: SchemaRef, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PANDERA_VALIDATION_DEPTH", "SCHEMA_ONLY")
-    with pytest.raises(ControlRefused, match="PANDERA_VALIDATION_DEPTH=SCHEMA_ONLY"):
+    with pytest.raises(ControlRefused, match="PANDERA_VALIDATION_DEPTH=SCHEMA_ONLY") as info:
         validate_dataset(good_csv, churn_schema)
+    assert info.value.reason is ValidationRefusal.VALIDATION_DISABLED
 
 
 @pytest.mark.usefixtures("restore_pandera_config")
 def test_global_config_kill_switch_is_refused(good_csv: Path, churn_schema: SchemaRef) -> None:
     pandera_config.set_config(validation_enabled=False)
-    with pytest.raises(ControlRefused, match="global config validation_enabled=False"):
+    with pytest.raises(ControlRefused, match="global config validation_enabled=False") as info:
         validate_dataset(good_csv, churn_schema)
+    assert info.value.reason is ValidationRefusal.VALIDATION_DISABLED
 
 
 def test_context_kill_switch_is_refused(good_csv: Path, churn_schema: SchemaRef) -> None:
     with (
         pandera_config.config_context(validation_enabled=False),
-        pytest.raises(ControlRefused, match="context config validation_enabled=False"),
+        pytest.raises(ControlRefused, match="context config validation_enabled=False") as info,
     ):
         validate_dataset(good_csv, churn_schema)
+    assert info.value.reason is ValidationRefusal.VALIDATION_DISABLED
 
 
 def test_engine_that_does_not_enforce_is_refused(
@@ -310,8 +330,9 @@ def test_engine_that_does_not_enforce_is_refused(
 ) -> None:
     # A switch we do not know by name: the canary schema catches it.
     monkeypatch.setattr(pa.DataFrameSchema, "validate", lambda self, df, **_: df)
-    with pytest.raises(ControlRefused, match="canary"):
+    with pytest.raises(ControlRefused, match="canary") as info:
         validate_dataset(good_csv, churn_schema)
+    assert info.value.reason is ValidationRefusal.VALIDATION_NOT_ENFORCING
 
 
 # --- unreadable and empty inputs ----------------------------------------------------------
@@ -322,13 +343,15 @@ def test_header_only_dataset_is_refused(tmp_path: Path, churn_schema: SchemaRef)
     path.write_text(",".join(churn_schema.schema.columns) + "\n")
     with pytest.raises(ControlRefused, match=r"min_rows\(1\)") as info:
         validate_dataset(path, churn_schema)
+    assert info.value.reason is ValidationRefusal.TOO_FEW_ROWS
     assert info.value.details["result"]["rows"] == 0
     assert info.value.details["result"]["passed_tests"] == []
 
 
 def test_min_rows_policy(good_csv: Path, churn_schema: SchemaRef) -> None:
-    with pytest.raises(ControlRefused, match=r"min_rows\(1000\).*300 rows"):
+    with pytest.raises(ControlRefused, match=r"min_rows\(1000\).*300 rows") as info:
         validate_dataset(good_csv, churn_schema, policy=ValidationPolicy(min_rows=1000))
+    assert info.value.reason is ValidationRefusal.TOO_FEW_ROWS
 
 
 @pytest.mark.parametrize(

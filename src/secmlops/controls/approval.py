@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-from secmlops.errors import ControlRefused, InputError
+from secmlops.errors import ControlRefused, InputError, RefusalReason
 from secmlops.evidence.keys import check_approver_name
 from secmlops.evidence.predicates import (
     ApprovalMethod,
@@ -33,6 +33,15 @@ log = logging.getLogger(__name__)
 STAGES = ("staging", "production")
 Stage = StageName
 DecisionMethod = ApprovalMethod
+
+
+class ApprovalRefusal(RefusalReason):
+    """Why the approval control refused to approve (``ControlRefused.reason``)."""
+
+    APPROVER_NOT_ALLOWED = "approver_not_allowed"
+    """The named approver is not listed for the stage in the approval policy."""
+    AUTO_APPROVAL_NOT_ALLOWED = "auto_approval_not_allowed"
+    """No approver was given and the policy does not auto-approve this stage."""
 
 
 def check_stage(stage: str) -> Stage:
@@ -128,6 +137,8 @@ def decide_by_preapproval(
             f"{approver} is not an allowed approver for {request.stage}",
             where=f"approval:{request.stage}",
             fix=f"allowed approvers: {', '.join(policy.allowed(request.stage)) or 'none'}",
+            reason=ApprovalRefusal.APPROVER_NOT_ALLOWED,
+            result=request,
         )
     return ApprovalDecision(
         approver=approver,
@@ -146,6 +157,8 @@ def decide_automatically(request: ApprovalRequest, policy: ApprovalPolicy) -> Ap
             where=f"approval:{request.stage}",
             fix="rerun with --approve-as NAME (an allowed approver with a key), "
             "or allow dev auto-approval for this stage in the approval policy",
+            reason=ApprovalRefusal.AUTO_APPROVAL_NOT_ALLOWED,
+            result=request,
         )
     return ApprovalDecision(
         approver="auto",

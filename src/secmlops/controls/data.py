@@ -38,7 +38,7 @@ import yaml
 
 from secmlops._internal.atomic import write_atomic
 from secmlops._internal.toolrun import resolve_binary, run_tool
-from secmlops.errors import ControlRefused, InputError, ToolError
+from secmlops.errors import ControlRefused, InputError, RefusalReason, ToolError
 from secmlops.evidence.predicates import DataPullPredicate, ToolRef, dump_predicate
 from secmlops.evidence.statements import PREDICATE_DATA_PULL, Subject, make_statement, utc_now
 
@@ -66,6 +66,18 @@ _VERSION_RE = re.compile(r"^v(\d+)\.(\d+)$")
 # Conservative ref names: no option injection ("-x"), no refspecs ("a:b"), no ranges ("a..b").
 _REV_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/+-]{0,199}$")
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+
+
+class DataPullRefusal(RefusalReason):
+    """Why a pinned DVC pull refused the data (``ControlRefused.reason``)."""
+
+    DVC_FILE_UNREADABLE = "dvc_file_unreadable"
+    """The ``.dvc`` file at the pinned commit does not list the dataset with an md5."""
+    INVALID_RECORDED_MD5 = "invalid_recorded_md5"
+    """The md5 recorded in git is not a 32-hex-digit md5."""
+    CONTENT_MISMATCH = "content_mismatch"
+    """The pulled bytes' md5 (or size) differ from git's record: a tampered remote or cache."""
+
 
 # Git and DVC must behave the same on every machine: no system/global config, no prompts.
 _GIT_IDENTITY = ("-c", "user.name=secmlops", "-c", "user.email=secmlops@localhost")
@@ -524,6 +536,7 @@ def _recorded_md5(
             f"{dvc_file} at {commit[:12]} is not a DVC file this pull can verify: {exc}",
             where=f"{dvc_file}@{commit}",
             fix="check the registry commit; the .dvc file must list the dataset with its md5",
+            reason=DataPullRefusal.DVC_FILE_UNREADABLE,
         ) from exc
     if md5.endswith(".dir"):
         raise InputError(
@@ -533,7 +546,9 @@ def _recorded_md5(
         )
     if not re.fullmatch(r"[0-9a-f]{32}", md5):
         raise ControlRefused(
-            f"{dvc_file} records an invalid md5 {md5!r}", where=f"{dvc_file}@{commit}"
+            f"{dvc_file} records an invalid md5 {md5!r}",
+            where=f"{dvc_file}@{commit}",
+            reason=DataPullRefusal.INVALID_RECORDED_MD5,
         )
     size = out.get("size")
     legacy = out.get("hash") != "md5"
@@ -558,7 +573,8 @@ def pull_dataset(
     ``rev`` (a tag, branch or full sha) is resolved to a commit first and the bytes are
     fetched at that exact commit, so a tag moved mid-pull cannot mix versions. The file
     appears in ``dest_dir`` only after its md5 equals the one recorded in the ``.dvc`` file
-    at that commit; otherwise ``ControlRefused`` (e.g. a tampered DVC remote). Unknown
+    at that commit; otherwise ``ControlRefused`` with a :class:`DataPullRefusal` reason
+    (``CONTENT_MISMATCH``: a tampered DVC remote). Unknown
     revisions, paths and registries raise ``InputError``; git/DVC failures ``ToolError``.
     """
     deadline = _Deadline(timeout)
@@ -587,6 +603,13 @@ def pull_dataset(
                 )
             got_md5, sha256, got_size = _file_digests(staged, legacy=legacy)
             if got_md5 != md5 or (size is not None and got_size != size):
+                found = {
+                    "expected_md5": md5,
+                    "actual_md5": got_md5,
+                    "expected_size": size,
+                    "actual_size": got_size,
+                    "commit": commit,
+                }
                 raise ControlRefused(
                     f"{path} at {rev} ({commit[:12]}) does not match the md5 recorded in git: "
                     f"expected {md5}, got {got_md5} ({got_size} bytes) — the DVC remote or "
@@ -594,13 +617,9 @@ def pull_dataset(
                     where=f"{source}:{path}@{commit}",
                     fix="do not use this data; restore the remote object from a trusted copy "
                     "(`dvc push` from a clean checkout) and investigate who changed it",
-                    details={
-                        "expected_md5": md5,
-                        "actual_md5": got_md5,
-                        "expected_size": size,
-                        "actual_size": got_size,
-                        "commit": commit,
-                    },
+                    details=dict(found),
+                    reason=DataPullRefusal.CONTENT_MISMATCH,
+                    result=found,
                 )
             os.replace(staged, target)
         finally:

@@ -31,8 +31,27 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 
 from secmlops._internal.digests import sha256_file, tree_digest
-from secmlops.errors import ControlRefused, InputError, SecMLOpsError, ToolError
+from secmlops.errors import ControlRefused, InputError, RefusalReason, SecMLOpsError, ToolError
 from secmlops.evidence.statements import key_id, load_private_key, load_public_key
+
+
+class SignatureRefusal(RefusalReason):
+    """Why model signing or verification refused a model (``ControlRefused.reason``)."""
+
+    MODEL_CHANGED_WHILE_SIGNING = "model_changed_while_signing"
+    """The model directory's digest changed between hashing and signing."""
+    SIGNATURE_INVALID = "signature_invalid"
+    """The DSSE signature does not verify with the given key (tampered bundle or other key)."""
+    WRONG_KEY = "wrong_key"
+    """The signature names another public key than the one given."""
+    CONTENT_MISMATCH = "content_mismatch"
+    """A signed file's digest differs: the model was tampered with."""
+    MALFORMED_SIGNATURE = "malformed_signature"
+    """The signature bundle cannot be read, is inconsistent, or lists no files."""
+    FILE_SET_MISMATCH = "file_set_mismatch"
+    """The directory holds files the signature does not list, or lacks files it lists."""
+    SYMLINK_IN_MODEL = "symlink_in_model"
+    """The model directory holds a symlink (a signed model holds regular files only)."""
 
 
 @dataclass(frozen=True)
@@ -127,6 +146,7 @@ def sign_model(model_dir: Path, *, private_key: Path, signature: Path) -> ModelS
             f"model directory {model_dir} changed while it was being signed",
             where=str(model_dir),
             fix="sign only a model that nothing else is writing to",
+            reason=SignatureRefusal.MODEL_CHANGED_WHILE_SIGNING,
         )
     return ModelSignature(
         signature=sig_path,
@@ -146,7 +166,9 @@ def signed_files(signature: Path) -> set[str]:
         return {str(r["name"]) for r in resources}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ControlRefused(
-            f"model signature {signature} has no readable file list: {exc}", where=str(signature)
+            f"model signature {signature} has no readable file list: {exc}",
+            where=str(signature),
+            reason=SignatureRefusal.MALFORMED_SIGNATURE,
         ) from exc
 
 
@@ -155,7 +177,8 @@ def verify_model_signature(model_dir: Path, *, signature: Path, public_key: Path
 
     Returns ``None`` when every file matches and nothing was added or removed. Raises
     ``ControlRefused`` ("model signature does not verify: ...") for a tampered, added,
-    removed or symlinked file, a malformed signature or the wrong key; ``InputError`` when
+    removed or symlinked file, a malformed signature or the wrong key (its ``reason`` a
+    :class:`SignatureRefusal` that tells these apart); ``InputError`` when
     the model directory, signature or key file is missing or the key is not an EC key.
     """
     from model_signing import verifying
@@ -174,6 +197,7 @@ def verify_model_signature(model_dir: Path, *, signature: Path, public_key: Path
             where=str(signature),
             fix="check you verify with the model signer's public key; do not deploy this model",
             details={"signature": str(signature), "key_id": key_id(trusted)},
+            reason=SignatureRefusal.SIGNATURE_INVALID,
         ) from exc
     except (ValueError, KeyError, TypeError) as exc:
         raise ControlRefused(
@@ -182,6 +206,7 @@ def verify_model_signature(model_dir: Path, *, signature: Path, public_key: Path
             fix="the model or its signature changed, or it was signed by another key; "
             "do not deploy it — re-run the pipeline to get a freshly signed model",
             details={"signature": str(signature), "key_id": key_id(trusted)},
+            reason=_verify_failure_reason(exc),
         ) from exc
     except SecMLOpsError:
         raise
@@ -191,6 +216,7 @@ def verify_model_signature(model_dir: Path, *, signature: Path, public_key: Path
             f"model signature does not verify: unreadable signature ({type(exc).__name__}: {exc})",
             where=str(signature),
             details={"signature": str(signature)},
+            reason=SignatureRefusal.MALFORMED_SIGNATURE,
         ) from exc
     present = set(_regular_files(root))
     listed = signed_files(signature)
@@ -202,7 +228,23 @@ def verify_model_signature(model_dir: Path, *, signature: Path, public_key: Path
             where=str(model_dir),
             fix="remove files that were added after signing; do not deploy this model",
             details={"unsigned": extra, "missing": missing},
+            reason=SignatureRefusal.FILE_SET_MISMATCH,
         )
+
+
+def _verify_failure_reason(exc: Exception) -> SignatureRefusal:
+    """Tell model-signing's ``ValueError``s apart; its messages are all it gives."""
+    text = str(exc)
+    if "Hash mismatch" in text:
+        return SignatureRefusal.CONTENT_MISMATCH
+    if "Extra files" in text or "Missing files" in text:
+        return SignatureRefusal.FILE_SET_MISMATCH
+    if "is a symlink" in text:
+        return SignatureRefusal.SYMLINK_IN_MODEL
+    if "Key mismatch" in text:
+        return SignatureRefusal.WRONG_KEY
+    # A bundle, payload or manifest model-signing cannot read (JSON errors included).
+    return SignatureRefusal.MALFORMED_SIGNATURE
 
 
 def _regular_files(root: Path) -> list[str]:
@@ -214,6 +256,7 @@ def _regular_files(root: Path) -> list[str]:
                 f"model signature does not verify: {rel} is a symlink",
                 where=str(path),
                 fix="a signed model holds regular files only; do not deploy it",
+                reason=SignatureRefusal.SYMLINK_IN_MODEL,
             )
         if path.is_file():
             files.append(rel)

@@ -40,7 +40,7 @@ from pandera.errors import SchemaError, SchemaErrors
 from pydantic import BaseModel, ConfigDict, Field
 
 from secmlops._internal.digests import sha256_bytes
-from secmlops.errors import ControlRefused, InputError, ToolError
+from secmlops.errors import ControlRefused, InputError, RefusalReason, ToolError
 from secmlops.evidence.predicates import (
     ResourceDescriptor,
     SchemaFailure,
@@ -58,6 +58,23 @@ _SPEC_HELP = 'give "path/to/schema.py:ClassName" or "package.module:ClassName"'
 # Checks pandera reports against the whole frame; their failure_case is the column name.
 _MISSING_COLUMN = "column_in_dataframe"
 _FRAME_COLUMN_CHECKS = {"column_in_schema", "column_ordered"}
+
+
+class ValidationRefusal(RefusalReason):
+    """Why the schema gate refused a dataset (``ControlRefused.reason``).
+
+    pandera's own ``SchemaErrorReason`` codes for a failing dataset are kept in
+    ``ValidationResult.pandera_reasons``.
+    """
+
+    VALIDATION_DISABLED = "validation_disabled"
+    """pandera's checks are switched off or cut short (env var or ``pandera.config``)."""
+    VALIDATION_NOT_ENFORCING = "validation_not_enforcing"
+    """pandera accepted a canary frame that violates its schema."""
+    TOO_FEW_ROWS = "too_few_rows"
+    """The dataset has fewer rows than ``ValidationPolicy.min_rows``."""
+    SCHEMA_CHECK_FAILED = "schema_check_failed"
+    """At least one check of the schema failed."""
 
 
 class ValidationPolicy(BaseModel):
@@ -149,6 +166,8 @@ class ValidationResult:
     passed_tests: tuple[str, ...]
     failed_tests: tuple[str, ...]
     failures: tuple[CheckFailure, ...] = ()
+    #: pandera's ``SchemaErrorReason`` values behind the failures (e.g. ``column_not_in_schema``).
+    pandera_reasons: tuple[str, ...] = ()
     validated_at: str = field(default_factory=utc_now)
     pandera_version: str = field(default_factory=lambda: importlib.metadata.version("pandera"))
 
@@ -175,6 +194,7 @@ class ValidationResult:
             "passed_tests": list(self.passed_tests),
             "failed_tests": list(self.failed_tests),
             "failures": [f.to_json() for f in self.failures],
+            "pandera_reasons": list(self.pandera_reasons),
             "validated_at": self.validated_at,
             "pandera_version": self.pandera_version,
         }
@@ -381,12 +401,16 @@ def require_validation_enabled() -> None:
         if depth is not None and depth != pandera_config.ValidationDepth.SCHEMA_AND_DATA:
             reasons.append(f"pandera {scope} config validation_depth={depth.value}")
     if reasons:
+        found = list(dict.fromkeys(reasons))
         raise ControlRefused(
             "pandera validation is switched off or limited in this process ("
-            + "; ".join(dict.fromkeys(reasons))
+            + "; ".join(found)
             + "), so a schema check would pass data unchecked",
             where="pandera config",
             fix=fix,
+            details={"switched_off": found},
+            reason=ValidationRefusal.VALIDATION_DISABLED,
+            result=found,
         )
     canary = pa.DataFrameSchema({"canary": pa.Column(int, pa.Check.ge(0))}, name="canary")
     try:
@@ -397,6 +421,7 @@ def require_validation_enabled() -> None:
         "pandera accepted a canary frame that violates its schema: validation is not enforcing",
         where="pandera",
         fix=fix,
+        reason=ValidationRefusal.VALIDATION_NOT_ENFORCING,
     )
 
 
@@ -477,8 +502,9 @@ def _summarise(
 
 def _run_schema(
     ref: SchemaRef, frame: pd.DataFrame, data: Path, policy: ValidationPolicy
-) -> tuple[tuple[CheckFailure, ...], list[dict[str, Any]]]:
-    """Validate lazily; the failures grouped per check and the capped raw failure cases."""
+) -> tuple[tuple[CheckFailure, ...], list[dict[str, Any]], tuple[str, ...]]:
+    """Validate lazily: the failures grouped per check, the capped raw failure cases, and
+    pandera's ``SchemaErrorReason`` values behind them."""
     try:
         # Pin the config for this call so nothing set elsewhere in the process weakens it.
         with pandera_config.config_context(
@@ -492,7 +518,8 @@ def _run_schema(
         cases: list[dict[str, Any]] = json.loads(
             head.to_json(orient="records", default_handler=str)
         )
-        return _summarise(fc, ref.name, policy.max_examples_per_check), cases
+        codes = tuple(sorted({_reason_code(e) for e in exc.schema_errors}))
+        return _summarise(fc, ref.name, policy.max_examples_per_check), cases, codes
     except SchemaError as exc:
         failure = CheckFailure(
             column=str(getattr(exc.schema, "name", ref.name)),
@@ -500,14 +527,19 @@ def _run_schema(
             count=1,
             examples=(str(exc)[:200],),
         )
-        return (failure,), []
+        return (failure,), [], (_reason_code(exc),)
     except Exception as exc:
         raise ToolError(
             f"validating {data} with schema {ref.name} crashed: {type(exc).__name__}: {exc}",
             where=ref.spec,
             fix="a custom check in the schema raised; fix the check (it did not pass)",
         ) from exc
-    return (), []
+    return (), [], ()
+
+
+def _reason_code(error: SchemaError) -> str:
+    code = error.reason_code
+    return str(code.value) if code is not None else "unknown"
 
 
 def check_dataset(
@@ -532,6 +564,7 @@ def check_dataset(
     min_rows_test = f"{ref.name}:min_rows({policy.min_rows})"
     failures: tuple[CheckFailure, ...] = ()
     cases: list[dict[str, Any]] = []
+    pandera_reasons: tuple[str, ...] = ()
     if len(frame) < policy.min_rows:
         # Too few rows: nothing else is worth checking, and no other check ran.
         failures = (
@@ -545,7 +578,7 @@ def check_dataset(
         tests = [min_rows_test]
     else:
         tests.append(min_rows_test)
-        failures, cases = _run_schema(ref, frame, data, policy)
+        failures, cases, pandera_reasons = _run_schema(ref, frame, data, policy)
     failed = sorted({f.test_name for f in failures})
     passed = [t for t in tests if t not in set(failed)]
     result = ValidationResult(
@@ -561,6 +594,7 @@ def check_dataset(
         passed_tests=tuple(passed),
         failed_tests=tuple(failed),
         failures=failures,
+        pandera_reasons=pandera_reasons,
     )
     return result, cases
 
@@ -571,15 +605,22 @@ def validate_dataset(
     """The schema gate: return the result if ``data`` passes, else raise ``ControlRefused``.
 
     The error's message lists each failed (column, check) with a count and examples; its
-    details carry the result (``details["result"]``) and capped raw failure cases.
+    ``reason`` is a :class:`ValidationRefusal`, its ``result`` the :class:`ValidationResult`
+    (also as ``details["result"]``, with the capped raw failure cases).
     """
     result, cases = check_dataset(data, schema, policy=policy)
     if not result.passed:
+        min_rows = f"min_rows({(policy or ValidationPolicy()).min_rows})"
+        too_few = any(f.check == min_rows for f in result.failures)
         raise ControlRefused(
             f"dataset failed schema validation: {result.summary()}",
             where=f"{data} vs {result.schema_spec}",
             fix="fix the data at its source (or the schema, through review) and pull again",
             details={"result": result.to_json(), "failure_cases": cases},
+            reason=(
+                ValidationRefusal.TOO_FEW_ROWS if too_few else ValidationRefusal.SCHEMA_CHECK_FAILED
+            ),
+            result=result,
         )
     return result
 

@@ -20,7 +20,7 @@ from secmlops.controls.approval import check_stage
 from secmlops.errors import ControlRefused, InputError
 from secmlops.evidence.keys import check_name
 from secmlops.evidence.statements import utc_now
-from secmlops.registry.stores import Registry, StoredObject, WriteConflict
+from secmlops.registry.stores import Registry, RegistryRefusal, StoredObject, WriteConflict
 
 _VERSION = re.compile(r"^v([1-9][0-9]{0,8})$")
 
@@ -43,9 +43,13 @@ def parse_json_object(raw: bytes, where: str) -> dict[str, Any]:
     try:
         obj = json.loads(raw)
     except ValueError as exc:
-        raise ControlRefused(f"{where} is not JSON", where=where) from exc
+        raise ControlRefused(
+            f"{where} is not JSON", where=where, reason=RegistryRefusal.NOT_JSON
+        ) from exc
     if not isinstance(obj, dict):
-        raise ControlRefused(f"{where} is not a JSON object", where=where)
+        raise ControlRefused(
+            f"{where} is not a JSON object", where=where, reason=RegistryRefusal.NOT_JSON
+        )
     return obj
 
 
@@ -104,7 +108,11 @@ class StagePointer:
                 history=list(data.get("history", [])),
             )
         except (KeyError, TypeError) as exc:
-            raise ControlRefused(f"malformed stage pointer: missing {exc}", where=where) from exc
+            raise ControlRefused(
+                f"malformed stage pointer: missing {exc}",
+                where=where,
+                reason=RegistryRefusal.MALFORMED_POINTER,
+            ) from exc
 
 
 class ModelRegistry:
@@ -150,7 +158,11 @@ class ModelRegistry:
                 return nxt
             except WriteConflict:
                 continue  # someone else took it; try the next one
-        raise ControlRefused("could not allocate a model version (20 conflicts)", where=self.model)
+        raise ControlRefused(
+            "could not allocate a model version (20 conflicts)",
+            where=self.model,
+            reason=RegistryRefusal.VERSION_ALLOCATION_CONFLICT,
+        )
 
     def require_version(self, version: str) -> None:
         if not self.store.exists(f"{self.version_prefix(version)}/version.json"):
@@ -187,7 +199,9 @@ class ModelRegistry:
         try:
             data = json.loads(obj.data)
         except ValueError as exc:
-            raise ControlRefused(f"stage pointer {key} is not JSON", where=key) from exc
+            raise ControlRefused(
+                f"stage pointer {key} is not JSON", where=key, reason=RegistryRefusal.NOT_JSON
+            ) from exc
         return StagePointer.from_json(data, key), obj
 
     def move_pointer(self, pointer: StagePointer, previous: StoredObject | None) -> None:
@@ -216,6 +230,7 @@ class ModelRegistry:
             raise ControlRefused(
                 f"version {version} has no model files",
                 where=self.store.describe(self.model_prefix(version)),
+                reason=RegistryRefusal.NO_MODEL_FILES,
             )
         signature = dest / "model.sig"
         signature.write_bytes(self.store.read(self.signature_key(version)))

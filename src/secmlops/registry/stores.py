@@ -26,11 +26,35 @@ from urllib.parse import urlparse
 
 from secmlops._internal.atomic import write_atomic
 from secmlops._internal.digests import sha256_bytes
-from secmlops.errors import ControlRefused, InputError, ToolError
+from secmlops.errors import ControlRefused, InputError, RefusalReason, ToolError
+
+
+class RegistryRefusal(RefusalReason):
+    """Why the model registry refused an operation (``ControlRefused.reason``)."""
+
+    OBJECT_EXISTS = "object_exists"
+    """A create-only key is already taken: registry objects are immutable."""
+    OBJECT_CHANGED = "object_changed"
+    """A compare-and-swap lost: the object changed since it was read."""
+    OBJECT_MISSING = "object_missing"
+    """Evidence or a model file that should be there is not."""
+    KEY_ESCAPES_FOLDER = "key_escapes_folder"
+    """A registry key would download outside its target folder."""
+    NOT_JSON = "not_json"
+    """Registry bytes that must be a JSON object are not."""
+    MALFORMED_POINTER = "malformed_pointer"
+    """A stage pointer lacks a field it must have."""
+    VERSION_ALLOCATION_CONFLICT = "version_allocation_conflict"
+    """Every attempt to claim the next model version collided with another writer."""
+    NO_MODEL_FILES = "no_model_files"
+    """A registered version holds no model files."""
 
 
 class WriteConflict(ControlRefused):
-    """A create-only key already exists, or a pointer moved since it was read."""
+    """A create-only key already exists, or a pointer moved since it was read.
+
+    Its ``reason`` is :attr:`RegistryRefusal.OBJECT_EXISTS` or ``OBJECT_CHANGED``.
+    """
 
 
 @dataclass(frozen=True)
@@ -69,7 +93,11 @@ class Registry(ABC):
         """The bytes at ``key``; ``ControlRefused`` when missing (evidence that is not there)."""
         obj = self.get(key)
         if obj is None:
-            raise ControlRefused(f"{self.describe(key)} does not exist", where=self.describe(key))
+            raise ControlRefused(
+                f"{self.describe(key)} does not exist",
+                where=self.describe(key),
+                reason=RegistryRefusal.OBJECT_MISSING,
+            )
         return obj.data
 
     def exists(self, key: str) -> bool:
@@ -100,7 +128,11 @@ class Registry(ABC):
             rel = key[len(base) :]
             target = local_dir / rel
             if not target.resolve().is_relative_to(local_dir.resolve()):
-                raise ControlRefused(f"registry key {key} escapes the download folder", where=key)
+                raise ControlRefused(
+                    f"registry key {key} escapes the download folder",
+                    where=key,
+                    reason=RegistryRefusal.KEY_ESCAPES_FOLDER,
+                )
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(self.read(key))
             rels.append(rel)
@@ -158,12 +190,14 @@ class LocalRegistry(Registry):
                         f"{path} already exists and registry objects are immutable",
                         where=str(path),
                         fix="register a new version instead of overwriting this one",
+                        reason=RegistryRefusal.OBJECT_EXISTS,
                     )
                 if replace_etag is not None and (current is None or current.etag != replace_etag):
                     raise WriteConflict(
                         f"{path} changed while this operation ran",
                         where=str(path),
                         fix="another promotion ran at the same time; rerun this one",
+                        reason=RegistryRefusal.OBJECT_CHANGED,
                     )
                 write_atomic(path, data)
         except OSError as exc:
@@ -251,6 +285,9 @@ class S3Registry(Registry):
                     f"{self.describe(key)} already exists or changed while this operation ran",
                     where=self.describe(key),
                     fix="registry objects are immutable; rerun to take the current state",
+                    reason=RegistryRefusal.OBJECT_EXISTS
+                    if replace_etag is None
+                    else RegistryRefusal.OBJECT_CHANGED,
                 ) from exc
             raise self._fail("write", key, exc) from exc
         except BotoCoreError as exc:
