@@ -86,6 +86,8 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "SECMLOPS_PROJECT_DIR": str(PROJECT),
         "SECMLOPS_HOME": str(home / "secmlops"),
+        # The Prefect layer (flows/, tasks/, blocks/) and ml/ run from the checkout.
+        "PYTHONPATH": str(PROJECT),
     }
     env.pop("SECMLOPS_REGISTRY", None)
     (home / "prefect").mkdir()
