@@ -10,13 +10,8 @@ from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 
-from secmlops.controls.data import (
-    DEMO_VERSIONS,
-    DataRegistry,
-    DatasetPull,
-    create_demo_data_registry,
-    pull_dataset,
-)
+from secmlops.controls.data import DatasetPull, pull_dataset
+from secmlops.demo.data_registry import DEMO_VERSIONS, DataRegistry, create_demo_data_registry
 from secmlops.errors import ToolError
 
 

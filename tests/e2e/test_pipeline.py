@@ -245,7 +245,7 @@ def test_forged_stage_pointer_fails_the_smoke_test(world_copy: PipelineWorld) ->
     forged["vsa"] = staging["vsa"]  # a genuine gate-signed VSA, but for staging
     production.write_text(json.dumps(forged))
     sample = world_copy.home / "sample.csv"
-    from secmlops.controls.data import generate_churn_dataset, write_dataset_csv
+    from secmlops.demo.data_registry import generate_churn_dataset, write_dataset_csv
 
     write_dataset_csv(generate_churn_dataset("v1.1"), sample)
     with pytest.raises(ControlRefused, match="VSA"):

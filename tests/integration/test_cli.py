@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from secmlops.controls.data import generate_churn_dataset, write_dataset_csv
+from secmlops.demo.data_registry import generate_churn_dataset, write_dataset_csv
 from secmlops.demo.serving_image import build_serving_image
 from secmlops.evidence.statements import generate_keypair
 

@@ -11,17 +11,15 @@ from pathlib import Path
 import pytest
 
 from secmlops._internal.toolrun import resolve_binary
-from secmlops.controls.data import (
+from secmlops.controls.data import DataPullRefusal, data_pull_statement, pull_dataset
+from secmlops.controls.validation import validate_dataset
+from secmlops.demo.data_registry import (
     DEMO_DATASET_PATH,
-    DataPullRefusal,
     DataRegistry,
     churn_csv_bytes,
     create_demo_data_registry,
-    data_pull_statement,
     generate_churn_dataset,
-    pull_dataset,
 )
-from secmlops.controls.validation import validate_dataset
 from secmlops.errors import ControlRefused, InputError, ToolError
 from secmlops.evidence.statements import PREDICATE_DATA_PULL
 

@@ -17,11 +17,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from ml.schema import ChurnDataset
-from secmlops.controls.data import (
+from secmlops.controls.data import DataPullRefusal
+from secmlops.demo.data_registry import (
     CHURN_COLUMNS,
     CONTRACT_TYPES,
     INTERNET_SERVICES,
-    DataPullRefusal,
     churn_csv_bytes,
     generate_churn_dataset,
     write_dataset_csv,
@@ -42,7 +42,7 @@ def test_csv_is_byte_identical_in_a_fresh_process(tmp_path: Path) -> None:
     # Another interpreter (its own hash seed, fresh numpy state) must write the same bytes.
     out = tmp_path / "churn.csv"
     code = (
-        "import sys; from pathlib import Path; from secmlops.controls.data import *; "
+        "import sys; from pathlib import Path; from secmlops.demo.data_registry import *; "
         "write_dataset_csv(generate_churn_dataset('v1.1'), Path(sys.argv[1]))"
     )
     subprocess.run(

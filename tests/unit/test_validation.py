@@ -15,7 +15,6 @@ from pandera import config as pandera_config
 from pydantic import ValidationError
 
 from ml.schema import ChurnDataset
-from secmlops.controls.data import generate_churn_dataset, write_dataset_csv
 from secmlops.controls.validation import (
     SchemaRef,
     ValidationPolicy,
@@ -27,6 +26,7 @@ from secmlops.controls.validation import (
     validate_dataset,
     validation_statement,
 )
+from secmlops.demo.data_registry import generate_churn_dataset, write_dataset_csv
 from secmlops.errors import ControlRefused, InputError
 from secmlops.evidence.statements import PREDICATE_TEST_RESULT
 
