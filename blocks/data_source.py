@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from prefect.blocks.core import Block
 from pydantic import Field
 
+from blocks._schema import SecMLOpsBlock
 
-class DataSource(Block):
+
+class DataSource(SecMLOpsBlock):
     """A dataset in a DVC data registry (a git repo with DVC-tracked files), pinned by rev."""
 
     _block_type_name = "SecMLOps Data Source"
     _description = "A DVC-tracked dataset pinned to a git tag or commit."
+    _form_required = ("repo",)
 
     repo: str = Field(
         default="",

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
+from blocks._schema import SecMLOpsBlock
 from secmlops.registry.stores import Registry, S3Registry, open_registry
 from secmlops.settings import current_settings
 
 
-class RegistryTarget(Block):
+class RegistryTarget(SecMLOpsBlock):
     """The model registry: a local directory (default) or ``s3://bucket/prefix``."""
 
     _block_type_name = "SecMLOps Registry Target"
     _description = "Model registry location (directory or S3) and S3 credentials."
+    _form_required = ("uri",)
 
     uri: str = Field(
         default="",

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from prefect.blocks.core import Block
 from pydantic import Field
 
+from blocks._schema import SecMLOpsBlock
 
-class ServingImage(Block):
+
+class ServingImage(SecMLOpsBlock):
     """The serving image: an image reference, a docker-archive tar or an OCI layout dir."""
 
     _block_type_name = "SecMLOps Serving Image"
     _description = "Image to scan: reference, docker-archive tar or OCI layout directory."
+    _form_required = ("target",)
 
     target: str = Field(
         default="",

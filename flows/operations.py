@@ -1,21 +1,33 @@
 """Operator flows, triggered from the Prefect UI or the CLI: promote, roll back, verify a stage.
 
-Thin Prefect flows over :mod:`secmlops.operations`: each goes through the same deploy gate as
-the pipeline, and a promotion or rollback that does not verify leaves the pointer where it was.
+Thin Prefect flows over the deploy gate (:mod:`secmlops.deploy`, :mod:`secmlops.operations`):
+each goes through the same gate as the pipeline, and a promotion or rollback that does not
+verify leaves the pointer where it was. Every gate step is a named task run
+(``deploy-gate-promote-production``, ...) and every run publishes the gate's checks as the
+``secmlops-gate-checks`` table artifact, a refused gate's included.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from collections.abc import Iterator
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 
 from blocks import RegistryTarget
+from flows.artifacts import publish_gate_checks
+from flows.visibility import visible_run
+from secmlops.errors import ControlRefused
 from secmlops.evidence.keys import KeyDirectory
-from secmlops.operations import promote_version, rollback_version, verify_stage
+from secmlops.gate import GateReport
 from secmlops.policy import load_gate_policy
 from secmlops.registry.models import ModelRegistry
 from secmlops.settings import local_paths
+from tasks.deploy import promote_to_stage_task, rollback_stage_task
+from tasks.operations import require_version_task, verify_stage_task
+
+ACTOR = "operator"
 
 
 def _open(model: str, registry: RegistryTarget | None) -> ModelRegistry:
@@ -23,55 +35,108 @@ def _open(model: str, registry: RegistryTarget | None) -> ModelRegistry:
     return ModelRegistry(store, model)
 
 
+@contextlib.contextmanager
+def _gate_checks_published() -> Iterator[list[GateReport]]:
+    """Collect the gate reports of the block (a refusal's too) and publish them at its end."""
+    reports: list[GateReport] = []
+    try:
+        yield reports
+    except ControlRefused as exc:
+        if isinstance(exc.result, GateReport):
+            reports.append(exc.result)
+        raise
+    finally:
+        try:
+            publish_gate_checks(reports)
+        except Exception as exc:  # the gate's outcome matters more than its artifact
+            get_run_logger().warning("could not publish the gate checks: %s", exc)
+
+
 @flow(name="promote", log_prints=True, timeout_seconds=1800)
+@visible_run
 def promote(
-    model: str,
     version: str,
-    stage: str = "production",
+    model: str = "churn-classifier",
+    stage: Literal["staging", "production"] = "production",
     registry: RegistryTarget | None = None,
 ) -> dict[str, Any]:
-    """Promote a registered version to a stage through the deploy gate."""
-    pointer = promote_version(
-        _open(model, registry),
-        version,
-        stage,
-        keys=KeyDirectory(local_paths().keys),
-        policy=load_gate_policy(),
-    )
-    get_run_logger().info("%s %s -> %s", model, stage, pointer.version)
-    return pointer.to_json()
+    """Promote a registered version to a stage through the deploy gate.
+
+    Args:
+        version: The registered model version to promote, e.g. v3 (see the registry or
+            the secure-training run that registered it).
+        model: The registered model's name.
+        stage: The stage to promote to; production needs the version to have passed
+            staging first.
+        registry: The model registry (a saved RegistryTarget block); empty: the worker's
+            default registry.
+    """
+    models = _open(model, registry)
+    require_version_task(models, version)
+    with _gate_checks_published() as reports:
+        promotion = promote_to_stage_task(
+            models,
+            version,
+            stage,
+            keys=KeyDirectory(local_paths().keys),
+            policy=load_gate_policy(),
+            actor=ACTOR,
+        )
+        reports.append(promotion.report)
+    return promotion.pointer.to_json()
 
 
 @flow(name="rollback", log_prints=True, timeout_seconds=1800)
+@visible_run
 def rollback(
-    model: str,
-    stage: str = "production",
+    model: str = "churn-classifier",
+    stage: Literal["staging", "production"] = "production",
     to_version: str | None = None,
     registry: RegistryTarget | None = None,
 ) -> dict[str, Any]:
-    """Roll a stage back to the version it served before, through the deploy gate."""
-    pointer = rollback_version(
-        _open(model, registry),
-        stage,
-        keys=KeyDirectory(local_paths().keys),
-        to_version=to_version,
-        policy=load_gate_policy(),
-    )
-    get_run_logger().info("%s %s rolled back -> %s", model, stage, pointer.version)
-    return pointer.to_json()
+    """Roll a stage back to the version it served before, through the deploy gate.
+
+    Args:
+        model: The registered model's name.
+        stage: The stage to roll back.
+        to_version: The version to roll back to, e.g. v2 (it must have served this stage
+            before); empty: the version served before the current one.
+        registry: The model registry (a saved RegistryTarget block); empty: the worker's
+            default registry.
+    """
+    models = _open(model, registry)
+    with _gate_checks_published() as reports:
+        promotion = rollback_stage_task(
+            models,
+            stage,
+            keys=KeyDirectory(local_paths().keys),
+            policy=load_gate_policy(),
+            actor=ACTOR,
+            to_version=to_version,
+        )
+        reports.append(promotion.report)
+    return promotion.pointer.to_json()
 
 
 @flow(name="verify", log_prints=True, timeout_seconds=1800)
+@visible_run
 def verify(
-    model: str,
-    stage: str = "production",
+    model: str = "churn-classifier",
+    stage: Literal["staging", "production"] = "production",
     registry: RegistryTarget | None = None,
 ) -> dict[str, Any]:
-    """Re-run the deploy gate for what a stage serves now; refuse if anything stopped verifying."""
-    pointer, report = verify_stage(
-        _open(model, registry), stage, keys=KeyDirectory(local_paths().keys)
-    )
-    get_run_logger().info(
-        "%s %s %s: %d checks passed", model, stage, pointer.version, len(report.checks)
-    )
+    """Re-run the deploy gate for what a stage serves now; refuse if anything stopped verifying.
+
+    Args:
+        model: The registered model's name.
+        stage: The stage whose served version is verified again.
+        registry: The model registry (a saved RegistryTarget block); empty: the worker's
+            default registry.
+    """
+    models = _open(model, registry)
+    with _gate_checks_published() as reports:
+        pointer, report = verify_stage_task(
+            models, stage, keys=KeyDirectory(local_paths().keys), policy=load_gate_policy()
+        )
+        reports.append(report)
     return {"version": pointer.version, "checks": [c.to_json() for c in report.checks]}

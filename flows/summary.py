@@ -9,15 +9,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from secmlops.errors import ControlRefused, InputError, SecMLOpsError
+from secmlops.gate import GateReport
 
 
 @dataclass
 class StageRecord:
+    """One stage: its result, time, a one-line detail, and where its evidence is."""
+
     name: str
     status: str = "running"
     seconds: float = 0.0
     detail: str = ""
+    #: Evidence locations as the registry describes them (a path, or an s3:// URI).
     evidence: list[str] = field(default_factory=list)
+    #: The deploy gate's report, for a stage that ran the gate (passed or refused).
+    gate: GateReport | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -48,6 +54,8 @@ class RunSummary:
             yield record
         except ControlRefused as exc:
             record.status, record.detail = "REFUSED", str(exc)
+            if isinstance(exc.result, GateReport):
+                record.gate = exc.result
             raise
         except InputError as exc:
             record.status, record.detail = "BAD INPUT", str(exc)
@@ -62,6 +70,10 @@ class RunSummary:
             record.status = "passed"
         finally:
             record.seconds = time.monotonic() - start
+
+    def gate_reports(self) -> list[GateReport]:
+        """The deploy gate's report of every stage that ran the gate, in run order."""
+        return [s.gate for s in self.stages if s.gate is not None]
 
     def to_json(self) -> dict[str, Any]:
         return {

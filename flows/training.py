@@ -23,7 +23,10 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from blocks import DataSource, RegistryTarget, ServingImage
+from flows.approval import await_approval, requested_by
+from flows.artifacts import ApprovalContext, publish_approval_summary, publish_run_summary
 from flows.summary import RunSummary
+from flows.visibility import visible_run
 from ml.model import load_model
 from ml.stages import write_held_out_sample
 from secmlops.controls.data import data_pull_statement
@@ -40,7 +43,7 @@ from secmlops.registry.models import ModelRegistry, stamped
 from secmlops.release import ReleaseEvidence, ReleaseInputs
 from secmlops.settings import LocalPaths, local_paths, project_root
 from tasks.data import create_demo_data_registry_task, pull_dataset_task
-from tasks.deploy import promote_to_stage_task, record_approval_task
+from tasks.deploy import promote_to_stage_task
 from tasks.image_scan import build_serving_image_task, scan_image_task, seed_trivy_db_task
 from tasks.model_scan import scan_model_task
 from tasks.release import register_release_task
@@ -53,12 +56,12 @@ BUILDER_ID = "https://secmlops.dev/builders/prefect-secure-training/v1"
 
 
 @flow(name="secure-training", log_prints=True, validate_parameters=True, timeout_seconds=3600)
+@visible_run
 def secure_training(
     model_name: str = "churn-classifier",
     data: DataSource | None = None,
     registry: RegistryTarget | None = None,
     image: ServingImage | None = None,
-    approve_as: str | None = None,
     promote_to_production: bool = True,
 ) -> dict[str, Any]:
     """Run every control, register a signed model version, and deploy it through the gates."""
@@ -72,9 +75,10 @@ def secure_training(
     models = ModelRegistry(store, model_name)
     summary = RunSummary(model=model_name, registry=store.uri)
     try:
-        _run(summary, models, paths, data, image, policy, approve_as, promote_to_production)
+        _run(summary, models, paths, data, image, policy, promote_to_production)
     finally:
         logger.info("\n%s", summary.render())
+        publish_run_summary(summary)
     return summary.to_json()
 
 
@@ -85,7 +89,6 @@ def _run(
     data: DataSource,
     image: ServingImage,
     policy: GatePolicy,
-    approve_as: str | None,
     promote_to_production: bool,
 ) -> None:
     logger = get_run_logger()
@@ -96,13 +99,9 @@ def _run(
 
     with summary.stage("prepare") as st:
         if paths.demo_keys:
-            # Embedded default only: create missing demo keys; an approver gets a key only
-            # if the policy lets them approve something.
-            allowed = {
-                n for stage in ("staging", "production") for n in policy.approval.allowed(stage)
-            }
-            approvers = (approve_as,) if approve_as in allowed else ()
-            created = keys.ensure(approvers=approvers)
+            # Embedded default only: create missing demo role keys (approvers' keys are
+            # theirs: `secmlops keygen --approver NAME`, or `secmlops run --approve-as`).
+            created = keys.ensure()
             if created:
                 logger.warning(
                     "generated local demo keys in %s (git-ignored; never commit them): %s",
@@ -201,26 +200,41 @@ def _run(
         version = summary.version = registered.version
         st.detail = f"{version} at {models.store.describe(models.version_prefix(version))}"
         st.evidence = [models.store.describe(registered.release_key)]
-    actor = approve_as or "auto"
+    approval_context = ApprovalContext(  # what publish_approval_summary shows an approver
+        dataset=pulled,
+        validation=validated,
+        image_scan=scanned,
+        scan_verdict=verdict,
+        model_scan=model_scan,
+        training=trained,
+        signature=signed,
+        registration=registered,
+    )
+    actor = "pipeline"
 
     def approve(stage: str) -> None:
         with summary.stage(f"approve-{stage}") as st:
-            key = record_approval_task(
+            shown = publish_approval_summary(models, stage, approval_context, keys=keys)
+            approvals = await_approval(
                 models,
                 version,
                 stage,
                 keys=keys,
                 policy=policy,
-                approve_as=approve_as,
+                requested_by=requested_by(),
+                summary=shown,
             )
-            st.detail = f"approved by {actor}"
-            st.evidence = [models.store.describe(key)]
+            st.detail = "approved by " + ", ".join(
+                f"{d.approver} ({d.method})" for d in approvals.decisions
+            )
+            st.evidence = [models.store.describe(k) for k in approvals.evidence_keys]
 
     approve("staging")
     with summary.stage("deploy-staging") as st:
         promoted = promote_to_stage_task(
             models, version, "staging", keys=keys, policy=policy, actor=actor
         )
+        st.gate = promoted.report
         st.detail = f"{len(promoted.report.checks)} gate checks passed; VSA written"
         st.evidence = [models.store.describe(promoted.vsa_key)]
 
@@ -250,6 +264,7 @@ def _run(
             promoted = promote_to_stage_task(
                 models, version, "production", keys=keys, policy=policy, actor=actor
             )
+            st.gate = promoted.report
             st.detail = f"production -> {version}; {len(promoted.report.checks)} gate checks passed"
             st.evidence = [models.store.describe(models.stage_key("production"))]
     shutil.rmtree(workdir / "train", ignore_errors=True)

@@ -23,6 +23,7 @@ def _retry_tool_errors_only(_task: Task[..., Any], _run: TaskRun, state: State[A
 
 @task(
     name="pull-dataset",
+    task_run_name="pull-dataset-{path}@{rev}",
     cache_policy=NO_CACHE,
     retries=2,
     retry_delay_seconds=5,
@@ -36,7 +37,12 @@ def pull_dataset_task(
     return pull_dataset(repo, path, rev, dest_dir, timeout=timeout)
 
 
-@task(name="create-demo-data-registry", cache_policy=NO_CACHE, timeout_seconds=900)
+@task(
+    name="create-demo-data-registry",
+    task_run_name="create-demo-data-registry",
+    cache_policy=NO_CACHE,
+    timeout_seconds=900,
+)
 def create_demo_data_registry_task(
     root: Path, versions: Sequence[str] = DEMO_VERSIONS
 ) -> DataRegistry:

@@ -1,17 +1,40 @@
-"""Prefect tasks over :mod:`secmlops.deploy`."""
+"""Prefect tasks over :mod:`secmlops.deploy`: the deploy gate and the approval record.
+
+Each task run is named after its stage (``deploy-gate-promote-staging``, ...), so a run's
+timeline in the UI reads as the gates it went through.
+"""
 
 from __future__ import annotations
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from secmlops.deploy import Promotion, promote_to_stage, record_approval
+from secmlops.deploy import Promotion, promote_to_stage, record_approval, rollback_stage
 from secmlops.evidence.keys import KeyDirectory
 from secmlops.gate import GatePolicy
 from secmlops.registry.models import ModelRegistry
 
 
-@task(name="deploy-gate-promote", cache_policy=NO_CACHE, retries=0, timeout_seconds=900)
+def log_promotion(promotion: Promotion) -> None:
+    """Say in the run log what the gate checked and where the stage pointer went."""
+    report, pointer = promotion.report, promotion.pointer
+    get_run_logger().info(
+        "%d gate checks passed (%s); %s %s -> %s",
+        len(report.checks),
+        ", ".join(c.name for c in report.checks),
+        pointer.model,
+        pointer.stage,
+        pointer.version,
+    )
+
+
+@task(
+    name="deploy-gate-promote",
+    task_run_name="deploy-gate-promote-{stage}",
+    cache_policy=NO_CACHE,
+    retries=0,
+    timeout_seconds=900,
+)
 def promote_to_stage_task(
     models: ModelRegistry,
     version: str,
@@ -22,10 +45,42 @@ def promote_to_stage_task(
     actor: str,
 ) -> Promotion:
     """Prefect wrapper for :func:`promote_to_stage` (never cached, never retried: a gate)."""
-    return promote_to_stage(models, version, stage, keys=keys, policy=policy, actor=actor)
+    promotion = promote_to_stage(models, version, stage, keys=keys, policy=policy, actor=actor)
+    log_promotion(promotion)
+    return promotion
 
 
-@task(name="record-approval", cache_policy=NO_CACHE, retries=0, timeout_seconds=300)
+@task(
+    name="deploy-gate-rollback",
+    task_run_name="deploy-gate-rollback-{stage}",
+    cache_policy=NO_CACHE,
+    retries=0,
+    timeout_seconds=900,
+)
+def rollback_stage_task(
+    models: ModelRegistry,
+    stage: str,
+    *,
+    keys: KeyDirectory,
+    policy: GatePolicy,
+    actor: str,
+    to_version: str | None = None,
+) -> Promotion:
+    """Prefect wrapper for :func:`rollback_stage` (through the same gate; never retried)."""
+    promotion = rollback_stage(
+        models, stage, keys=keys, policy=policy, actor=actor, to_version=to_version
+    )
+    log_promotion(promotion)
+    return promotion
+
+
+@task(
+    name="record-approval",
+    task_run_name="record-approval-{stage}",
+    cache_policy=NO_CACHE,
+    retries=0,
+    timeout_seconds=300,
+)
 def record_approval_task(
     models: ModelRegistry,
     version: str,

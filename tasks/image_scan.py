@@ -20,13 +20,23 @@ from secmlops.demo.trivy_db import seed_demo_trivy_db
 # --- Prefect tasks -------------------------------------------------------------------------
 
 
-@task(name="seed-trivy-db", cache_policy=NO_CACHE, timeout_seconds=120)
+@task(
+    name="seed-trivy-db",
+    task_run_name="seed-demo-trivy-db",
+    cache_policy=NO_CACHE,
+    timeout_seconds=120,
+)
 def seed_trivy_db_task(cache_dir: Path) -> TrivyDbInfo:
     """Write the offline demo Trivy DB into ``cache_dir`` (idempotent)."""
     return seed_demo_trivy_db(cache_dir)
 
 
-@task(name="build-serving-image", cache_policy=NO_CACHE, timeout_seconds=300)
+@task(
+    name="build-serving-image",
+    task_run_name="build-serving-image-{tag}",
+    cache_policy=NO_CACHE,
+    timeout_seconds=300,
+)
 def build_serving_image_task(
     out_path: Path, lock_file: Path, tag: str = DEFAULT_TAG
 ) -> ServingImage:
@@ -34,7 +44,12 @@ def build_serving_image_task(
     return build_serving_image(out_path, lock_file=lock_file, tag=tag)
 
 
-@task(name="scan-image", cache_policy=NO_CACHE, timeout_seconds=MAX_TIMEOUT_SECONDS + 120)
+@task(
+    name="scan-image",
+    task_run_name="scan-image",
+    cache_policy=NO_CACHE,
+    timeout_seconds=MAX_TIMEOUT_SECONDS + 120,
+)
 def scan_image_task(target: str | Path, cache_dir: Path, policy: ScanPolicy) -> ImageScanResult:
     """Scan an image with Trivy (no caching: every run looks again)."""
     return scan_image(target, cache_dir=cache_dir, policy=policy)

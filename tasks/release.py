@@ -14,7 +14,13 @@ from secmlops.registry.models import ModelRegistry
 from secmlops.release import Registration, ReleaseInputs, register_release
 
 
-@task(name="register-release", cache_policy=NO_CACHE, retries=0, timeout_seconds=600)
+@task(
+    name="register-release",
+    task_run_name="register-release",
+    cache_policy=NO_CACHE,
+    retries=0,
+    timeout_seconds=600,
+)
 def register_release_task(
     models: ModelRegistry,
     model_dir: Path,

@@ -13,7 +13,13 @@ from secmlops.model import ModelLoader
 from secmlops.registry.models import ModelRegistry
 
 
-@task(name="smoke-test-stage", cache_policy=NO_CACHE, retries=0, timeout_seconds=600)
+@task(
+    name="smoke-test-stage",
+    task_run_name="smoke-test-{stage}",
+    cache_policy=NO_CACHE,
+    retries=0,
+    timeout_seconds=600,
+)
 def smoke_test_stage_task(
     models: ModelRegistry,
     stage: str,

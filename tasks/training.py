@@ -10,7 +10,13 @@ from prefect.cache_policies import NO_CACHE
 from secmlops.controls.training import TrainingResult, train_with_dvc
 
 
-@task(name="train-model", cache_policy=NO_CACHE, retries=0, timeout_seconds=900)
+@task(
+    name="train-model",
+    task_run_name="train-evaluate-model",
+    cache_policy=NO_CACHE,
+    retries=0,
+    timeout_seconds=900,
+)
 def train_model_task(
     dataset: Path, workspace: Path, project_dir: Path, timeout: float = 600
 ) -> TrainingResult:

@@ -10,7 +10,12 @@ from prefect.cache_policies import NO_CACHE
 from secmlops.controls.validation import ValidationPolicy, ValidationResult, validate_dataset
 
 
-@task(name="validate-dataset", cache_policy=NO_CACHE, timeout_seconds=600)
+@task(
+    name="validate-dataset",
+    task_run_name="validate-dataset",
+    cache_policy=NO_CACHE,
+    timeout_seconds=600,
+)
 def validate_dataset_task(
     data: Path, schema: str, policy: ValidationPolicy | None = None
 ) -> ValidationResult:

@@ -29,7 +29,15 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from secmlops.controls.approval import STAGES, Stage
+from secmlops.controls.approval import (
+    AUTO_APPROVER,
+    PREFECT_UI_APPROVER,
+    STAGES,
+    ApprovalRefusal,
+    ApprovalRequest,
+    Stage,
+    duty_conflict,
+)
 from secmlops.controls.image_scan import scan_predicate_verdict
 from secmlops.errors import ControlRefused, RefusalReason
 from secmlops.evidence.predicates import (
@@ -65,6 +73,11 @@ if TYPE_CHECKING:
 P = TypeVar("P", bound=BaseModel)
 Scope = Literal["build", "release", "stage"]
 SignerRole = Literal["attestor", "gate", "approver"]
+#: The name the gate gives the attestor key among the signers of approval evidence (it signs
+#: dev auto-approvals and anonymous Prefect UI decisions, never a named person's).
+ATTESTOR_SIGNER = "attestor"
+#: Methods whose decisions a named approver signs with their own key.
+APPROVER_SIGNED_METHODS = ("cli-preapproval", "signed-decision")
 
 
 class GateRefusal(RefusalReason):
@@ -105,7 +118,16 @@ class GateRefusal(RefusalReason):
     APPROVAL_MISSING = "approval_missing"
     """No approval for this stage was recorded."""
     APPROVAL_REJECTED = "approval_rejected"
-    """The recorded decision is not ``approved``."""
+    """The recorded decision is not ``approved`` (at the gate: a valid rejection newer than
+    the newest counted approval)."""
+    NOT_ENOUGH_APPROVALS = "not_enough_approvals"
+    """Fewer distinct valid approvers than the policy's ``required_approvals``."""
+    ANONYMOUS_NOT_ALLOWED = "anonymous_not_allowed"
+    """An anonymous Prefect UI decision for a stage not in ``anonymous_ui_stages``."""
+    SELF_APPROVAL = "self_approval"
+    """Separation of duties: the approver started the run."""
+    SIGNER_ROLE_CONFLICT = "signer_role_conflict"
+    """The approval is signed with a pipeline role key (model-signer, attestor, gate)."""
     APPROVER_MISMATCH = "approver_mismatch"
     """The approval names someone other than who signed it."""
     STALE_APPROVAL = "stale_approval"
@@ -162,6 +184,8 @@ class GateContext:
     release_sha256: str = ""
     #: Who approved staging, as the gate's own staging VSAs record (production only).
     staging_approvers: frozenset[str] = frozenset()
+    #: (role, key id) of the pipeline's role keys: no approver may sign with one.
+    role_key_ids: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -409,9 +433,19 @@ def approval_age_problem(decided_at: str, max_days: int | None) -> str | None:
     return None
 
 
-def _check_approval(ev: Evidence[ApprovalPredicate], ctx: GateContext) -> list[CheckResult]:
-    """An approval by its signer, for exactly this model, version, stage and release."""
+_FROM_DUTY_CONFLICT = {
+    ApprovalRefusal.SIGNER_ROLE_CONFLICT: GateRefusal.SIGNER_ROLE_CONFLICT,
+    ApprovalRefusal.SELF_APPROVAL: GateRefusal.SELF_APPROVAL,
+    ApprovalRefusal.SEPARATION_OF_DUTIES: GateRefusal.SEPARATION_OF_DUTIES,
+}
+
+
+def approval_authenticity(ev: Evidence[ApprovalPredicate], ctx: GateContext) -> list[CheckResult]:
+    """What any decision (approval or rejection) must meet to count: about exactly this
+    model, version, stage and release, made by whoever signed it, by a method the policy
+    allows for the stage."""
     pred, key, signer = ev.predicate, ev.key, ev.signer
+    policy = ctx.policy.approval
     results = [subject_check(ev, ctx.model_digest, "model", name="model")]
     results += field_checks(
         key,
@@ -420,7 +454,16 @@ def _check_approval(ev: Evidence[ApprovalPredicate], ctx: GateContext) -> list[C
         GateRefusal.NOT_THIS_RELEASE,
     )
     results += field_checks(
-        key, pred.model_dump(), {"decision": "approved"}, GateRefusal.APPROVAL_REJECTED
+        f"{key} request",
+        pred.request.model_dump(),
+        {
+            "model": ctx.model,
+            "version": ctx.version,
+            "stage": ctx.stage,
+            "model_digest": ctx.model_digest,
+            "release_sha256": ctx.release_sha256,
+        },
+        GateRefusal.NOT_THIS_RELEASE,
     )
     if pred.release.sha256 != ctx.release_sha256:
         results.append(
@@ -430,15 +473,36 @@ def _check_approval(ev: Evidence[ApprovalPredicate], ctx: GateContext) -> list[C
                 f"{key} approves a different release manifest",
             )
         )
-    if signer == "auto" and pred.method != "unsafe-auto-approval":
-        results.append(
-            refused(
-                "approver",
-                GateRefusal.APPROVER_MISMATCH,
-                f"{key}: attestor-signed approval is not an auto-approval",
+    if signer == ATTESTOR_SIGNER:
+        if pred.method == "unsafe-auto-approval" and pred.approver == AUTO_APPROVER:
+            if ctx.stage not in policy.unsafe_auto_approve_stages:
+                results.append(
+                    refused(
+                        "approver",
+                        GateRefusal.UNTRUSTED_SIGNER,
+                        f"{key}: the policy does not auto-approve {ctx.stage}",
+                    )
+                )
+        elif pred.method == "prefect-ui" and pred.approver == PREFECT_UI_APPROVER:
+            if ctx.stage not in policy.anonymous_ui_stages:
+                results.append(
+                    refused(
+                        "approver",
+                        GateRefusal.ANONYMOUS_NOT_ALLOWED,
+                        f"{key}: an anonymous Prefect UI decision does not count for "
+                        f"{ctx.stage} (policy anonymous_ui_stages)",
+                    )
+                )
+        else:
+            results.append(
+                refused(
+                    "approver",
+                    GateRefusal.APPROVER_MISMATCH,
+                    f"{key}: attestor-signed, but neither an auto-approval nor an anonymous "
+                    "Prefect UI decision",
+                )
             )
-        )
-    if signer != "auto" and pred.approver != signer:
+    elif pred.approver != signer:
         results.append(
             refused(
                 "approver",
@@ -446,18 +510,64 @@ def _check_approval(ev: Evidence[ApprovalPredicate], ctx: GateContext) -> list[C
                 f"{key}: names {pred.approver} but signed by {signer}",
             )
         )
-    too_old = approval_age_problem(pred.decided_at, ctx.policy.max_approval_age_days)
-    if too_old:
-        results.append(refused("age", GateRefusal.STALE_APPROVAL, f"{key}: {too_old}"))
-    if ctx.policy.approval.separation_of_duties and signer in ctx.staging_approvers:
+    elif pred.method not in APPROVER_SIGNED_METHODS:
         results.append(
             refused(
-                "separation-of-duties",
-                GateRefusal.SEPARATION_OF_DUTIES,
-                f"{signer} also approved staging (separation of duties)",
+                "approver",
+                GateRefusal.APPROVER_MISMATCH,
+                f"{key}: a {pred.method} decision signed by approver {signer}",
+            )
+        )
+    elif signer not in policy.allowed(ctx.stage):
+        results.append(
+            refused(
+                "approver",
+                GateRefusal.UNTRUSTED_SIGNER,
+                f"{key}: {signer} is not an allowed approver for {ctx.stage}",
             )
         )
     return results
+
+
+def approval_conditions(ev: Evidence[ApprovalPredicate], ctx: GateContext) -> list[CheckResult]:
+    """What an approval (not a rejection) must also meet: not too old, and separation of
+    duties (role keys, the run's starter, the staging approvers)."""
+    pred, key = ev.predicate, ev.key
+    results: list[CheckResult] = []
+    too_old = approval_age_problem(pred.decided_at, ctx.policy.max_approval_age_days)
+    if too_old:
+        results.append(refused("age", GateRefusal.STALE_APPROVAL, f"{key}: {too_old}"))
+    record = pred.request
+    conflict = duty_conflict(
+        pred.approver,
+        "" if ev.signer == ATTESTOR_SIGNER else ev.statement.key_id,
+        request=ApprovalRequest(
+            model=record.model,
+            version=record.version,
+            model_digest=record.model_digest,
+            stage=ctx.stage,
+            release_sha256=record.release_sha256,
+            requested_by=record.requested_by,
+        ),
+        policy=ctx.policy.approval,
+        role_key_ids=dict(ctx.role_key_ids),
+        staging_approvers=ctx.staging_approvers,
+    )
+    if conflict:
+        reason, detail = conflict
+        results.append(
+            refused("separation-of-duties", _FROM_DUTY_CONFLICT[reason], f"{key}: {detail}")
+        )
+    return results
+
+
+def _check_approval(ev: Evidence[ApprovalPredicate], ctx: GateContext) -> list[CheckResult]:
+    """An approval by its signer, for exactly this model, version, stage and release."""
+    results = approval_authenticity(ev, ctx)
+    results += field_checks(
+        ev.key, ev.predicate.model_dump(), {"decision": "approved"}, GateRefusal.APPROVAL_REJECTED
+    )
+    return results + approval_conditions(ev, ctx)
 
 
 def _facts_approval(p: ApprovalPredicate) -> dict[str, Any]:

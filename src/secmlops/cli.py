@@ -14,8 +14,8 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import pydantic
 import typer
+from typer.core import TyperGroup
 
 from secmlops.errors import ControlRefused, InputError, SecMLOpsError
 
@@ -23,8 +23,34 @@ if TYPE_CHECKING:  # the CLI imports heavy modules lazily, per command
     from secmlops.evidence.keys import KeyDirectory
     from secmlops.registry.models import ModelRegistry
 
+
+class _Commands(TyperGroup):
+    """The top-level commands; ``server`` (and what it imports, ~50 ms) loads only when it
+    is run, listed in the help, or may be the command a typo meant."""
+
+    def _add_server(self) -> None:
+        if "server" not in self.commands:
+            from secmlops.server import server_app
+
+            command = typer.main.get_group(server_app)
+            command.name = "server"
+            self.add_command(command, "server")
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is None:
+            self._add_server()
+            command = super().get_command(ctx, cmd_name)
+        return command
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        self._add_server()
+        return list(super().list_commands(ctx))
+
+
 app = typer.Typer(
     name="secmlops",
+    cls=_Commands,
     help="Secure ML pipeline: validate, scan, sign, verify, promote, roll back, show evidence.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -193,8 +219,9 @@ def run(
         str | None,
         typer.Option(
             "--approve-as",
-            help="Approve staging and production as NAME (an allowed approver with a "
-            "key); recorded as a command-line approval in the evidence.",
+            help="Decide up front: answer each approval pause with a decision signed by "
+            "NAME's key (an allowed approver), as `secmlops approve` would. Without it, "
+            "the run waits for a decision (policy approval.timeout_seconds).",
         ),
     ] = None,
     data_repo: Annotated[str | None, typer.Option(help="DVC data registry (git URL/path).")] = None,
@@ -244,15 +271,79 @@ def run(
     data = data.model_copy(update=updates)
     serving = ServingImage(target=image or "", trivy_cache_dir=str(trivy_cache or ""))
     target = RegistryTarget()  # empty fields: the settings (options above, environment)
-    result = secure_training(
-        model_name=model,
-        data=data,
-        registry=target,
-        image=serving,
-        approve_as=approve_as,
-        promote_to_production=not staging_only,
+    import uuid
+
+    from prefect import tags
+
+    from secmlops.remote_approval import ApprovalAgent
+
+    tag = f"secmlops-cli-{uuid.uuid4().hex[:12]}"
+    agent = ApprovalAgent(
+        tag,
+        approver=approve_as,
+        private_key=_approver_key(approve_as) if approve_as else None,
+        reason=f"decided up front: secmlops run --approve-as {approve_as}",
+        say=lambda text: typer.echo(text, err=True),
     )
+    with agent, tags(tag):
+        result = secure_training(
+            model_name=model,
+            data=data,
+            registry=target,
+            image=serving,
+            promote_to_production=not staging_only,
+        )
     _emit(result, as_json, _render_run(result))
+
+
+def _approver_key(name: str) -> Path:
+    """``name``'s private key; for the embedded default's demo keys, made if the policy lists
+    ``name`` as an approver (site keys are never generated)."""
+    from secmlops.evidence.keys import check_approver_name
+    from secmlops.policy import load_gate_policy
+    from secmlops.settings import current_settings
+
+    check_approver_name(name)
+    paths = current_settings().paths
+    keys = _keys(None)
+    policy = load_gate_policy()
+    allowed = {n for stage in ("staging", "production") for n in policy.approval.allowed(stage)}
+    if paths.demo_keys and name in allowed:
+        keys.ensure(approvers=(name,))
+    return keys.require(keys.approver_private(name))
+
+
+@app.command()
+def approve(
+    flow_run_id: Annotated[str, typer.Argument(help="The paused run's id (from the UI).")],
+    key: Annotated[Path, typer.Option("--key", help="Your approver private key (PEM).")],
+    approve_run: Annotated[
+        bool | None,
+        typer.Option("--approve/--reject", help="Approve, or reject, what the run waits for."),
+    ] = None,
+    reason: Annotated[str, typer.Option(help="Why; recorded in the signed evidence.")] = "",
+    approver: Annotated[
+        str | None,
+        typer.Option("--as", help="Approver name (default: the key file's name)."),
+    ] = None,
+) -> None:
+    """Sign a decision on a paused run's approval and resume it (needs PREFECT_API_URL)."""
+    from secmlops.local_prefect import configured_api_url
+    from secmlops.remote_approval import submit_decision
+
+    if approve_run is None:
+        raise InputError("say --approve or --reject", where="approve", fix="add one of them")
+    if not configured_api_url():
+        raise InputError(
+            "no Prefect server is configured",
+            where="PREFECT_API_URL",
+            fix="set PREFECT_API_URL to the server the paused run belongs to",
+        )
+    name = approver or key.name.removesuffix(".pem")
+    outcome = submit_decision(
+        flow_run_id, private_key=key, approver=name, approve=approve_run, reason=reason
+    )
+    typer.echo(f"accepted: {outcome.detail}")
 
 
 def _render_run(result: dict[str, Any]) -> str:
@@ -480,6 +571,13 @@ def keygen(
         typer.echo(f"all keys already exist in {directory.root}")
 
 
+def _is_validation_error(exc: Exception) -> bool:
+    """A pydantic ``ValidationError``, without importing pydantic (~50 ms) for commands
+    that never load it: if it is not loaded, nothing raised one."""
+    pydantic = sys.modules.get("pydantic")
+    return pydantic is not None and isinstance(exc, pydantic.ValidationError)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: run the app and map errors to exit codes."""
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
@@ -495,9 +593,6 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         typer.echo(exc.diagnostics(), err=True)
         return exc.exit_code
-    except pydantic.ValidationError as exc:
-        typer.echo(f"bad input: {exc}", err=True)
-        return 2
     except typer.Abort:
         typer.echo("aborted", err=True)
         return 2
@@ -511,6 +606,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
+        if _is_validation_error(exc):
+            typer.echo(f"bad input: {exc}", err=True)
+            return 2
         if _state["verbose"]:
             traceback.print_exc()
         typer.echo(

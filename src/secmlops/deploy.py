@@ -12,15 +12,14 @@ import contextlib
 import hashlib
 from dataclasses import dataclass
 
-from secmlops._internal.digests import sha256_bytes
-from secmlops.catalogue import control
 from secmlops.controls.approval import (
-    ApprovalRequest,
     approval_statement,
     check_stage,
     decide_automatically,
     decide_by_preapproval,
+    duty_conflict,
 )
+from secmlops.controls.approval_decisions import approval_request, store_decision
 from secmlops.errors import ControlRefused, InputError, RefusalReason, SecMLOpsError
 from secmlops.evidence.keys import KeyDirectory
 from secmlops.evidence.predicates import (
@@ -28,7 +27,6 @@ from secmlops.evidence.predicates import (
     ApproverRef,
     GateCheckRecord,
     GateVerdict,
-    ReleasePredicate,
     ResourceDescriptor,
     Sha256Ref,
     Verifier,
@@ -38,23 +36,23 @@ from secmlops.evidence.predicates import (
 from secmlops.evidence.statements import (
     PREDICATE_SLSA_VSA,
     Subject,
+    key_id,
     load_private_key,
     make_statement,
     sign_statement,
     utc_now,
-    verify_bundle,
 )
 from secmlops.gate import (
     GatePolicy,
     GateReport,
     passed_gate_before,
+    role_key_ids,
     verify_release,
 )
 from secmlops.registry.models import (
     ModelRegistry,
     StagePointer,
     canonical_json,
-    parse_json_object,
     stamped,
 )
 from secmlops.registry.stores import WriteConflict
@@ -109,6 +107,7 @@ def vsa_statement(
             image_digest=report.image_digest,
             release=Sha256Ref(sha256=report.release_sha256),
             approval=ApproverRef(approver=report.approver, method=report.approval_method),
+            approvals=[ApproverRef(approver=a, method=m) for a, m in report.approvals] or None,
             checks=[GateCheckRecord(**c.to_json()) for c in report.checks],
         ),
     )
@@ -240,18 +239,6 @@ def rollback_stage(
     )
 
 
-def _verified_release(models: ModelRegistry, version: str, keys: KeyDirectory) -> tuple[str, str]:
-    """The (model digest, sha256) of a version's release manifest, after verifying its signature.
-
-    An approver signs off on exactly this manifest; one that does not verify is not approved.
-    """
-    key = f"{models.evidence_prefix(version)}/release.json"
-    raw = models.store.read(key)  # read once: the digest approved is of the bytes verified
-    statement = verify_bundle(parse_json_object(raw, key), keys.trusted("attestor"), where=key)
-    manifest: ReleasePredicate = control("release").parse(statement, key).predicate
-    return manifest.model_digest.sha256, sha256_bytes(raw)
-
-
 def record_approval(
     models: ModelRegistry,
     version: str,
@@ -260,34 +247,43 @@ def record_approval(
     keys: KeyDirectory,
     policy: GatePolicy,
     approve_as: str | None,
+    requested_by: str = "",
 ) -> str:
     """Decide, sign and store an approval of ``version`` for ``stage``; return its key.
 
     With ``approve_as`` the named approver approves (signed with their own key); without
     it only a dev policy's auto-approval can pass (signed by the attestor, recorded as
-    automatic), otherwise ``ControlRefused``. The gate later checks who signed it.
+    automatic), otherwise ``ControlRefused``. ``requested_by`` (who asked for the deploy,
+    "" if unknown) is recorded for separation of duties. The gate later checks who signed it.
     """
-    model_digest, release_sha256 = _verified_release(models, version, keys)
-    request = ApprovalRequest(
-        model=models.model,
-        version=version,
-        model_digest=model_digest,
-        release_sha256=release_sha256,
-        stage=check_stage(stage),
-        summary=f"deploy {models.model} {version} to {stage}",
+    request = approval_request(
+        models, version, check_stage(stage), keys=keys, requested_by=requested_by
     )
     if approve_as:
         decision = decide_by_preapproval(request, approve_as, policy.approval)
-        signer = load_private_key(keys.require(keys.approver_private(approve_as)))
+        private = keys.require(keys.approver_private(approve_as))
+        signer = load_private_key(private)
+        conflict = duty_conflict(
+            approve_as,
+            key_id(signer.public_key()),
+            request=request,
+            policy=policy.approval,
+            role_key_ids=role_key_ids(keys),
+            staging_approvers=set(request.staging_approvers),
+        )
+        if conflict:
+            raise ControlRefused(
+                conflict[1],
+                where=f"approval:{request.stage}",
+                fix="have another allowed approver approve",
+                reason=conflict[0],
+                result=request,
+            )
     else:
         decision = decide_automatically(request, policy.approval)
         signer = load_private_key(keys.require(keys.private("attestor")))
     bundle = sign_statement(approval_statement(request, decision), signer)
-    key, _ = models.put_evidence(version, stamped(f"approval-{stage}"), bundle)
-    models.audit(
-        "approved", version=version, stage=stage, approver=decision.approver, method=decision.method
-    )
-    return key
+    return store_decision(models, request, bundle, decision)
 
 
 # --- Prefect -------------------------------------------------------------------------------

@@ -13,8 +13,11 @@ Nothing in the registry is trusted as stored. The gate downloads the model and c
                     predicate validates against the control's model, and the control's
                     check passes (about the right digest, says pass; the scan is re-judged
                     against the current scan policy, not trusted by its stored verdict);
-4. ``approval``     an approval for this stage, signed by an allowed approver's own key,
-                    covers this exact model digest;
+4. ``approval``     the policy's number of distinct valid approvers for this stage
+                    (``required_approvals``), each signed by an allowed approver's own key
+                    (or attestor-signed where the policy lets an anonymous Prefect UI
+                    decision or a dev auto-approval count), about this exact release, within
+                    separation of duties; no valid rejection newer than the newest approval;
 5. ``staged``       (production) the version passed the gate for staging and its staging
                     smoke test passed.
 
@@ -36,10 +39,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from secmlops._internal.digests import sha256_bytes, tree_digest
 from secmlops.catalogue import (
+    ATTESTOR_SIGNER,
     Control,
     Evidence,
     GateContext,
     GateRefusal,
+    approval_authenticity,
+    approval_conditions,
     build_controls,
     control,
     judge_vsa,
@@ -48,7 +54,7 @@ from secmlops.controls.approval import ApprovalPolicy, Stage, check_stage
 from secmlops.controls.image_scan import ScanPolicy
 from secmlops.controls.signing import verify_model_signature
 from secmlops.errors import ControlRefused, RefusalReason, SecMLOpsError
-from secmlops.evidence.keys import KeyDirectory
+from secmlops.evidence.keys import ROLES, KeyDirectory
 from secmlops.evidence.predicates import (
     VERIFIER_ID,
     ApprovalPredicate,
@@ -60,6 +66,8 @@ from secmlops.evidence.statements import (
     EvidenceRefusal,
     TrustedKeys,
     VerifiedStatement,
+    key_id,
+    load_public_key,
     verify_bundle,
 )
 from secmlops.registry.models import ModelRegistry, StagePointer, parse_json_object
@@ -148,6 +156,8 @@ class GateReport:
     release_sha256: str = ""
     approver: str = ""
     approval_method: str = ""
+    #: Every (approver, method) the approval check counted, oldest first.
+    approvals: list[tuple[str, str]] = field(default_factory=list)
     checks: list[GateCheck] = field(default_factory=list)
     input_attestations: list[dict[str, Any]] = field(default_factory=list)
 
@@ -381,38 +391,113 @@ def _stage_evidence(gate: _Gate, version: str, prefix: str) -> list[str]:
     ]
 
 
+def role_key_ids(keys: KeyDirectory) -> dict[str, str]:
+    """Key id of each pipeline role key present in ``keys`` (no approver may sign with one)."""
+    return {
+        role: key_id(load_public_key(keys.public(role)))
+        for role in ROLES
+        if keys.public(role).is_file()
+    }
+
+
+@dataclass
+class _Decisions:
+    """Approval evidence for one stage, sorted into what counts and what does not."""
+
+    approvals: list[tuple[str, Evidence[ApprovalPredicate]]] = field(default_factory=list)
+    rejections: list[tuple[str, Evidence[ApprovalPredicate]]] = field(default_factory=list)
+    problems: list[SecMLOpsError] = field(default_factory=list)
+
+
+def _approval_trust(gate: _Gate, stage: Stage) -> TrustedKeys:
+    """The allowed approvers' keys, plus the attestor (for auto and anonymous UI decisions;
+    the catalogue check refuses those where the policy does not allow them)."""
+    trusted = TrustedKeys()
+    for _, public in gate.attestor.keys.values():
+        trusted.add(ATTESTOR_SIGNER, public)
+    for kid, entry in gate.keys.trusted_approvers(gate.policy.approval.allowed(stage)).keys.items():
+        trusted.keys[kid] = entry  # an approver holding the attestor key: a role conflict
+    return trusted
+
+
+def _sort_decisions(gate: _Gate, keys: list[str], ctx: GateContext) -> _Decisions:
+    found = _Decisions()
+    trusted = _approval_trust(gate, ctx.stage)
+    entry = control("approval")
+    for key in keys:
+        try:
+            ev, _ = gate.load(key, trusted, entry)
+            failed = [r for r in approval_authenticity(ev, ctx) if not r.passed]
+            if not failed and ev.predicate.decision == "approved":
+                failed = [r for r in approval_conditions(ev, ctx) if not r.passed]
+            if failed:
+                raise ControlRefused(
+                    "; ".join(r.detail for r in failed), where=key, reason=failed[0].reason
+                )
+        except SecMLOpsError as exc:
+            found.problems.append(exc)
+            continue
+        if ev.predicate.decision == "approved":
+            found.approvals.append((key, ev))
+        else:
+            found.rejections.append((key, ev))
+    return found
+
+
 def _check_approval(gate: _Gate, version: str) -> tuple[str, list[str]]:
-    """An approval for this stage, by an allowed approver's own key, for exactly this release."""
+    """Enough distinct valid approvers for this stage, for exactly this release, and no valid
+    rejection newer than the newest of them."""
     report = gate.report
     stage = report.stage
-    policy = gate.policy.approval
-    trusted = gate.keys.trusted_approvers(policy.allowed(stage))
-    if stage in policy.unsafe_auto_approve_stages:
-        for kid, (_, public) in gate.attestor.keys.items():
-            trusted.keys[kid] = ("auto", public)
     keys = _stage_evidence(gate, version, f"approval-{stage}")
     if not keys:
         raise ControlRefused(
             f"no approval for {stage} recorded for {version}", reason=GateRefusal.APPROVAL_MISSING
         )
     staging_approvers = _staging_approvers(gate, version) if stage == "production" else set()
-    ctx = gate.context(staging_approvers=frozenset(staging_approvers))
-    entry = control("approval")
-    problems: list[SecMLOpsError] = []
-    for key in keys:
-        try:
-            ev, _ = gate.load(key, trusted, entry)
-            gate.judge(entry, ev, ctx)
-        except SecMLOpsError as exc:
-            problems.append(exc)
+    ctx = gate.context(
+        staging_approvers=frozenset(staging_approvers),
+        role_key_ids=tuple(sorted(role_key_ids(gate.keys).items())),
+    )
+    found = _sort_decisions(gate, keys, ctx)
+    counted: list[tuple[str, Evidence[ApprovalPredicate]]] = []
+    names: set[str] = set()
+    key_ids: set[str] = set()
+    # Newest first: each person (or key) counts once, with their latest approval.
+    for key, ev in sorted(found.approvals, key=lambda a: a[1].predicate.decided_at, reverse=True):
+        kid = "" if ev.signer == ATTESTOR_SIGNER else ev.statement.key_id
+        if ev.predicate.approver in names or (kid and kid in key_ids):
             continue
-        approval: ApprovalPredicate = ev.predicate
-        report.approver, report.approval_method = ev.signer, approval.method
-        return f"approved by {ev.signer} ({approval.method})", [key]
-    # Several candidates may each fail differently; the first one's reason stands for all.
+        names.add(ev.predicate.approver)
+        key_ids.add(kid)
+        counted.insert(0, (key, ev))
+    newest = max((ev.predicate.decided_at for _, ev in counted), default="")
+    # A rejection decided in the same second as the newest approval still blocks: fail closed.
+    blocking = [(k, ev) for k, ev in found.rejections if ev.predicate.decided_at >= newest]
+    if blocking:
+        key, ev = max(blocking, key=lambda r: r[1].predicate.decided_at)
+        raise ControlRefused(
+            f"{ev.predicate.approver} rejected {version} for {stage} at "
+            f"{ev.predicate.decided_at}: {ev.predicate.comment or 'no reason given'}",
+            where=key,
+            reason=GateRefusal.APPROVAL_REJECTED,
+        )
+    needed = gate.policy.approval.needed(stage)
+    if len(counted) >= needed:
+        report.approvals = [(ev.predicate.approver, ev.predicate.method) for _, ev in counted]
+        report.approver, report.approval_method = report.approvals[0]
+        who = ", ".join(f"{a} ({m})" for a, m in report.approvals)
+        return f"approved by {who}", [k for k, _ in counted]
+    problems = "; ".join(str(p) for p in found.problems)
+    if not counted and found.problems:
+        # Several candidates may each fail differently; the first one's reason stands for all.
+        raise ControlRefused(
+            f"no valid approval: {problems}", reason=gate_reason(found.problems[0])
+        )
     raise ControlRefused(
-        "no valid approval: " + "; ".join(str(p) for p in problems),
-        reason=gate_reason(problems[0]),
+        f"{len(counted)} of {needed} required approvals for {stage}"
+        + (f"; not counted: {problems}" if problems else ""),
+        reason=GateRefusal.NOT_ENOUGH_APPROVALS,
     )
 
 
@@ -433,7 +518,30 @@ def _staging_vsas(gate: _Gate, version: str) -> list[tuple[str, Evidence[VsaPred
 
 def _staging_approvers(gate: _Gate, version: str) -> set[str]:
     """Who approved staging, as recorded by the gate in its signed staging VSAs."""
-    return {ev.predicate.secmlops.approval.approver for _, ev in _staging_vsas(gate, version)}
+    names: set[str] = set()
+    for _, ev in _staging_vsas(gate, version):
+        verdict = ev.predicate.secmlops
+        names.add(verdict.approval.approver)
+        names.update(a.approver for a in verdict.approvals or ())
+    return names
+
+
+def staging_approvers(
+    models: ModelRegistry, version: str, *, keys: KeyDirectory, policy: GatePolicy
+) -> frozenset[str]:
+    """Who approved ``version`` for staging, as the gate's own passing staging VSAs record
+    (empty if it never passed the staging gate)."""
+    gate = _Gate(models, version, "staging", keys, policy)
+    model_digest, release_sha256 = _release_digests(gate, version)
+    gate.report.model_digest, gate.report.release_sha256 = model_digest, release_sha256
+    return frozenset(_staging_approvers(gate, version))
+
+
+def _release_digests(gate: _Gate, version: str) -> tuple[str, str]:
+    key = f"{gate.models.evidence_prefix(version)}/release.json"
+    ev, sha = gate.load(key, gate.attestor, control("release"))
+    manifest: ReleasePredicate = ev.predicate
+    return manifest.model_digest.sha256, sha
 
 
 def _check_staged(gate: _Gate, version: str) -> tuple[str, list[str]]:
@@ -532,6 +640,8 @@ __all__ = [
     "GateReport",
     "gate_reason",
     "passed_gate_before",
+    "role_key_ids",
+    "staging_approvers",
     "verify_pointer_vsa",
     "verify_release",
     "vsa_problem",

@@ -97,6 +97,14 @@ def start_local_api() -> None:
             ) from exc
 
 
+def local_api_url() -> str | None:
+    """The URL of the ephemeral API this process started, if it started one."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer._instances.get(None)
+    return server.api_url if server is not None and server.running else None
+
+
 def _startup_timeout() -> int:
     raw = os.environ.get(_TIMEOUT_VAR, "")
     try:

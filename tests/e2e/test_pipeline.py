@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.e2e.conftest import PipelineWorld
+from tests.e2e.conftest import PROJECT, PipelineWorld
 
 MODEL = "churn-classifier"
 BUILD_EVIDENCE = {"release", "data-pull", "validation", "image-scan", "provenance", "model-scan"}
@@ -181,11 +181,21 @@ def test_run_without_an_approver_stops_before_staging(
     pipeline_world: PipelineWorld, tmp_path: Path
 ) -> None:
     registry = tmp_path / "registry"
-    env = {**pipeline_world.env, "SECMLOPS_REGISTRY": str(registry)}
+    policy = tmp_path / "policy.yaml"
+    text = (PROJECT / "secmlops-policy.yaml").read_text()
+    policy.write_text(text.replace("timeout_seconds: 3600", "timeout_seconds: 5"))
+    assert "timeout_seconds: 5" in policy.read_text()
+    env = {
+        **pipeline_world.env,
+        "SECMLOPS_REGISTRY": str(registry),
+        "SECMLOPS_POLICY": str(policy),
+    }
     world = PipelineWorld(pipeline_world.home, registry, env, pipeline_world.runs)
     proc = world.cli("run")
     assert proc.returncode == 1, proc.stderr[-2000:]
-    assert "approval required for staging" in proc.stderr
+    assert "no valid approval of churn-classifier v1 for staging within 5 s" in proc.stderr
+    assert "reason: timed_out" in proc.stderr
+    assert "secmlops approve" in proc.stderr  # the run said how to approve it
     assert (registry / MODEL / "versions" / "v1" / "evidence" / "release.json").is_file()
     assert not (registry / MODEL / "stages").exists()
 

@@ -4,123 +4,19 @@ worker, as an operator would from the UI (the API calls the UI makes)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
+from tests.e2e.conftest import TERMINAL, PrefectServer
 
-from tests.conftest import free_port, wait_http
+SECMLOPS = Path(sys.executable).parent / "secmlops"
 
-PROJECT = Path(__file__).resolve().parents[2]
-PREFECT = Path(sys.executable).parent / "prefect"
-TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-
-
-class PrefectServer:
-    def __init__(self, api: str, env: dict[str, str], home: Path) -> None:
-        self.api = api
-        self.env = env
-        self.home = home
-
-    def cli(self, *args: str, timeout: float = 120) -> str:
-        proc = subprocess.run(
-            [str(PREFECT), "--no-prompt", *args],
-            env=self.env,
-            cwd=PROJECT,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        assert proc.returncode == 0, (
-            f"prefect {' '.join(args)}: {proc.stdout[-2000:]}{proc.stderr[-2000:]}"
-        )
-        return proc.stdout
-
-    def get(self, path: str) -> Any:
-        with urllib.request.urlopen(f"{self.api}{path}", timeout=10) as resp:  # noqa: S310 - loopback
-            return json.loads(resp.read())
-
-    def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
-        req = urllib.request.Request(  # noqa: S310 - loopback
-            f"{self.api}{path}",
-            data=json.dumps(body or {}).encode(),
-            method="POST",
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback
-            return json.loads(resp.read())
-
-    def run_deployment(self, name: str, *params: str, timeout: float = 300) -> dict[str, Any]:
-        args = ["deployment", "run", name]
-        for p in params:
-            args += ["--param", p]
-        out = self.cli(*args)
-        match = re.search(r"UUID: ([0-9a-f-]{36})", out)
-        assert match, out
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            run = self.get(f"/flow_runs/{match.group(1)}")
-            if run["state_type"] in TERMINAL:
-                return dict(run)
-            time.sleep(1)
-        raise AssertionError(f"flow run {match.group(1)} of {name} did not finish in {timeout}s")
-
-
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
-    home = tmp_path_factory.mktemp("prefect-server")
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home / "prefect"),
-        "PREFECT_API_URL": api,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "SECMLOPS_PROJECT_DIR": str(PROJECT),
-        "SECMLOPS_HOME": str(home / "secmlops"),
-        # The Prefect layer (flows/, tasks/, blocks/) and ml/ run from the checkout.
-        "PYTHONPATH": str(PROJECT),
-    }
-    env.pop("SECMLOPS_REGISTRY", None)
-    (home / "prefect").mkdir()
-    logs = (home / "server.log").open("wb")
-    server = subprocess.Popen(
-        [str(PREFECT), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=logs,
-        stderr=subprocess.STDOUT,
-    )
-    worker = None
-    try:
-        wait_http(f"{api}/health", 120, server)
-        srv = PrefectServer(api, env, home)
-        srv.cli("block", "register", "-m", "blocks")
-        srv.cli("work-pool", "create", "secmlops-process", "--type", "process")
-        srv.cli("deploy", "--all")
-        worker = subprocess.Popen(
-            [str(PREFECT), "worker", "start", "--pool", "secmlops-process"],
-            env=env,
-            cwd=PROJECT,
-            stdout=(home / "worker.log").open("wb"),
-            stderr=subprocess.STDOUT,
-        )
-        yield srv
-    finally:
-        for proc in (worker, server):
-            if proc is not None:
-                proc.terminate()
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+# `prefect_server` (tests/e2e/conftest.py): one server, worker and deployment for the session.
 
 
 def test_server_serves_the_ui_and_our_blocks(prefect_server: PrefectServer) -> None:
@@ -133,15 +29,77 @@ def test_server_serves_the_ui_and_our_blocks(prefect_server: PrefectServer) -> N
     assert {"SecMLOps Data Source", "SecMLOps Registry Target"} <= block_types
 
 
-def test_deployed_pipeline_runs_on_a_worker_then_operator_flows(
+def start_deployment(server: PrefectServer, name: str, *params: str) -> str:
+    args = ["deployment", "run", name]
+    for p in params:
+        args += ["--param", p]
+    match = re.search(r"UUID: ([0-9a-f-]{36})", server.cli(*args))
+    assert match
+    return match.group(1)
+
+
+def wait_for(server: PrefectServer, run_id: str, states: set[str], timeout: float = 300) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = server.get(f"/flow_runs/{run_id}")
+        if run["state_type"] in states:
+            return run
+        assert run["state_type"] not in TERMINAL, run["state"]
+        time.sleep(1)
+    raise AssertionError(f"flow run {run_id} never reached {states}")
+
+
+def approve_in_ui_form(server: PrefectServer, run_id: str, decision: str, reason: str) -> None:
+    """What the UI's Resume form sends: the typed input, no signature (anonymous)."""
+    server.post(
+        f"/flow_runs/{run_id}/resume",
+        {"run_input": {"decision": decision, "reason": reason, "signed_decision": ""}},
+    )
+
+
+def test_approval_in_the_form_and_signed_on_a_deployed_run(
     prefect_server: PrefectServer,
 ) -> None:
-    run = prefect_server.run_deployment(
-        "secure-training/secure-training", "approve_as=demo-approver"
-    )
+    """The done-when of the approval issue, through the API the UI uses: a deployed run
+    pauses, staging is approved in the form (anonymous: enough for staging by policy),
+    production needs `secmlops approve --key` (signed), and production moves."""
+    env = {**prefect_server.env, "PREFECT_API_URL": prefect_server.api}
+    keygen = subprocess.run(
+        [str(SECMLOPS), "keygen", "--approver", "demo-approver"],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert keygen.returncode == 0, keygen.stderr
+    run_id = start_deployment(prefect_server, "secure-training/secure-training")
+    paused = wait_for(prefect_server, run_id, {"PAUSED"})
+    assert paused["state"]["state_details"]["pause_key"] == "approval-staging-1"
+    approve_in_ui_form(prefect_server, run_id, "approve", "smoke-tested by hand")
+
+    paused = wait_for(prefect_server, run_id, {"PAUSED"}, timeout=300)
+    while paused["state"]["state_details"]["pause_key"].startswith("approval-staging"):
+        paused = wait_for(prefect_server, run_id, {"PAUSED"}, timeout=300)
+    assert paused["state"]["state_details"]["pause_key"] == "approval-production-1"
+    # Production does not take an anonymous decision: ignored, the run pauses again.
+    approve_in_ui_form(prefect_server, run_id, "approve", "anonymous")
+    deadline = time.monotonic() + 120
+    while (
+        prefect_server.get(f"/flow_runs/{run_id}")["state"]["state_details"].get("pause_key")
+        != "approval-production-2"
+    ):
+        assert time.monotonic() < deadline, "the run did not pause again"
+        time.sleep(1)
+    key = prefect_server.home / "secmlops" / "keys" / "approvers" / "demo-approver.pem"
+    signed = subprocess.run(
+        [str(SECMLOPS), "approve", run_id, "--approve", "--reason", "ship it", "--key", str(key)],
+        env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert signed.returncode == 0, signed.stdout + signed.stderr
+    assert "demo-approver approved v1 for production (signed-decision)" in signed.stdout
+    run = wait_for(prefect_server, run_id, TERMINAL)
     assert run["state_type"] == "COMPLETED", run["state"]
     registry = prefect_server.home / "secmlops" / "registry" / "churn-classifier"
     assert json.loads((registry / "stages" / "production.json").read_text())["version"] == "v1"
+    audit = "".join(p.read_text() for p in (registry / "audit").iterdir())
+    assert "decision-ignored" in audit and "anonymous_not_allowed" in audit
 
     verified = prefect_server.run_deployment("verify/verify", "model=churn-classifier")
     assert verified["state_type"] == "COMPLETED", verified["state"]

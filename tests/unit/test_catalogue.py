@@ -196,7 +196,14 @@ def test_approval_checks_refuse_with_reasons() -> None:
         GateRefusal.STALE_APPROVAL
     }
     auto = writers._approval(auto=True)
-    assert _judge("approval", auto, signer="auto") == set()
+    dev = GatePolicy(approval=ApprovalPolicy(unsafe_auto_approve_stages=("staging",)))
+    assert _judge("approval", auto, signer="attestor", policy=dev) == set()
+    assert _judge("approval", auto, signer="attestor") == {GateRefusal.UNTRUSTED_SIGNER}
+    # An approver's decision must not carry an attestor-only method, nor name someone else.
+    forged = writers._approval()
+    forged["predicate"]["method"] = "prefect-ui"
+    assert _judge("approval", forged, signer="demo-approver") == {GateRefusal.APPROVER_MISMATCH}
+    assert _judge("approval", ok, signer="attestor") == {GateRefusal.APPROVER_MISMATCH}
 
 
 def test_a_predicate_that_does_not_validate_is_a_refusal_not_a_crash() -> None:

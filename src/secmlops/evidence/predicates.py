@@ -26,8 +26,10 @@ from pydantic.alias_generators import to_camel
 
 #: Deployment stages, in promotion order.
 StageName = Literal["staging", "production"]
-#: How an approval decision was made.
-ApprovalMethod = Literal["cli-preapproval", "prefect-ui", "unsafe-auto-approval"]
+#: How an approval decision was made: ``cli-preapproval`` (``--approve-as``, approver's key),
+#: ``signed-decision`` (``secmlops approve``, approver's key), ``prefect-ui`` (anonymous UI
+#: form, attestor-signed), ``unsafe-auto-approval`` (dev policy, attestor-signed).
+ApprovalMethod = Literal["cli-preapproval", "signed-decision", "prefect-ui", "unsafe-auto-approval"]
 
 #: ``verifier.id`` of every VSA the deploy gate writes.
 VERIFIER_ID = "https://secmlops.dev/deploy-gate/v1"
@@ -384,6 +386,8 @@ class ApprovalRequestRecord(_Strict):
     stage: StageName
     release_sha256: str
     summary: str
+    #: Who started the run ("" when unknown; absent in evidence written before it existed).
+    requested_by: str = ""
 
 
 class ApprovalPredicate(_Camel):
@@ -456,6 +460,9 @@ class GateVerdict(_Camel):
     image_digest: str
     release: Sha256Ref
     approval: ApproverRef
+    #: Every approver the gate counted (the two-person rule has more than one; absent in
+    #: VSAs written before it existed, where ``approval`` is the only one).
+    approvals: list[ApproverRef] | None = None
     checks: list[GateCheckRecord]
 
 

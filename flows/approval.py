@@ -1,0 +1,256 @@
+"""The approval step: publish what is being approved, pause the run, verify every decision.
+
+Before a gated stage the flow publishes the approval summary (a markdown artifact) and the
+approval request (a flow run input other tools read), then pauses with
+``pause_flow_run(wait_for_input=ApprovalInput)``. The Prefect UI shows the Resume form; a
+signed decision comes from ``secmlops approve FLOW_RUN_ID --approve --key KEY``, which fills
+the same form through the API. Every decision is verified by the library
+(:mod:`secmlops.controls.approval_decisions`): a bad signature, an approver the policy does
+not allow, a duplicate or garbage is audited and ignored, and the run pauses again until a
+valid decision arrives or the policy's timeout ends the run as refused. A rejection ends the
+run without deploying; its message names who rejected and why.
+
+Example::
+
+    decisions = await_approval(models, "v3", "staging", keys=keys, policy=policy,
+                               requested_by="alice")
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import time
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+from prefect import get_run_logger
+from prefect.exceptions import FlowPauseTimeout
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
+from prefect.input.actions import create_flow_run_input, read_flow_run_input
+from pydantic import Field
+
+from secmlops.controls.approval import ApprovalDecision, ApprovalRefusal, ApprovalRequest
+from secmlops.controls.approval_decisions import (
+    anonymous_ui_decision,
+    approval_request,
+    approvals_needed,
+    audit_ignored_decision,
+    store_decision,
+    verify_decision,
+)
+from secmlops.errors import ControlRefused
+from secmlops.evidence.keys import KeyDirectory
+from secmlops.gate import GatePolicy
+from secmlops.registry.models import ModelRegistry
+from secmlops.remote_approval import OUTCOME_KEY, REQUEST_KEY, pause_key
+
+#: How often a paused run checks whether it was resumed (Prefect's default is 10 s).
+POLL_SECONDS = 1
+MAX_SIGNED_DECISION_CHARS = 256 * 1024
+
+
+class ApprovalInput(RunInput):
+    """The Resume form of a paused run: a decision on deploying one model version."""
+
+    decision: Literal["approve", "reject"] = Field(
+        description="Approve or reject deploying this model version to the stage."
+    )
+    reason: str = Field(
+        default="",
+        max_length=2000,
+        description="Why (recorded in the signed evidence and the audit log).",
+    )
+    signed_decision: str = Field(
+        default="",
+        max_length=MAX_SIGNED_DECISION_CHARS,
+        description="Leave empty in the UI. `secmlops approve` puts a decision signed with "
+        "the approver's key here; the policy says which stages need one.",
+    )
+
+
+@dataclass(frozen=True)
+class Approvals:
+    """The valid approvals a stage received, and where each is stored as evidence."""
+
+    decisions: list[ApprovalDecision]
+    evidence_keys: list[str]
+
+
+def requested_by() -> str:
+    """Who started this run, where that is known: the OS user of an in-process run.
+
+    A run started from a deployment (UI or API) has no known person in Prefect's open-source
+    server, so it is recorded as unknown ("") and separation of duties cannot use it.
+    """
+    from prefect.runtime import deployment
+
+    return "" if deployment.id else getpass.getuser()
+
+
+def await_approval(
+    models: ModelRegistry,
+    version: str,
+    stage: str,
+    *,
+    keys: KeyDirectory,
+    policy: GatePolicy,
+    requested_by: str,
+    summary: str = "",
+) -> Approvals:
+    """Pause until the policy's number of valid approvals for ``stage`` arrived.
+
+    Returns the counted decisions (each stored as signed evidence). Raises
+    ``ControlRefused`` when someone rejects (reason ``REJECTED``) or no valid decision
+    arrives within ``policy.approval.timeout_seconds`` (reason ``TIMED_OUT``).
+    """
+    logger = get_run_logger()
+    request = approval_request(models, version, stage, keys=keys, requested_by=requested_by)
+    _publish_request(request)
+    needed = approvals_needed(policy, request.stage)
+    timeout = policy.approval.timeout_seconds
+    deadline = time.monotonic() + timeout
+    counted: list[ApprovalDecision] = []
+    stored: list[str] = []
+    attempt = 0
+    while len(counted) < needed:
+        remaining = int(deadline - time.monotonic())
+        if remaining <= 0:
+            raise _timed_out(request, timeout, counted, needed)
+        attempt += 1
+        logger.info(
+            "waiting for approval of %s %s for %s (%d of %d so far; %d s left): approve in the "
+            "UI's Resume form or with `secmlops approve <this flow run id> --approve --key KEY`",
+            request.model,
+            request.version,
+            stage,
+            len(counted),
+            needed,
+            remaining,
+        )
+        form = ApprovalInput.with_initial_data(
+            description=_form_description(request, summary, counted, needed), decision="approve"
+        )
+        try:
+            received = pause_flow_run(
+                wait_for_input=form,
+                timeout=remaining,
+                poll_interval=POLL_SECONDS,
+                key=pause_key(stage, attempt),
+            )
+        except FlowPauseTimeout as exc:
+            raise _timed_out(request, timeout, counted, needed) from exc
+        try:
+            bundle, decision = _verified(
+                received, request, keys=keys, policy=policy, counted=counted
+            )
+        except ControlRefused as exc:
+            audit_ignored_decision(models, request, exc)
+            _publish_outcome(
+                pause_key(stage, attempt),
+                accepted=False,
+                detail=f"{exc.message} (reason: {exc.reason.value if exc.reason else 'none'})",
+            )
+            logger.warning("ignored a decision for %s: %s", stage, exc.diagnostics())
+            continue
+        evidence_key = store_decision(models, request, bundle, decision)
+        verb = "approved" if decision.approved else "rejected"
+        _publish_outcome(
+            pause_key(stage, attempt),
+            accepted=True,
+            detail=f"{decision.approver} {verb} {request.version} for {stage} ({decision.method})",
+        )
+        if not decision.approved:
+            raise ControlRefused(
+                f"{request.model} {request.version} was rejected for {stage} by "
+                f"{decision.approver}: {decision.comment or 'no reason given'}",
+                where=f"approval:{stage}",
+                fix="address the reason and run the pipeline again",
+                reason=ApprovalRefusal.REJECTED,
+                result=decision,
+            )
+        counted.append(decision)
+        stored.append(evidence_key)
+        logger.info(
+            "%s approved %s for %s (%s)", decision.approver, version, stage, decision.method
+        )
+    return Approvals(decisions=counted, evidence_keys=stored)
+
+
+def _verified(
+    received: object,
+    request: ApprovalRequest,
+    *,
+    keys: KeyDirectory,
+    policy: GatePolicy,
+    counted: list[ApprovalDecision],
+) -> tuple[dict[str, object], ApprovalDecision]:
+    """The signed bundle and decision a received form stands for, or ``ControlRefused``."""
+    if not isinstance(received, ApprovalInput):
+        raise ControlRefused(
+            "the decision is not an approval form",
+            where=f"approval:{request.stage}",
+            reason=ApprovalRefusal.MALFORMED_DECISION,
+        )
+    signed = received.signed_decision.strip()
+    if not signed:
+        return anonymous_ui_decision(
+            request,
+            approve=received.decision == "approve",
+            reason=received.reason,
+            keys=keys,
+            policy=policy,
+            counted=counted,
+        )
+    try:
+        bundle = json.loads(signed)
+    except ValueError as exc:
+        raise ControlRefused(
+            f"the signed decision is not JSON: {exc}",
+            where=f"approval:{request.stage}",
+            reason=ApprovalRefusal.MALFORMED_DECISION,
+        ) from exc
+    decision = verify_decision(bundle, request, keys=keys, policy=policy, counted=counted)
+    return bundle, decision
+
+
+def _timed_out(
+    request: ApprovalRequest, timeout: int, counted: list[ApprovalDecision], needed: int
+) -> ControlRefused:
+    return ControlRefused(
+        f"no valid approval of {request.model} {request.version} for {request.stage} within "
+        f"{timeout} s ({len(counted)} of {needed} received)",
+        where=f"approval:{request.stage}",
+        fix="run the pipeline again and approve in time (policy approval.timeout_seconds)",
+        reason=ApprovalRefusal.TIMED_OUT,
+        result=counted,
+    )
+
+
+def _publish_request(request: ApprovalRequest) -> None:
+    """Publish the request so `secmlops approve` signs exactly what this run waits for."""
+    key = REQUEST_KEY.format(stage=request.stage)
+    if read_flow_run_input(key) is None:  # one request per stage and run
+        create_flow_run_input(key, value=asdict(request))
+
+
+def _publish_outcome(pause: str, *, accepted: bool, detail: str) -> None:
+    """Tell `secmlops approve` whether the decision given to ``pause`` counted, and why."""
+    create_flow_run_input(
+        OUTCOME_KEY.format(pause=pause), value={"accepted": accepted, "detail": detail}
+    )
+
+
+def _form_description(
+    request: ApprovalRequest, summary: str, counted: list[ApprovalDecision], needed: int
+) -> str:
+    got = ", ".join(f"{d.approver} ({d.method})" for d in counted) or "none yet"
+    return (
+        f"### Approve {request.model} {request.version} for **{request.stage}**?\n\n"
+        f"Model sha256 `{request.model_digest}`; release manifest sha256 "
+        f"`{request.release_sha256}`. Approvals: {len(counted)} of {needed} ({got}).\n\n"
+        f"{summary}\n\n"
+        "A decision from this form is anonymous; where the policy needs a signed one, run "
+        "`secmlops approve <flow run id> --approve --reason TEXT --key APPROVER_KEY`."
+    )
