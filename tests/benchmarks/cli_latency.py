@@ -8,11 +8,17 @@ Each command runs ``--runs`` times in a row (after one warm-up run) beside ``pyt
 on the same interpreter; the table gives the median and the spread. ``--project`` points at
 another checkout (e.g. an older commit's clone) to compare before and after on one machine.
 Every command must exit 0, or the benchmark stops: a fast failure is not a measurement.
+
+The load average is printed before and after (other work on the machine skews the times).
+With ``PYTHONDONTWRITEBYTECODE`` set, modules installed without bytecode (``uv sync``
+compiles none unless ``--compile-bytecode``/``UV_COMPILE_BYTECODE=1``) are compiled from
+source on every run — typer and pandera among them, ~0.2 s per command: the benchmark says so.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -82,11 +88,19 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args()
     project = args.project.resolve()
-    print(f"project {project}, {args.runs} runs each (median, min-max in seconds)\n")
+    print(f"project {project}, {args.runs} runs each (median, min-max in seconds)")
+    if os.environ.get("PYTHONDONTWRITEBYTECODE"):
+        print("PYTHONDONTWRITEBYTECODE is set: modules without cached bytecode compile every run")
+    print(f"load average before: {_load()}\n")
     print("| command | median (s) | min-max (s) |\n| --- | ---: | ---: |")
     for name, argv in commands(project).items():
         times = measure(argv, project, args.runs)
         print(f"| `{name}` | {statistics.median(times):.2f} | {min(times):.2f}-{max(times):.2f} |")
+    print(f"\nload average after: {_load()}")
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 if __name__ == "__main__":

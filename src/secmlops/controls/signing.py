@@ -10,6 +10,10 @@ Verification is stricter than model-signing alone: model-signing skips paths lis
 ``ignore_paths`` in the signature (``.git*`` by default), so after it verifies we also
 require that the directory holds exactly the files the signature lists.
 
+Verification of key-signed bundles (what ``sign_model`` writes) runs natively in
+:mod:`secmlops.controls.signing_native`, without importing model-signing (over a second of
+imports); any bundle that module does not fully understand is verified by model-signing.
+
 Example::
 
     sig = sign_model(Path("model"), private_key=Path("keys/model-signer.pem"),
@@ -32,7 +36,7 @@ from cryptography.exceptions import InvalidSignature
 
 from secmlops._internal.digests import sha256_file, tree_digest
 from secmlops.errors import ControlRefused, InputError, RefusalReason, SecMLOpsError, ToolError
-from secmlops.evidence.statements import key_id, load_private_key, load_public_key
+from secmlops.evidence.statements import PublicKey, key_id, load_private_key, load_public_key
 
 
 class SignatureRefusal(RefusalReason):
@@ -181,13 +185,30 @@ def verify_model_signature(model_dir: Path, *, signature: Path, public_key: Path
     :class:`SignatureRefusal` that tells these apart); ``InputError`` when
     the model directory, signature or key file is missing or the key is not an EC key.
     """
-    from model_signing import verifying
+    from secmlops.controls.signing_native import NotNativelyVerifiable, verify_key_signed_model
 
     root = _require_model_dir(model_dir)
     _require_file(signature, "model signature", "pass the model.sig stored with this model version")
     _require_file(public_key, "public key", "pass the model signer's public key (.pub, PEM)")
     _outside(root, signature)
     trusted = load_public_key(public_key)  # InputError if not a PEM EC public key
+    try:
+        # The bundles sign_model writes verify without importing model-signing (>1 s).
+        verify_key_signed_model(root, signature=signature, public_key=trusted)
+        return
+    except NotNativelyVerifiable:
+        pass  # certificate/keyless bundles, shards, odd fields: model-signing decides
+    _verify_with_model_signing(
+        model_dir, root, signature=signature, public_key=public_key, trusted=trusted
+    )
+
+
+def _verify_with_model_signing(
+    model_dir: Path, root: Path, *, signature: Path, public_key: Path, trusted: PublicKey
+) -> None:
+    """``verify_model_signature`` for bundles only model-signing understands."""
+    from model_signing import verifying
+
     config: Any = verifying.Config  # model-signing is untyped
     try:
         config().use_elliptic_key_verifier(public_key=public_key).verify(root, signature)
