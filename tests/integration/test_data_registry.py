@@ -138,8 +138,9 @@ def test_data_pull_statement(registry: DataRegistry, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("repo", "path", "rev", "error", "message"),
     [
-        (None, DEMO_DATASET_PATH, "v9.9", InputError, "revision 'v9.9' does not exist"),
-        (None, DEMO_DATASET_PATH, "deadbee", InputError, "does not exist"),
+        (None, DEMO_DATASET_PATH, "v9.9", InputError, "revision 'v9.9' is neither a tag nor"),
+        (None, DEMO_DATASET_PATH, "deadbee", InputError, "nor a full commit sha"),
+        (None, DEMO_DATASET_PATH, "main", InputError, "a branch is refused"),
         (None, DEMO_DATASET_PATH, "--upload-pack=x", InputError, "not a plain git tag"),
         (None, "data/other.csv", "v1.0", InputError, "data/other.csv does not exist"),
         (None, ".dvcignore", "v1.0", InputError, "not tracked by DVC"),

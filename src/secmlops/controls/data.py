@@ -176,8 +176,14 @@ class _Deadline:
 def _resolve_rev(
     source: str, rev: str, meta: Path, deadline: _Deadline, env: dict[str, str]
 ) -> str:
-    """Fetch just ``rev`` into a scratch bare repo and return its full commit sha."""
+    """Fetch just ``rev`` into a scratch bare repo and return its full commit sha.
+
+    ``rev`` must be a full commit sha or a tag: a branch moves, so "pinned data" on a branch
+    would be whatever was pushed last. Anything else is fetched as ``refs/tags/<rev>`` and
+    refused as bad input if there is no such tag.
+    """
     run_git("init", "-q", "--bare", str(meta), cwd=meta.parent, timeout=60, env=env)
+    ref = rev if _SHA_RE.match(rev) else f"refs/tags/{rev}"
     try:
         run_tool(
             [
@@ -189,7 +195,7 @@ def _resolve_rev(
                 "--depth=1",
                 "--no-tags",
                 source,
-                rev,
+                ref,
             ],
             timeout=deadline.left("git fetch"),
             env_allow=PULL_ENV_ALLOW,
@@ -200,10 +206,10 @@ def _resolve_rev(
         tail = str(exc.details.get("stderr_tail", ""))
         if "couldn't find remote ref" in tail or "not our ref" in tail:
             raise InputError(
-                f"revision {rev!r} does not exist in data registry {source}",
+                f"revision {rev!r} is neither a tag nor a full commit sha in data registry "
+                f"{source} (a branch is refused: it moves, so the data would not be pinned)",
                 where=f"{source}@{rev}",
-                fix="list the registry's tags with `git ls-remote --tags <repo>`; "
-                "short shas are not accepted, use the full 40-character sha",
+                fix="pin a tag (`git ls-remote --tags <repo>`) or a full 40-character commit sha",
             ) from exc
         if "does not appear to be a git repository" in tail or "not found" in tail:
             raise InputError(
