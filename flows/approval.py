@@ -108,6 +108,7 @@ def await_approval(
     logger = get_run_logger()
     request = approval_request(models, version, stage, keys=keys, requested_by=requested_by)
     _publish_request(request)
+    _notify(policy.approval.notify_block, request)
     needed = approvals_needed(policy, request.stage)
     timeout = policy.approval.timeout_seconds
     deadline = time.monotonic() + timeout
@@ -233,6 +234,37 @@ def _publish_request(request: ApprovalRequest) -> None:
     key = REQUEST_KEY.format(stage=request.stage)
     if read_flow_run_input(key) is None:  # one request per stage and run
         create_flow_run_input(key, value=asdict(request))
+
+
+def _notify(block_ref: str | None, request: ApprovalRequest) -> None:
+    """Tell the site's notification block that this run waits, with a link to it.
+
+    Best effort: a notification that cannot be sent is logged (the run waits regardless,
+    and nothing is approved by it)."""
+    if not block_ref:
+        return
+    from prefect.blocks.abstract import NotificationBlock
+    from prefect.blocks.core import Block
+    from prefect.context import FlowRunContext
+    from prefect.utilities.urls import url_for
+
+    logger = get_run_logger()
+    ctx = FlowRunContext.get()
+    run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else "unknown"
+    link = url_for("flow-run", obj_id=run_id, default_base_url="http://127.0.0.1:4200") or run_id
+    try:
+        block = Block.load(block_ref)
+        if not isinstance(block, NotificationBlock):
+            raise TypeError(f"{type(block).__name__} is not a notification block")
+        block.notify(
+            body=(
+                f"{request.model} {request.version} waits for approval for {request.stage}: "
+                f"{link} (or `secmlops approve {run_id} --approve --key KEY`)"
+            ),
+            subject=f"Approval needed: {request.model} {request.version} -> {request.stage}",
+        )
+    except Exception as exc:
+        logger.warning("could not send the approval notification through %s: %s", block_ref, exc)
 
 
 def _publish_outcome(pause: str, *, accepted: bool, detail: str) -> None:

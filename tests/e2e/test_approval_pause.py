@@ -298,3 +298,44 @@ def test_approval_garbage_then_a_valid_decision(
     assert "malformed_decision" in _audit(registry)
     assert _signed(probe, keys, "carol").accepted
     assert probe.finish() == ["carol"]
+
+
+def test_approval_waiting_is_notified_through_the_sites_webhook_block(start: Any) -> None:
+    """The policy names a saved notification block; a run that pauses posts to it."""
+    import json
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    received: list[dict[str, Any]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append(json.loads(body))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    httpd = HTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        CustomWebhookNotificationBlock(
+            name="approvals",
+            url=f"http://127.0.0.1:{httpd.server_port}/hook",
+            json_data={"text": "{{subject}}: {{body}}"},
+        ).save("approvals", overwrite=True)
+        probe = start(_policy(notify_block="custom-webhook/approvals"))
+        run_id = probe.wait_paused(1)
+        deadline = time.monotonic() + 30
+        while not received and time.monotonic() < deadline:
+            time.sleep(0.2)
+        probe.form("approve", "seen the notification")
+        assert probe.finish() == ["prefect-ui"]
+    finally:
+        httpd.shutdown()
+    (message,) = received
+    assert "Approval needed: churn-classifier v1 -> staging" in message["text"]
+    assert f"runs/flow-run/{run_id}" in message["text"]

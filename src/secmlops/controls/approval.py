@@ -103,6 +103,12 @@ class ApprovalPolicy(BaseModel):
     required_approvals: Mapping[Stage, int] = {"staging": 1, "production": 1}
     #: How long a run waits for enough valid decisions before it is refused.
     timeout_seconds: int = Field(default=3600, ge=1)
+    #: A saved Prefect notification block (``<block-type-slug>/<name>``, e.g.
+    #: ``slack-webhook/approvals`` or ``custom-webhook/approvals``) told, with a link to the
+    #: run, whenever a run waits for approval. ``None``: nobody is notified.
+    notify_block: str | None = Field(
+        default=None, pattern=r"^[a-z0-9][a-z0-9-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$"
+    )
     #: Production must be approved by someone other than whoever approved staging; no
     #: approver may be whoever started the run, nor hold the model-signer key.
     separation_of_duties: bool = False
