@@ -16,8 +16,10 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger
 
 from blocks import RegistryTarget
+from flows.approval import await_approval, requested_by
 from flows.artifacts import publish_gate_checks
 from flows.visibility import visible_run
+from secmlops.catalogue import GateRefusal
 from secmlops.errors import ControlRefused
 from secmlops.evidence.keys import KeyDirectory
 from secmlops.gate import GateReport
@@ -59,6 +61,7 @@ def promote(
     model: str = "churn-classifier",
     stage: Literal["staging", "production"] = "production",
     registry: RegistryTarget | None = None,
+    wait_for_approval: bool = True,
 ) -> dict[str, Any]:
     """Promote a registered version to a stage through the deploy gate.
 
@@ -70,20 +73,43 @@ def promote(
             staging first.
         registry: The model registry (a saved RegistryTarget block); empty: the worker's
             default registry.
+        wait_for_approval: When the gate refuses only for want of approvals, pause for
+            them (the Resume form, or `secmlops approve`) and run the gate again. The gate
+            still decides; this only lets the run wait instead of failing.
     """
     models = _open(model, registry)
     require_version_task(models, version)
+    keys = KeyDirectory(local_paths().keys)
+    policy = load_gate_policy()
     with _gate_checks_published() as reports:
-        promotion = promote_to_stage_task(
-            models,
-            version,
-            stage,
-            keys=KeyDirectory(local_paths().keys),
-            policy=load_gate_policy(),
-            actor=ACTOR,
-        )
+        try:
+            promotion = promote_to_stage_task(
+                models, version, stage, keys=keys, policy=policy, actor=ACTOR
+            )
+        except ControlRefused as exc:
+            if not (wait_for_approval and _wants_only_approvals(exc)):
+                raise
+            get_run_logger().info("the gate needs approvals for %s first: waiting", stage)
+            await_approval(
+                models, version, stage, keys=keys, policy=policy, requested_by=requested_by()
+            )
+            promotion = promote_to_stage_task(
+                models, version, stage, keys=keys, policy=policy, actor=ACTOR
+            )
         reports.append(promotion.report)
     return promotion.pointer.to_json()
+
+
+_APPROVAL_REASONS = frozenset({GateRefusal.APPROVAL_MISSING, GateRefusal.NOT_ENOUGH_APPROVALS})
+
+
+def _wants_only_approvals(exc: ControlRefused) -> bool:
+    """True when every failed gate check is a missing or insufficient approval."""
+    report = exc.result
+    if not isinstance(report, GateReport):
+        return False
+    failed = [c for c in report.checks if not c.passed]
+    return bool(failed) and all(c.reason in _APPROVAL_REASONS for c in failed)
 
 
 @flow(name="rollback", log_prints=True, timeout_seconds=1800)

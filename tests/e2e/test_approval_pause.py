@@ -339,3 +339,65 @@ def test_approval_waiting_is_notified_through_the_sites_webhook_block(start: Any
     (message,) = received
     assert "Approval needed: churn-classifier v1 -> staging" in message["text"]
     assert f"runs/flow-run/{run_id}" in message["text"]
+
+
+def test_approval_operator_promote_waits_for_an_approval(
+    prefect_server: PrefectServer,
+    approval_world: tuple[Path, KeyDirectory],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The `promote` operator flow on a version nobody approved for the stage yet: the gate
+    refuses for want of approvals only, so the run pauses, is approved, and promotes."""
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_LOGGING_TO_API_ENABLED,
+        temporary_settings,
+    )
+
+    from blocks import RegistryTarget
+    from flows.operations import promote
+
+    source, keys = approval_world
+    registry = tmp_path / "registry"
+    shutil.copytree(source, registry)
+    for approval in (registry / MODEL / "versions" / "v2" / "evidence").glob("approval-*"):
+        approval.unlink()
+    monkeypatch.setenv("SECMLOPS_KEYS", str(keys.root))
+    probe = Probe(prefect_server)
+    settings = {PREFECT_API_URL: prefect_server.api, PREFECT_LOGGING_TO_API_ENABLED: False}
+
+    def body() -> None:
+        with temporary_settings(settings):
+            try:
+                state = promote(
+                    version="v2",
+                    stage="staging",
+                    registry=RegistryTarget(uri=str(registry)),
+                    return_state=True,
+                )
+                probe.run_id = str(state.state_details.flow_run_id)
+                probe.result = state.result()
+            except BaseException as exc:
+                probe.error = exc
+
+    probe.thread = threading.Thread(target=contextvars.copy_context().run, args=(body,))
+    probe.thread.start()
+    with temporary_settings(settings):
+        deadline = time.monotonic() + 180
+        while probe.run_id is None and time.monotonic() < deadline:
+            runs = prefect_server.post(
+                "/flow_runs/filter",
+                {"flow_runs": {"state": {"type": {"any_": ["PAUSED"]}}}, "sort": "START_TIME_DESC"},
+            )
+            mine = [r for r in runs if r["parameters"].get("version") == "v2"]
+            if mine:
+                probe.run_id = mine[0]["id"]
+            time.sleep(0.5)
+        probe.wait_paused(1)
+        probe.form("approve", "promote by hand")
+        result = probe.finish()
+    assert probe.error is None, probe.error
+    assert result["version"] == "v2"
+    pointer = (registry / MODEL / "stages" / "staging.json").read_text()
+    assert '"version": "v2"' in pointer or '"version":"v2"' in pointer
