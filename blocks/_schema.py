@@ -13,8 +13,8 @@ The fix: each block's JSON schema requires the field that says where the block p
 has to be ``required``: the UI sends the schema to the server's validation endpoint
 itself and keeps only the keywords it knows (``not`` and ``additionalProperties`` are
 dropped). Python is unchanged: the field keeps its default, so ``RegistryTarget()`` is still
-the embedded demo; the UI asks for that field when someone saves a block (a saved block that
-points nowhere is what picking no block means).
+the embedded demo. The UI's block form asks for that field; to get the default in a run
+form, pick no block.
 """
 
 from __future__ import annotations

@@ -16,8 +16,9 @@ class DataSource(SecMLOpsBlock):
 
     repo: str = Field(
         default="",
-        description="Git URL or path of the DVC data registry. Empty: the embedded demo "
-        "registry (.secmlops/data-registry/repo), created on first run.",
+        description="Git URL or path of the DVC data registry (the block form asks for it). "
+        "Empty, or no data block given to a run: the embedded demo registry "
+        "(.secmlops/data-registry/repo), created on first run.",
     )
     path: str = Field(default="data/churn.csv", description="Path of the dataset in the repo.")
     rev: str = Field(

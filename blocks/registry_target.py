@@ -18,8 +18,9 @@ class RegistryTarget(SecMLOpsBlock):
 
     uri: str = Field(
         default="",
-        description="Directory path, file:///path or s3://bucket/prefix. Empty: "
-        "$SECMLOPS_REGISTRY, else .secmlops/registry.",
+        description="Directory path, file:///path or s3://bucket/prefix (the block form "
+        "asks for it). Empty, or no registry block given to a run: $SECMLOPS_REGISTRY, else "
+        ".secmlops/registry.",
     )
     s3_endpoint_url: str | None = Field(
         default=None,

@@ -17,7 +17,8 @@ class ServingImage(SecMLOpsBlock):
     target: str = Field(
         default="",
         description="Image reference (registry/name:tag), docker-archive .tar or OCI layout "
-        "directory. Empty: build the demo serving image from uv.lock (no Docker needed).",
+        "directory (the block form asks for it). Empty, or no image block given to a run: "
+        "build the demo serving image from uv.lock (no Docker needed).",
     )
     trivy_cache_dir: str = Field(
         default="",

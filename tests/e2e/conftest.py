@@ -15,11 +15,14 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from tests.conftest import free_port, wait_http
+
+if TYPE_CHECKING:
+    from prefect.blocks.core import Block
 
 PROJECT = Path(__file__).resolve().parents[2]
 SECMLOPS = Path(sys.executable).parent / "secmlops"
@@ -196,21 +199,25 @@ class PrefectServer:
             time.sleep(1)
         raise AssertionError(f"flow run {run_id} not {what} within {timeout}s: {run.get('state')}")
 
-    def save_registry_block(self, name: str, registry: Path) -> dict[str, Any]:
-        """Save a ``SecMLOps Registry Target`` block (the Python API a user would use)."""
+    def save_block(self, block: Block, name: str) -> dict[str, Any]:
+        """Save ``block`` as ``name`` (the Python API a user would use); its block document."""
         from prefect.settings import PREFECT_API_URL, temporary_settings
-
-        from blocks import RegistryTarget
 
         def save() -> None:
             with temporary_settings(updates={PREFECT_API_URL: self.api}):
-                RegistryTarget(uri=str(registry)).save(name, overwrite=True)
+                block.save(name, overwrite=True)
 
         # A thread of its own: under Playwright's sync API this thread has an event loop,
         # and Prefect would hand back a coroutine instead of saving.
         with ThreadPoolExecutor(max_workers=1) as pool:
             pool.submit(save).result(timeout=120)
-        return self.block_document("secmlops-registry-target", name)
+        return self.block_document(block.get_block_type_slug(), name)
+
+    def save_registry_block(self, name: str, registry: Path) -> dict[str, Any]:
+        """Save a ``SecMLOps Registry Target`` block pointing at ``registry``."""
+        from blocks import RegistryTarget
+
+        return self.save_block(RegistryTarget(uri=str(registry)), name)
 
     def run_deployment(self, name: str, *params: str, timeout: float = 300) -> dict[str, Any]:
         args = ["deployment", "run", name]
