@@ -1,0 +1,317 @@
+"""The Prefect UI in a real browser (Debian's chromium driven by Playwright), against the
+session's real Prefect server and worker: what an operator clicks, checked through the API.
+
+Screenshots go to ``tests/.artifacts/browser/`` (git-ignored); each test prints where.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
+
+from tests.e2e.conftest import PROJECT, SITE_REGISTRY_BLOCK, TERMINAL, PrefectServer
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+]
+ARTIFACTS = PROJECT / "tests" / ".artifacts" / "browser"
+# A busy 2-core machine: the UI's first load and every API round trip can take long.
+UI_TIMEOUT_MS = 90_000
+MODEL = "churn-classifier"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[BrowserContext]:
+    """Debian's chromium, headless, with a new empty profile (never a downloaded browser)."""
+    assert CHROMIUM.exists(), (
+        f"{CHROMIUM} is missing: `apt-get install chromium` (.ci/run does it in CI)"
+    )
+    profile = tempfile.mkdtemp(prefix="secmlops-chromium-")
+    try:
+        with sync_playwright() as pw:
+            context = pw.chromium.launch_persistent_context(
+                profile,
+                executable_path=str(CHROMIUM),
+                args=CHROMIUM_ARGS,
+                headless=True,
+                viewport={"width": 1400, "height": 1100},
+            )
+            context.set_default_timeout(UI_TIMEOUT_MS)
+            expect.set_options(timeout=UI_TIMEOUT_MS)
+            try:
+                yield context
+            finally:
+                context.close()
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture
+def page(browser: BrowserContext) -> Iterator[Page]:
+    page = browser.new_page()
+    try:
+        yield page
+    finally:
+        page.close()
+
+
+@pytest.fixture
+def shots(request: pytest.FixtureRequest) -> Path:
+    """This test's screenshot directory (emptied first)."""
+    path = ARTIFACTS / re.sub(r"[^\w.-]+", "_", request.node.name)
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    print(f"screenshots: {path}")
+    return path
+
+
+def _cancel(server: PrefectServer, run_id: str) -> None:
+    """Cancel a run left paused or running, so later tests get the deployment's slot."""
+    run = server.get(f"/flow_runs/{run_id}")
+    if run["state_type"] in TERMINAL:
+        return
+    server.post(
+        f"/flow_runs/{run_id}/set_state",
+        {"state": {"type": "CANCELLING", "message": "test cleanup"}, "force": True},
+    )
+
+
+def _paused_for(stage: str) -> Callable[[dict[str, Any]], bool]:
+    """Whether a flow run is paused at the approval of ``stage``."""
+
+    def reached(run: dict[str, Any]) -> bool:
+        key = (run["state"] or {}).get("state_details", {}).get("pause_key") or ""
+        return run["state_type"] == "PAUSED" and key.startswith(f"approval-{stage}-")
+
+    return reached
+
+
+def _past_staging(run: dict[str, Any]) -> bool:
+    """Whether a run got past staging: finished, or paused for production."""
+    return run["state_type"] == "COMPLETED" or _paused_for("production")(run)
+
+
+def _start_custom_run(
+    page: Page, server: PrefectServer, shots: Path, *, registry_block: str
+) -> dict[str, Any]:
+    """Open secure-training's Custom run form, pick a saved registry block, submit with
+    "Validate parameters" ticked; return the flow run the UI created."""
+    deployment = server.deployment("secure-training/secure-training")
+    page.goto(f"{server.ui}/deployments/deployment/{deployment['id']}")
+    page.get_by_role("button", name="Run", exact=True).click()
+    page.get_by_text("Custom run", exact=True).click()
+    expect(page).to_have_url(re.compile(r"/run(\?|$)"))
+
+    registry = page.locator(".schema-form-property").filter(
+        has=page.get_by_text("registry (Optional)", exact=True)
+    )
+    registry.get_by_role("button", name="RegistryTarget", exact=True).click()
+    option = page.get_by_role("option", name=registry_block, exact=True)
+    registry.locator(".block-document-input .p-select-button").click()
+    if not option.is_visible():
+        page.keyboard.press("ArrowDown")  # the combobox opens on the keyboard reliably
+    option.click()
+    expect(registry.locator(".p-select-button")).to_contain_text(registry_block)
+    expect(page.get_by_label("Validate parameters")).to_be_checked()
+    page.screenshot(path=shots / "1-custom-run-form.png", full_page=True)
+
+    for _attempt in range(3):
+        with page.expect_response(
+            lambda r: r.request.method == "POST" and r.url.endswith("/create_flow_run")
+        ) as created:
+            page.get_by_role("button", name="Submit", exact=True).click()
+        response = created.value
+        body = response.json()
+        if response.status != 503:  # retryable (a busy SQLite): a person clicks again
+            break
+        page.wait_for_timeout(3000)
+    if response.status != 201:
+        page.screenshot(path=shots / "1-custom-run-refused.png", full_page=True)
+    assert response.status == 201, f"the UI could not create the run: {body}"
+    sent = response.request.post_data_json or {}
+    assert sent.get("enforce_parameter_schema") is True, sent
+    return dict(body)
+
+
+def _decide_in_resume_form(
+    page: Page, server: PrefectServer, run_id: str, shots: Path, *, decision: str, reason: str
+) -> None:
+    """On the paused run's page: Resume, fill the approval form, submit."""
+    page.goto(f"{server.ui}/runs/flow-run/{run_id}")
+    page.get_by_role("button", name="Resume", exact=True).click()
+    form = page.get_by_role("dialog")
+    expect(form.get_by_text("Resume Flow Run")).to_be_visible()
+    expect(form.get_by_text(re.compile(r"Approve .* for staging\?")).first).to_be_visible()
+
+    chosen = form.locator(".schema-form-property").filter(
+        has=page.get_by_text(re.compile(r"^Decision\b"))
+    )
+    picker = chosen.locator(".p-select-button")
+    if decision not in picker.inner_text():
+        picker.click()
+        option = page.get_by_role("option", name=decision, exact=True)
+        if not option.is_visible():
+            page.keyboard.press("ArrowDown")
+        option.click()
+    expect(picker).to_contain_text(decision)
+    form.locator(".schema-form-property").filter(
+        has=page.get_by_text(re.compile(r"^Reason\b"))
+    ).locator("textarea").fill(reason)
+    form.screenshot(path=shots / f"3-resume-form-{decision}.png")
+
+    with page.expect_response(
+        lambda r: r.request.method == "POST" and r.url.endswith(f"/flow_runs/{run_id}/resume")
+    ) as resumed:
+        form.get_by_role("button", name="Submit", exact=True).click()
+    assert resumed.value.ok, resumed.value.text()
+
+
+def _screenshot_run(page: Page, server: PrefectServer, run: dict[str, Any], path: Path) -> None:
+    """The run's page once it shows the run's state, task runs and logs."""
+    page.goto(f"{server.ui}/runs/flow-run/{run['id']}")
+    expect(page.get_by_text(run["name"]).first).to_be_visible()
+    expect(page.get_by_text(run["state_name"], exact=True).first).to_be_visible()
+    expect(page.get_by_text(re.compile(r"^\d+ Task runs?$")).first).to_be_visible()
+    expect(page.get_by_text(re.compile(r"Beginning flow run")).first).to_be_visible()
+    page.screenshot(path=path, full_page=True)
+
+
+def test_browser_custom_run_with_a_saved_block_validates_and_reaches_the_run(
+    prefect_server: PrefectServer, page: Page, shots: Path
+) -> None:
+    block = prefect_server.block_document("secmlops-registry-target", SITE_REGISTRY_BLOCK)
+    run = _start_custom_run(page, prefect_server, shots, registry_block=SITE_REGISTRY_BLOCK)
+    try:
+        # The UI created the run with the block *reference*, parameter validation on.
+        stored = prefect_server.get(f"/flow_runs/{run['id']}")
+        assert stored["parameters"]["registry"] == {"$ref": {"block_document_id": block["id"]}}, (
+            stored["parameters"]
+        )
+        # The worker resolved it: the run reaches the approval pause (or completes),
+        # having registered its model version in the saved block's registry.
+        reached = prefect_server.wait_for_run(
+            run["id"],
+            lambda r: r["state_type"] in {"PAUSED", "COMPLETED"},
+            "paused or completed",
+        )
+        versions = prefect_server.site_registry / MODEL / "versions"
+        assert (versions / "v1").is_dir(), (
+            f"nothing registered in {prefect_server.site_registry}: {reached['state']}"
+        )
+        _screenshot_run(page, prefect_server, reached, shots / "2-flow-run-page.png")
+        page.get_by_text("Parameters", exact=True).first.click()
+        expect(page.get_by_text(block["id"]).first).to_be_visible()
+        page.screenshot(path=shots / "3-flow-run-parameters.png", full_page=True)
+    finally:
+        _cancel(prefect_server, run["id"])
+
+
+def test_browser_approve_in_the_resume_form_deploys_to_staging(
+    prefect_server: PrefectServer, page: Page, shots: Path
+) -> None:
+    registry = prefect_server.home / "approved-registry"
+    prefect_server.save_registry_block("approved-registry", registry)
+    run = _start_custom_run(page, prefect_server, shots, registry_block="approved-registry")
+    try:
+        paused = prefect_server.wait_for_run(
+            run["id"], _paused_for("staging"), "paused for staging approval"
+        )
+        _screenshot_run(page, prefect_server, paused, shots / "2-paused-for-staging.png")
+        assert not (registry / MODEL / "stages" / "staging.json").exists()
+
+        _decide_in_resume_form(
+            page, prefect_server, run["id"], shots, decision="approve", reason="looks good"
+        )
+        resumed = prefect_server.wait_for_run(run["id"], _past_staging, "past staging")
+        pointer = json.loads((registry / MODEL / "stages" / "staging.json").read_text())
+        assert pointer["version"] == "v1", pointer
+        _screenshot_run(page, prefect_server, resumed, shots / "4-run-after-approval.png")
+    finally:
+        _cancel(prefect_server, run["id"])
+
+
+def test_browser_reject_in_the_resume_form_refuses_the_run(
+    prefect_server: PrefectServer, page: Page, shots: Path
+) -> None:
+    registry = prefect_server.home / "rejected-registry"
+    prefect_server.save_registry_block("rejected-registry", registry)
+    run = _start_custom_run(page, prefect_server, shots, registry_block="rejected-registry")
+    try:
+        prefect_server.wait_for_run(
+            run["id"], _paused_for("staging"), "paused for staging approval"
+        )
+        _decide_in_resume_form(
+            page, prefect_server, run["id"], shots, decision="reject", reason="not this one"
+        )
+        ended = prefect_server.wait_for_run(
+            run["id"], lambda r: r["state_type"] in TERMINAL, "finished"
+        )
+        assert ended["state_type"] == "FAILED", ended["state"]
+        assert "rejected" in ended["state"]["message"], ended["state"]["message"]
+        assert "not this one" in ended["state"]["message"], ended["state"]["message"]
+        assert not (registry / MODEL / "stages" / "staging.json").exists()
+        _screenshot_run(page, prefect_server, ended, shots / "4-run-after-rejection.png")
+    finally:
+        _cancel(prefect_server, run["id"])
+
+
+def test_browser_ui_serves_the_deployments(prefect_server: PrefectServer, page: Page) -> None:
+    page.goto(f"{prefect_server.ui}/deployments")
+    for name in ("secure-training", "promote", "rollback", "verify"):
+        expect(page.get_by_role("link", name=name, exact=True).first).to_be_visible()
+
+
+def test_saved_block_references_validate_for_every_block_parameter(
+    prefect_server: PrefectServer,
+) -> None:
+    """What the run form asks the server (``/ui/schemas/validate``) for each deployment: a
+    saved block of each of our types, picked for every block-typed parameter, is valid."""
+    from blocks import DataSource, RegistryTarget, ServingImage
+
+    saved = {
+        block.get_block_type_slug(): prefect_server.save_block(block, "picked-in-a-form")["id"]
+        for block in (
+            DataSource(repo=str(prefect_server.home / "data-registry")),
+            RegistryTarget(uri=str(prefect_server.home / "picked-registry")),
+            ServingImage(target=str(prefect_server.home / "image.tar")),
+        )
+    }
+    checked = []
+    for deployment in prefect_server.post("/deployments/filter"):
+        schema = deployment["parameter_openapi_schema"]
+        slugs = {
+            name: definition["block_type_slug"]
+            for name, definition in schema.get("definitions", {}).items()
+            if "block_type_slug" in definition
+        }
+        for param, prop in schema["properties"].items():
+            refs = [s["$ref"] for s in prop.get("anyOf", [prop]) if "$ref" in s]
+            slug = slugs.get(refs[0].rsplit("/", 1)[-1]) if refs else None
+            if slug is None:
+                continue
+            values = {param: {"$ref": {"block_document_id": saved[slug]}}}
+            answer = prefect_server.post(
+                "/ui/schemas/validate", {"schema": schema, "values": values}
+            )
+            # Other required parameters may be missing; only this parameter is judged here.
+            errors = [e for e in answer["errors"] if e.get("property") == param]
+            assert not errors, (deployment["name"], param, errors)
+            checked.append((deployment["name"], param))
+    assert {("secure-training", p) for p in ("data", "registry", "image")} <= set(checked)
+    assert ("promote", "registry") in checked, checked
