@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 import getpass
+import inspect
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -246,6 +247,7 @@ def _notify(block_ref: str | None, request: ApprovalRequest) -> None:
     from prefect.blocks.abstract import NotificationBlock
     from prefect.blocks.core import Block
     from prefect.context import FlowRunContext
+    from prefect.utilities.asyncutils import run_coro_as_sync
     from prefect.utilities.urls import url_for
 
     logger = get_run_logger()
@@ -256,13 +258,15 @@ def _notify(block_ref: str | None, request: ApprovalRequest) -> None:
         block = Block.load(block_ref)
         if not isinstance(block, NotificationBlock):
             raise TypeError(f"{type(block).__name__} is not a notification block")
-        block.notify(
+        sent = block.notify(
             body=(
                 f"{request.model} {request.version} waits for approval for {request.stage}: "
                 f"{link} (or `secmlops approve {run_id} --approve --key KEY`)"
             ),
             subject=f"Approval needed: {request.model} {request.version} -> {request.stage}",
         )
+        if inspect.isawaitable(sent):  # Prefect dispatches sync or async by context
+            run_coro_as_sync(sent)
     except Exception as exc:
         logger.warning("could not send the approval notification through %s: %s", block_ref, exc)
 
