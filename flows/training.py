@@ -64,7 +64,21 @@ def secure_training(
     image: ServingImage | None = None,
     promote_to_production: bool = True,
 ) -> dict[str, Any]:
-    """Run every control, register a signed model version, and deploy it through the gates."""
+    """Run every control, register a signed model version, and deploy it through the gates.
+
+    The run pauses for approval before staging and before production (Resume form, or
+    `secmlops approve <run id> --approve --key KEY`; see the approval artifacts).
+
+    Args:
+        model_name: The model's name in the registry (versions v1, v2, ... under it).
+        data: The dataset to train on (a saved SecMLOps Data Source block); empty: the
+            embedded demo data registry at its pinned tag.
+        registry: Where the version, its evidence and the stage pointers go (a saved
+            SecMLOps Registry Target block); empty: the worker's default registry.
+        image: The serving image to scan (a saved SecMLOps Serving Image block); empty: the
+            demo image built from uv.lock.
+        promote_to_production: Untick to stop after the staging smoke test.
+    """
     logger = get_run_logger()
     paths = local_paths()
     data = data or DataSource()
