@@ -1,8 +1,8 @@
 """The approval step: publish what is being approved, pause the run, verify every decision.
 
 Before a gated stage the flow publishes the approval summary (a markdown artifact) and the
-approval request (a flow run input other tools read), then pauses with
-``pause_flow_run(wait_for_input=ApprovalInput)``. The Prefect UI shows the Resume form; a
+approval request (a flow run input other tools read), then pauses for an ``ApprovalInput``
+(as Prefect's ``pause_flow_run(wait_for_input=...)`` does). The UI shows the Resume form; a
 signed decision comes from ``secmlops approve FLOW_RUN_ID --approve --key KEY``, which fills
 the same form through the API. Every decision is verified by the library
 (:mod:`secmlops.controls.approval_decisions`): a bad signature, an approver the policy does
@@ -23,11 +23,9 @@ import inspect
 import json
 import time
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from prefect import get_run_logger
-from prefect.exceptions import FlowPauseTimeout
-from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from prefect.input.actions import create_flow_run_input, read_flow_run_input
 from pydantic import Field
@@ -50,6 +48,8 @@ from secmlops.remote_approval import OUTCOME_KEY, REQUEST_KEY, pause_key
 #: How often a paused run checks whether it was resumed (Prefect's default is 10 s).
 POLL_SECONDS = 1
 MAX_SIGNED_DECISION_CHARS = 256 * 1024
+#: How much longer the server keeps a pause open than the run waits (see pause_for_input).
+PAUSE_GRACE_SECONDS = 300
 
 
 class ApprovalInput(RunInput):
@@ -134,15 +134,9 @@ def await_approval(
         form = ApprovalInput.with_initial_data(
             description=_form_description(request, summary, counted, needed), decision="approve"
         )
-        try:
-            received = pause_flow_run(
-                wait_for_input=form,
-                timeout=remaining,
-                poll_interval=POLL_SECONDS,
-                key=pause_key(stage, attempt),
-            )
-        except FlowPauseTimeout as exc:
-            raise _timed_out(request, timeout, counted, needed) from exc
+        received = pause_for_input(form, key=pause_key(stage, attempt), seconds=remaining)
+        if received is None:
+            raise _timed_out(request, timeout, counted, needed)
         try:
             bundle, decision = _verified(
                 received, request, keys=keys, policy=policy, counted=counted
@@ -178,6 +172,59 @@ def await_approval(
             "%s approved %s for %s (%s)", decision.approver, version, stage, decision.method
         )
     return Approvals(decisions=counted, evidence_keys=stored)
+
+
+def pause_for_input(form: type[ApprovalInput], *, key: str, seconds: int) -> ApprovalInput | None:
+    """Pause this run until its Resume form is submitted, or ``seconds`` pass (``None``).
+
+    What ``pause_flow_run(wait_for_input=...)`` does, with one difference: the server keeps
+    the pause open a grace period longer than this run waits. With equal limits the server
+    expires the pause first and overrides the run's own ending with "never resumed", so a
+    timed-out approval could not end as the refusal it is.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import State
+    from prefect.context import FlowRunContext
+    from prefect.input.run_input import keyset_from_paused_state
+    from prefect.states import Paused
+    from prefect.utilities.engine import propose_state_sync
+
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        raise RuntimeError("an approval pause needs a flow run")
+    run_id = context.flow_run.id
+    proposed: State[Any] = Paused(
+        timeout_seconds=seconds + PAUSE_GRACE_SECONDS, reschedule=False, pause_key=key
+    )
+    keyset = keyset_from_paused_state(proposed)
+    proposed.state_details.run_input_keyset = {str(k): v for k, v in keyset.items()}
+    with get_client(sync_client=True) as client:
+        state = propose_state_sync(client=client, state=proposed, flow_run_id=run_id)
+        if state.is_running():  # this pause was resumed already (a retried run)
+            return _loaded(form, keyset)
+        if not state.is_paused():
+            raise RuntimeError(f"the run could not pause for approval: {state}")
+        form.save(keyset)
+        get_run_logger().info("paused for approval (%s); resume it to decide", key)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            time.sleep(POLL_SECONDS)
+            run = client.read_flow_run(run_id)
+            if run.state is not None and run.state.is_running():
+                return _loaded(form, keyset)
+    return None
+
+
+def _loaded(form: type[ApprovalInput], keyset: Any) -> ApprovalInput:
+    """The submitted form (``RunInput.load`` answers sync here; it is async-dispatched)."""
+    loaded = form.load(keyset)
+    if inspect.isawaitable(loaded):
+        from prefect.utilities.asyncutils import run_coro_as_sync
+
+        loaded = run_coro_as_sync(loaded)
+    if not isinstance(loaded, ApprovalInput):
+        raise RuntimeError(f"the Resume form held {type(loaded).__name__}, not an approval")
+    return loaded
 
 
 def _verified(

@@ -68,11 +68,18 @@ class Probe:
 
     def form(self, decision: str, reason: str = "", signed: str = "") -> None:
         """What the UI's Resume form sends (anonymous unless ``signed`` is given)."""
+        import urllib.error
+
         assert self.run_id
-        self.server.post(
-            f"/flow_runs/{self.run_id}/resume",
-            {"run_input": {"decision": decision, "reason": reason, "signed_decision": signed}},
-        )
+        body = {"run_input": {"decision": decision, "reason": reason, "signed_decision": signed}}
+        for attempt in range(5):  # a busy SQLite server answers 503; the UI user clicks again
+            try:
+                self.server.post(f"/flow_runs/{self.run_id}/resume", body)
+                return
+            except urllib.error.HTTPError as exc:
+                if exc.code != 503 or attempt == 4:
+                    raise
+                time.sleep(2)
 
 
 @pytest.fixture(scope="module")

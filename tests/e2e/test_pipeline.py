@@ -339,8 +339,11 @@ def test_site_key_directory_is_never_filled_with_generated_keys(
     world = PipelineWorld(pipeline_world.home, tmp_path / "registry", env, pipeline_world.runs)
     proc = world.cli("run", "--approve-as", "demo-approver")
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "attestor.pem does not exist" in proc.stderr
+    # The approver's key is looked up first (before the run starts); role keys likewise
+    # are never generated into a site's directory.
+    assert f"{keys}/approvers/demo-approver.pem does not exist" in proc.stderr
     assert list(keys.iterdir()) == []
+    assert not (tmp_path / "registry").exists()
 
 
 def test_gate_rejudges_the_scan_under_todays_policy(world_copy: PipelineWorld) -> None:
