@@ -45,8 +45,10 @@ from secmlops.gate import GatePolicy
 from secmlops.registry.models import ModelRegistry
 from secmlops.remote_approval import OUTCOME_KEY, REQUEST_KEY, pause_key
 
-#: How often a paused run checks whether it was resumed (Prefect's default is 10 s).
-POLL_SECONDS = 1
+#: How often a paused run checks whether it was resumed: soon at first (a decision made up
+#: front answers within a second), then backing off to Prefect's usual pace.
+POLL_MIN_SECONDS = 0.2
+POLL_MAX_SECONDS = 5.0
 MAX_SIGNED_DECISION_CHARS = 256 * 1024
 #: How much longer the server keeps a pause open than the run waits (see pause_for_input).
 PAUSE_GRACE_SECONDS = 300
@@ -207,8 +209,10 @@ def pause_for_input(form: type[ApprovalInput], *, key: str, seconds: int) -> App
         form.save(keyset)
         get_run_logger().info("paused for approval (%s); resume it to decide", key)
         deadline = time.monotonic() + seconds
+        poll = POLL_MIN_SECONDS
         while time.monotonic() < deadline:
-            time.sleep(POLL_SECONDS)
+            time.sleep(poll)
+            poll = min(poll * 1.5, POLL_MAX_SECONDS)
             run = client.read_flow_run(run_id)
             if run.state is not None and run.state.is_running():
                 return _loaded(form, keyset)

@@ -273,20 +273,18 @@ def run(
     target = RegistryTarget()  # empty fields: the settings (options above, environment)
     import uuid
 
-    from prefect import tags
-
     from secmlops.remote_approval import ApprovalAgent
 
-    tag = f"secmlops-cli-{uuid.uuid4().hex[:12]}"
+    run_name = f"cli-{uuid.uuid4().hex[:12]}"
     agent = ApprovalAgent(
-        tag,
+        run_name,
         approver=approve_as,
         private_key=_approver_key(approve_as) if approve_as else None,
         reason=f"decided up front: secmlops run --approve-as {approve_as}",
         say=lambda text: typer.echo(text, err=True),
     )
-    with agent, tags(tag):
-        result = secure_training(
+    with agent:
+        result = secure_training.with_options(flow_run_name=run_name)(
             model_name=model,
             data=data,
             registry=target,

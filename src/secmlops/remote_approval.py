@@ -160,7 +160,7 @@ def _wait_for_outcome(run_id: UUID, pause: str, wait_seconds: float) -> dict[str
         outcome = read_flow_run_input(OUTCOME_KEY.format(pause=pause), flow_run_id=run_id)
         if isinstance(outcome, dict):
             return outcome
-        time.sleep(0.5)
+        time.sleep(0.25)
     raise ToolError(
         f"the run did not say within {wait_seconds:.0f} s whether it counted the decision",
         where=str(run_id),
@@ -169,7 +169,7 @@ def _wait_for_outcome(run_id: UUID, pause: str, wait_seconds: float) -> dict[str
 
 
 class ApprovalAgent:
-    """Answers the approval pauses of the runs tagged ``tag`` in this process's Prefect API.
+    """Answers the approval pauses of the flow run named ``run_name`` (this process's run).
 
     What ``secmlops run --approve-as NAME`` uses: the person running the pipeline decided up
     front, so each pause gets a decision signed with NAME's key, through the same path as
@@ -179,17 +179,19 @@ class ApprovalAgent:
 
     def __init__(
         self,
-        tag: str,
+        run_name: str,
         *,
         approver: str | None,
         private_key: Path | None,
         reason: str,
         say: Any = print,
-        poll_seconds: float = 0.5,
+        poll_seconds: float = 0.25,
     ) -> None:
         import threading
 
-        self.tag = tag
+        # A unique flow run name finds the run (tags would make Prefect check tag
+        # concurrency limits for every task run: seconds per pipeline).
+        self.run_name = run_name
         self.approver = approver
         self.private_key = private_key
         self.reason = reason
@@ -222,16 +224,16 @@ class ApprovalAgent:
         from prefect.client.orchestration import get_client
         from prefect.client.schemas.filters import (
             FlowRunFilter,
+            FlowRunFilterName,
             FlowRunFilterState,
             FlowRunFilterStateType,
-            FlowRunFilterTags,
         )
         from prefect.client.schemas.objects import StateType
 
         with get_client(sync_client=True) as client:
             runs = client.read_flow_runs(
                 flow_run_filter=FlowRunFilter(
-                    tags=FlowRunFilterTags(all_=[self.tag]),
+                    name=FlowRunFilterName(any_=[self.run_name]),
                     state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED])),
                 )
             )

@@ -55,22 +55,20 @@ def run_approved(flow: Any, *, approver: str, keys: Path, **params: Any) -> Any:
     decisions (what ``secmlops run --approve-as`` does)."""
     import uuid
 
-    from prefect import tags
-
     from secmlops.evidence.keys import KeyDirectory
     from secmlops.remote_approval import ApprovalAgent
 
     directory = KeyDirectory(keys)
     directory.ensure(approvers=(approver,))
-    tag = f"test-{uuid.uuid4().hex[:12]}"
+    run_name = f"test-{uuid.uuid4().hex[:12]}"
     agent = ApprovalAgent(
-        tag,
+        run_name,
         approver=approver,
         private_key=directory.approver_private(approver),
         reason="approved by the test",
     )
-    with agent, tags(tag):
-        return flow(**params)
+    with agent:
+        return flow.with_options(flow_run_name=run_name)(**params)
 
 
 @pytest.fixture(scope="session")
