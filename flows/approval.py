@@ -333,11 +333,14 @@ def _form_description(
     request: ApprovalRequest, summary: str, counted: list[ApprovalDecision], needed: int
 ) -> str:
     got = ", ".join(f"{d.approver} ({d.method})" for d in counted) or "none yet"
-    return (
+    heading = summary or (
         f"### Approve {request.model} {request.version} for **{request.stage}**?\n\n"
-        f"Model sha256 `{request.model_digest}`; release manifest sha256 "
-        f"`{request.release_sha256}`. Approvals: {len(counted)} of {needed} ({got}).\n\n"
-        f"{summary}\n\n"
+        f"Model sha256 `{request.model_digest}`, release manifest sha256 "
+        f"`{request.release_sha256}`."
+    )
+    return (
+        f"**Approvals so far: {len(counted)} of {needed}** ({got}).\n\n"
+        f"{heading}\n\n"
         "A decision from this form is anonymous; where the policy needs a signed one, run "
         "`secmlops approve <flow run id> --approve --reason TEXT --key APPROVER_KEY`."
     )
