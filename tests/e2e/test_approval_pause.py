@@ -153,9 +153,26 @@ def start(
     settings = {PREFECT_API_URL: prefect_server.api, PREFECT_LOGGING_TO_API_ENABLED: False}
     with temporary_settings(settings):
         yield begin
-    for probe in probes:
-        if probe.thread is not None:
-            probe.thread.join(60)
+        for probe in probes:
+            if probe.thread is not None:
+                probe.thread.join(60)
+        drain_prefect_workers()
+
+
+def drain_prefect_workers() -> None:
+    """Flush and stop this process's Prefect event workers.
+
+    They are process-wide singletons bound to the API they were first used with: left
+    running, a later test's flows under ``prefect_test_harness`` would send their task-run
+    events to this session's server, and their task runs would never show up there."""
+    import inspect
+
+    from prefect.events.worker import EventsWorker
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    drained = EventsWorker.drain_all()
+    if inspect.isawaitable(drained):
+        run_coro_as_sync(drained)  # type: ignore[arg-type]
 
 
 def _policy(**approval: Any) -> GatePolicy:
@@ -404,6 +421,7 @@ def test_approval_operator_promote_waits_for_an_approval(
         probe.wait_paused(1)
         probe.form("approve", "promote by hand")
         result = probe.finish()
+        drain_prefect_workers()
     assert probe.error is None, probe.error
     assert result["version"] == "v2"
     pointer = (registry / MODEL / "stages" / "staging.json").read_text()
