@@ -479,8 +479,19 @@ def promote(
     registry: RegistryOpt = None,
     s3_endpoint_url: EndpointOpt = None,
     keys: KeysOpt = None,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait-for-approval",
+            help="If the version lacks approvals for the stage, run the promote flow and "
+            "pause for them (answer with `secmlops approve`, as the run prints).",
+        ),
+    ] = False,
 ) -> None:
     """Promote a version to a stage through the deploy gate."""
+    if wait:
+        _promote_waiting(model, version, stage, registry, s3_endpoint_url, keys)
+        return
     from secmlops.operations import promote_version
 
     pointer = promote_version(
@@ -491,6 +502,45 @@ def promote(
         approve_as=approve_as,
     )
     typer.echo(f"{model} {stage} -> {pointer.version} (VSA {pointer.vsa})")
+
+
+def _promote_waiting(
+    model: str,
+    version: str,
+    stage: str,
+    registry: str | None,
+    s3_endpoint_url: str | None,
+    keys: Path | None,
+) -> None:
+    """``promote --wait-for-approval``: the `promote` operator flow, run here, pausing for
+    approvals the gate lacks; the run prints how to answer from another shell."""
+    import uuid
+
+    from secmlops.controls.approval import check_stage
+    from secmlops.local_prefect import start_local_api
+    from secmlops.remote_approval import ApprovalAgent
+
+    checked = check_stage(stage)
+    _use_options(registry=registry, s3_endpoint_url=s3_endpoint_url, keys=keys)
+    _import_project_code()
+    from blocks import RegistryTarget
+    from flows.operations import promote as promote_flow
+
+    _quiet_console_tracebacks()
+    start_local_api()
+    run_name = f"cli-promote-{uuid.uuid4().hex[:12]}"
+    agent = ApprovalAgent(
+        run_name,
+        approver=None,
+        private_key=None,
+        reason="",
+        say=lambda text: typer.echo(text, err=True),
+    )
+    with agent:
+        pointer = promote_flow.with_options(flow_run_name=run_name)(
+            version=version, model=model, stage=checked, registry=RegistryTarget()
+        )
+    typer.echo(f"{model} {stage} -> {pointer['version']} (VSA {pointer['vsa']['key']})")
 
 
 @app.command()

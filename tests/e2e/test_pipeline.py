@@ -368,3 +368,48 @@ def test_gate_rejudges_the_scan_under_todays_policy(world_copy: PipelineWorld) -
     assert proc.returncode == 1
     assert "image-scan" in proc.stderr
     assert _pointer(reg, "production")["version"] == "v1"
+
+
+def test_approval_cli_promote_waits_and_is_approved_from_another_shell(
+    world_copy: PipelineWorld,
+) -> None:
+    """`secmlops promote --wait-for-approval` on a version nobody approved for staging: it
+    pauses, prints the `secmlops approve` command, and promotes once that is run."""
+    import re
+    import subprocess
+    import time
+
+    from tests.e2e.conftest import SECMLOPS
+
+    evidence = world_copy.registry / MODEL / "versions" / "v1" / "evidence"
+    for approval in evidence.glob("approval-*"):
+        approval.unlink()
+    waiting = subprocess.Popen(
+        [str(SECMLOPS), "promote", MODEL, "v1", "--stage", "staging", "--wait-for-approval"],
+        env=world_copy.env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert waiting.stderr is not None
+        deadline, hint = time.monotonic() + 240, None
+        while hint is None and time.monotonic() < deadline:
+            line = waiting.stderr.readline()
+            assert line or waiting.poll() is None, "promote ended before pausing"
+            hint = re.search(r"PREFECT_API_URL=(\S+) secmlops approve ([0-9a-f-]{36})", line)
+        assert hint, "promote never said how to approve it"
+        key = world_copy.home / "keys" / "approvers" / "demo-approver.pem"
+        approve = subprocess.run(
+            [str(SECMLOPS), "approve", hint.group(2), "--approve", "--reason", "ok", "--key",
+             str(key)],
+            env={**world_copy.env, "PREFECT_API_URL": hint.group(1)},
+            capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        assert approve.returncode == 0, approve.stdout + approve.stderr
+        out, _ = waiting.communicate(timeout=300)
+        assert waiting.returncode == 0
+        assert f"{MODEL} staging -> v1" in out
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
