@@ -24,12 +24,23 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
-from typing import Any
+from typing import Any, Self
 
 
 class RefusalReason(StrEnum):
-    """Base of each control's enum of reasons to refuse (values are stable, snake_case)."""
+    """Base of each control's enum of reasons to refuse (values are stable, snake_case).
+
+    Members are declared in order of precedence: when several apply, the first one declared
+    is the refusal's ``reason`` (:meth:`first_of`) and all of them go in its result.
+    """
+
+    @classmethod
+    def first_of(cls, reasons: Iterable[Self]) -> Self | None:
+        """The reason that takes precedence (declared first), or ``None`` if there is none."""
+        order = list(cls)
+        return min(reasons, key=order.index, default=None)
 
 
 class SecMLOpsError(Exception):

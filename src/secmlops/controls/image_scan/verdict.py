@@ -56,12 +56,6 @@ class ImageScanRefusal(RefusalReason):
     STALE_DB = "stale_db"
 
 
-def first_reason(reasons: Iterable[ImageScanRefusal]) -> ImageScanRefusal | None:
-    """The reason that takes precedence (first in :class:`ImageScanRefusal`), if any."""
-    order = list(ImageScanRefusal)
-    return min(reasons, key=order.index, default=None)
-
-
 @dataclass(frozen=True)
 class AllowedFinding:
     """A finding that would block, let through by a policy exception."""
@@ -102,7 +96,7 @@ class ScanVerdict:
     @property
     def reason(self) -> ImageScanRefusal | None:
         """The reason that takes precedence; ``None`` when nothing blocks."""
-        return first_reason(self.reasons)
+        return ImageScanRefusal.first_of(self.reasons)
 
     def summary(self) -> str:
         """One line for logs and the CLI: decision and counts."""

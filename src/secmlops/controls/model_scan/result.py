@@ -14,7 +14,6 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -55,12 +54,6 @@ class ModelScanRefusal(RefusalReason):
     LIMIT_EXCEEDED = "limit_exceeded"
     #: The model directory holds no files at all.
     EMPTY_MODEL = "empty_model"
-
-
-def first_reason(reasons: Iterable[ModelScanRefusal]) -> ModelScanRefusal | None:
-    """The reason that takes precedence (first in :class:`ModelScanRefusal`), if any."""
-    order = list(ModelScanRefusal)
-    return min(reasons, key=order.index, default=None)
 
 
 @dataclass(frozen=True)
@@ -138,7 +131,7 @@ class ModelScanResult:
     @property
     def reason(self) -> ModelScanRefusal | None:
         """The reason that takes precedence; ``None`` when the scan passes."""
-        return first_reason(self.reasons)
+        return ModelScanRefusal.first_of(self.reasons)
 
     def to_json(self) -> dict[str, Any]:
         """The result as recorded in the evidence and in a refusal's details."""
