@@ -71,6 +71,7 @@ from secmlops.evidence.statements import (
     verify_bundle,
 )
 from secmlops.registry.models import ModelRegistry, StagePointer, parse_json_object
+from secmlops.site import Sources
 
 #: Build-time evidence every release must carry, and the predicate each must have (from
 #: the catalogue: every control of scope ``build``).
@@ -119,6 +120,9 @@ class GatePolicy(BaseModel):
     #: sha256 digests of the pandera schemas data may be validated against (empty: any
     #: schema, as recorded in the evidence). Pin them so a weaker schema cannot be swapped in.
     required_schema_digests: tuple[str, ...] = ()
+    #: The named sources runs may select (datasets, images, registries, the Trivy DB);
+    #: site configuration, never a run parameter (:mod:`secmlops.site`).
+    sources: Sources = Sources()
 
 
 @dataclass
