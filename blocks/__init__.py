@@ -1,16 +1,15 @@
-"""Prefect Blocks: what users configure in the Prefect UI (data source, registry, image).
+"""Prefect Blocks: secrets the site keeps on the Prefect server, named by the site config.
 
-Every field has a working default, so the embedded demo needs no configuration; save a
-block (``Block.save("name")``) or create one in the UI to point the same flows at your
-DVC registry, S3 and serving image. Secrets are ``SecretStr``.
+Run parameters only *select* named entries of the site configuration (the policy file's
+``sources:``, :mod:`secmlops.site`); where a dataset, image or registry is and what it is
+pinned to are the site's, never a block a run picks. What is left for blocks is what Prefect
+keeps best: secrets. A site entry names the block (``git_credentials: corp-git``) and the
+worker loads it; a run cannot choose another one.
 
-Gate policies are deliberately *not* a block: they live in ``secmlops-policy.yaml`` in the
-worker's checkout (policy as code, changed by review), so nobody who can merely start a
-flow run in the UI can weaken a gate for that run.
+Gate policies are deliberately *not* a block either: they live in ``secmlops-policy.yaml``
+in the worker's checkout (policy as code, changed by review).
 """
 
-from blocks.data_source import DataSource
-from blocks.registry_target import RegistryTarget
-from blocks.serving_image import ServingImage
+from blocks.git_credentials import GitCredentials
 
-__all__ = ["DataSource", "RegistryTarget", "ServingImage"]
+__all__ = ["GitCredentials"]

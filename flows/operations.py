@@ -15,9 +15,9 @@ from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 
-from blocks import RegistryTarget
 from flows.approval import await_approval, requested_by
 from flows.artifacts import publish_gate_checks
+from flows.choices import RegistryName
 from flows.visibility import visible_run
 from secmlops.catalogue import GateRefusal
 from secmlops.errors import ControlRefused
@@ -25,15 +25,23 @@ from secmlops.evidence.keys import KeyDirectory
 from secmlops.gate import GateReport
 from secmlops.policy import load_gate_policy
 from secmlops.registry.models import ModelRegistry
-from secmlops.settings import local_paths
+from secmlops.registry.stores import open_site_registry
+from secmlops.settings import current_settings, local_paths
+from secmlops.site import select
 from tasks.deploy import promote_to_stage_task, rollback_stage_task
 from tasks.operations import require_version_task, verify_stage_task
 
 ACTOR = "operator"
 
 
-def _open(model: str, registry: RegistryTarget | None) -> ModelRegistry:
-    store = (registry or RegistryTarget()).open(local_paths().default_registry)
+def _open(model: str, registry: str | None) -> ModelRegistry:
+    """The site's registry entry ``registry`` names (``InputError`` for any other name)."""
+    _, entry = select(load_gate_policy().sources.registries, registry, "registry")
+    store = open_site_registry(
+        entry,
+        default_uri=local_paths().default_registry,
+        env_endpoint=current_settings().s3_endpoint_url,
+    )
     return ModelRegistry(store, model)
 
 
@@ -60,7 +68,7 @@ def promote(
     version: str,
     model: str = "churn-classifier",
     stage: Literal["staging", "production"] = "production",
-    registry: RegistryTarget | None = None,
+    registry: RegistryName | None = None,
     wait_for_approval: bool = True,
 ) -> dict[str, Any]:
     """Promote a registered version to a stage through the deploy gate.
@@ -71,8 +79,8 @@ def promote(
         model: The registered model's name.
         stage: The stage to promote to; production needs the version to have passed
             staging first.
-        registry: The model registry (a saved RegistryTarget block); empty: the worker's
-            default registry.
+        registry: The model registry: an entry of the site's sources.registries (its
+            location, endpoint and credentials are the site's); empty: its first entry.
         wait_for_approval: When the gate refuses only for want of approvals, pause for
             them (the Resume form, or `secmlops approve`) and run the gate again. The gate
             still decides; this only lets the run wait instead of failing.
@@ -118,7 +126,7 @@ def rollback(
     model: str = "churn-classifier",
     stage: Literal["staging", "production"] = "production",
     to_version: str | None = None,
-    registry: RegistryTarget | None = None,
+    registry: RegistryName | None = None,
 ) -> dict[str, Any]:
     """Roll a stage back to the version it served before, through the deploy gate.
 
@@ -127,8 +135,8 @@ def rollback(
         stage: The stage to roll back.
         to_version: The version to roll back to, e.g. v2 (it must have served this stage
             before); empty: the version served before the current one.
-        registry: The model registry (a saved RegistryTarget block); empty: the worker's
-            default registry.
+        registry: The model registry: an entry of the site's sources.registries (its
+            location, endpoint and credentials are the site's); empty: its first entry.
     """
     models = _open(model, registry)
     with _gate_checks_published() as reports:
@@ -149,15 +157,15 @@ def rollback(
 def verify(
     model: str = "churn-classifier",
     stage: Literal["staging", "production"] = "production",
-    registry: RegistryTarget | None = None,
+    registry: RegistryName | None = None,
 ) -> dict[str, Any]:
     """Re-run the deploy gate for what a stage serves now; refuse if anything stopped verifying.
 
     Args:
         model: The registered model's name.
         stage: The stage whose served version is verified again.
-        registry: The model registry (a saved RegistryTarget block); empty: the worker's
-            default registry.
+        registry: The model registry: an entry of the site's sources.registries (its
+            location, endpoint and credentials are the site's); empty: its first entry.
     """
     models = _open(model, registry)
     with _gate_checks_published() as reports:

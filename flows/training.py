@@ -22,9 +22,10 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from blocks import DataSource, RegistryTarget, ServingImage
 from flows.approval import await_approval, requested_by
 from flows.artifacts import ApprovalContext, publish_approval_summary, publish_run_summary
+from flows.choices import DatasetName, ImageName, RegistryName
+from flows.run_record import current_run_record
 from flows.summary import RunSummary
 from flows.visibility import visible_run
 from ml.model import load_model
@@ -40,8 +41,11 @@ from secmlops.evidence.statements import load_private_key, sign_statement
 from secmlops.gate import GatePolicy
 from secmlops.policy import load_gate_policy
 from secmlops.registry.models import ModelRegistry, stamped
+from secmlops.registry.stores import open_site_registry
 from secmlops.release import ReleaseEvidence, ReleaseInputs
-from secmlops.settings import LocalPaths, local_paths, project_root
+from secmlops.selection import RunSelection
+from secmlops.settings import LocalPaths, current_settings, local_paths, project_root
+from secmlops.site import redact_url
 from tasks.data import create_demo_data_registry_task, pull_dataset_task
 from tasks.deploy import promote_to_stage_task
 from tasks.image_scan import build_serving_image_task, scan_image_task, seed_trivy_db_task
@@ -50,7 +54,7 @@ from tasks.release import register_release_task
 from tasks.signing import sign_model_task
 from tasks.smoke_test import smoke_test_stage_task
 from tasks.training import train_model_task
-from tasks.validation import validate_dataset_task
+from tasks.validation import load_site_schema_task, validate_dataset_task
 
 BUILDER_ID = "https://secmlops.dev/builders/prefect-secure-training/v1"
 
@@ -59,37 +63,54 @@ BUILDER_ID = "https://secmlops.dev/builders/prefect-secure-training/v1"
 @visible_run
 def secure_training(
     model_name: str = "churn-classifier",
-    data: DataSource | None = None,
-    registry: RegistryTarget | None = None,
-    image: ServingImage | None = None,
+    dataset: DatasetName | None = None,
+    data_rev: str | None = None,
+    image: ImageName | None = None,
+    registry: RegistryName | None = None,
     promote_to_production: bool = True,
 ) -> dict[str, Any]:
     """Run every control, register a signed model version, and deploy it through the gates.
+
+    Every parameter only *selects*: the datasets, images and registries a run may name, and
+    what each is pinned to (repo, schema, image digest, S3 endpoint, credentials), are the
+    site's, in the policy file's ``sources:`` section on the worker.
 
     The run pauses for approval before staging and before production (Resume form, or
     `secmlops approve <run id> --approve --key KEY`; see the approval artifacts).
 
     Args:
         model_name: The model's name in the registry (versions v1, v2, ... under it).
-        data: The dataset to train on (a saved SecMLOps Data Source block); empty: the
-            embedded demo data registry at its pinned tag.
-        registry: Where the version, its evidence and the stage pointers go (a saved
-            SecMLOps Registry Target block); empty: the worker's default registry.
-        image: The serving image to scan (a saved SecMLOps Serving Image block); empty: the
-            demo image built from uv.lock.
+        dataset: The dataset to train on: an entry of the site's sources.datasets (its DVC
+            data registry, path and schema are the site's); empty: its first entry.
+        data_rev: The dataset version: a git tag or a full 40-hex commit of that registry
+            (never a branch); empty: the entry's pinned rev.
+        image: The serving image to scan: an entry of the site's sources.images (its
+            location and the digest the site serves are the site's); empty: its first.
+        registry: Where the version, its evidence and the stage pointers go: an entry of
+            the site's sources.registries; empty: its first entry.
         promote_to_production: Untick to stop after the staging smoke test.
     """
     logger = get_run_logger()
     paths = local_paths()
-    data = data or DataSource()
-    registry = registry or RegistryTarget()
-    image = image or ServingImage()
     policy = load_gate_policy()
-    store = registry.open(paths.default_registry)
+    run = RunSelection.resolve(
+        policy.sources,
+        model_name=model_name,
+        dataset=dataset,
+        data_rev=data_rev,
+        image=image,
+        registry=registry,
+        promote_to_production=promote_to_production,
+    )
+    store = open_site_registry(
+        run.registry,
+        default_uri=paths.default_registry,
+        env_endpoint=current_settings().s3_endpoint_url,
+    )
     models = ModelRegistry(store, model_name)
     summary = RunSummary(model=model_name, registry=store.uri)
     try:
-        _run(summary, models, paths, data, image, policy, promote_to_production)
+        _run(summary, models, paths, run, policy)
     finally:
         logger.info("\n%s", summary.render())
         publish_run_summary(summary)
@@ -100,16 +121,15 @@ def _run(
     summary: RunSummary,
     models: ModelRegistry,
     paths: LocalPaths,
-    data: DataSource,
-    image: ServingImage,
+    run: RunSelection,
     policy: GatePolicy,
-    promote_to_production: bool,
 ) -> None:
     logger = get_run_logger()
     run_id = uuid.uuid4().hex[:12]
     workdir = paths.runs / stamped(f"run-{run_id}")
     workdir.mkdir(parents=True)
     keys = KeyDirectory(paths.keys)
+    data, image = run.dataset, run.image
 
     with summary.stage("prepare") as st:
         if paths.demo_keys:
@@ -122,35 +142,62 @@ def _run(
                     keys.root,
                     ", ".join(p.name for p in created),
                 )
-        repo = data.repo
-        if not repo:
-            repo = str(create_demo_data_registry_task(paths.data_registry).repo)
-        cache_dir = Path(image.trivy_cache_dir) if image.trivy_cache_dir else paths.trivy_cache
-        if not image.trivy_cache_dir:
-            seed_trivy_db_task(cache_dir)
-        if image.target:
-            target = image.target
+        if data.is_demo:
+            demo_registry = create_demo_data_registry_task(paths.data_registry)
+            repo, allowed_remotes = str(demo_registry.repo), (str(demo_registry.remote),)
         else:
+            repo, allowed_remotes = data.repo, data.dvc_remotes
+        trivy_db = policy.sources.trivy_db
+        cache_dir = Path(trivy_db.cache_dir) if trivy_db.cache_dir else paths.trivy_cache
+        if not trivy_db.cache_dir:
+            seed_trivy_db_task(cache_dir)
+        if image.is_demo:
             built = build_serving_image_task(
                 paths.images / "serving-demo.tar", lock_file=project_root() / "uv.lock"
             )
-            target = str(built.path)
-        st.detail = f"keys {keys.root}; data {repo}@{data.rev}; image {target}"
+            target, expected_digest = str(built.path), f"sha256:{built.image_digest}"
+        else:
+            target, expected_digest = image.target, image.digest
+        st.detail = (
+            f"keys {keys.root}; dataset {run.dataset_name} ({redact_url(repo)}@{run.rev}); "
+            f"image {run.image_name} ({target}); registry {run.registry_name}"
+        )
     # Build evidence, checked against the catalogue and signed as each control passes.
     evidence = ReleaseEvidence(load_private_key(keys.require(keys.private("attestor"))))
 
     with summary.stage("pull-data") as st:
-        pulled = pull_dataset_task(repo, data.path, data.rev, workdir / "data")
+        pulled = pull_dataset_task(
+            repo,
+            data.path,
+            run.rev,
+            workdir / "data",
+            allowed_remotes=allowed_remotes,
+            s3_endpoint_url=data.s3_endpoint_url,
+        )
         evidence.add("data-pull", data_pull_statement(pulled))
-        st.detail = f"{data.path}@{data.rev} ({pulled.commit[:10]}) sha256 {pulled.sha256[:12]}…"
+        st.detail = f"{data.path}@{run.rev} ({pulled.commit[:10]}) sha256 {pulled.sha256[:12]}…"
 
     with summary.stage("validate-schema") as st:
-        validated = validate_dataset_task(pulled.local_path, data.schema_spec)
+        schema = load_site_schema_task(
+            data.schema_spec,
+            project_dir=project_root(),
+            user_code_dir=policy.sources.user_code_dir,
+            allowed_modules=policy.sources.allowed_schema_modules,
+            sha256=data.schema_sha256,
+        )
+        validated = validate_dataset_task(pulled.local_path, schema)
         evidence.add("validation", validation_statement(validated))
         st.detail = f"{validated.rows} rows pass {validated.schema_name}"
 
     with summary.stage("scan-image") as st:
-        scanned = scan_image_task(target, cache_dir=cache_dir, policy=policy.scan)
+        scanned = scan_image_task(
+            target,
+            cache_dir=cache_dir,
+            policy=policy.scan,
+            expected_digest=expected_digest,
+            registry_access=image.registry_access,
+            accepted_db_sha256=trivy_db.sha256,
+        )
         verdict = enforce_scan_policy(scanned, policy.scan)
         evidence.add("image-scan", image_scan_statement(scanned, verdict))
         st.detail = f"{verdict.summary()}; DB {scanned.db.source}"
@@ -184,6 +231,8 @@ def _run(
                 dataset_commit=pulled.commit,
                 builder_id=BUILDER_ID,
                 invocation_id=run_id,
+                parameters=run.parameters,
+                run=current_run_record(),
             ),
         )
         # sign_model hashed the tree already (and checked it did not change while signing).
@@ -200,7 +249,7 @@ def _run(
                     "sha256": pulled.sha256,
                     "repo": repo,
                     "path": data.path,
-                    "rev": data.rev,
+                    "rev": run.rev,
                     "commit": pulled.commit,
                 },
                 image={"ref": scanned.target, "sha256": scanned.image_digest},
@@ -272,7 +321,7 @@ def _run(
         st.detail = f"accuracy {smoke.accuracy:.3f} on {smoke.rows} rows"
         st.evidence = [models.store.describe(key)]
 
-    if promote_to_production:
+    if run.parameters["promote_to_production"]:
         approve("production")
         with summary.stage("promote-production") as st:
             promoted = promote_to_stage_task(

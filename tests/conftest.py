@@ -11,6 +11,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +24,23 @@ for _var in ("PREFECT_API_URL", "PREFECT_PROFILE", "PREFECT_PROFILES_PATH"):
     os.environ.pop(_var, None)
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="secmlops-test-prefect-")
 os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "600"
+
+
+PROJECT_POLICY = Path(__file__).resolve().parents[1] / "secmlops-policy.yaml"
+
+
+def write_site_policy(path: Path, **sources: Any) -> Path:
+    """Write the project's policy to ``path`` with ``sources:`` sections replaced or added.
+
+    ``write_site_policy(p, registries={"default": {}, "mine": {"uri": "/tmp/r"}})``: a site
+    whose policy lets runs select those entries. Other sections stay the project's.
+    """
+    import yaml
+
+    policy = yaml.safe_load(PROJECT_POLICY.read_text())
+    policy.setdefault("sources", {}).update(sources)
+    path.write_text(yaml.safe_dump(policy, sort_keys=False))
+    return path
 
 
 def free_port() -> int:

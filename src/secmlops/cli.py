@@ -224,21 +224,25 @@ def run(
             "the run waits for a decision (policy approval.timeout_seconds).",
         ),
     ] = None,
-    data_repo: Annotated[str | None, typer.Option(help="DVC data registry (git URL/path).")] = None,
-    data_path: Annotated[
-        str | None, typer.Option(help="Dataset path in the data registry.")
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="Dataset: a name of the policy's sources.datasets (default: the first)."),
     ] = None,
     data_rev: Annotated[
-        str | None, typer.Option(help="Pinned git tag or commit of the data.")
-    ] = None,
-    schema: Annotated[
-        str | None, typer.Option(help="pandera schema 'module:Class' or 'file.py:Class'.")
+        str | None,
+        typer.Option(help="Data version: a git tag or full commit (default: the entry's rev)."),
     ] = None,
     image: Annotated[
-        str | None, typer.Option(help="Serving image: reference, docker-archive tar or OCI dir.")
+        str | None,
+        typer.Option(help="Serving image: a name of the policy's sources.images."),
     ] = None,
-    trivy_cache: Annotated[
-        Path | None, typer.Option(help="Trivy cache dir with a pre-seeded DB.")
+    registry_name: Annotated[
+        str | None,
+        typer.Option(
+            "--registry-name",
+            help="Registry: a name of the policy's sources.registries (default: the first; "
+            "an entry with no uri uses --registry / SECMLOPS_REGISTRY).",
+        ),
     ] = None,
     staging_only: Annotated[
         bool, typer.Option("--staging-only", help="Stop after the staging smoke test.")
@@ -249,7 +253,6 @@ def run(
 ) -> None:
     """Run the whole secure pipeline once (what `make demo` runs)."""
     _import_project_code()
-    from blocks import DataSource, RegistryTarget, ServingImage
     from flows.training import secure_training
     from secmlops.local_prefect import start_local_api
 
@@ -257,20 +260,15 @@ def run(
     start_local_api()
 
     _use_options(registry=registry, s3_endpoint_url=s3_endpoint_url)
-    data = DataSource()
-    updates = {
-        k: v
-        for k, v in {
-            "repo": data_repo,
-            "path": data_path,
-            "rev": data_rev,
-            "schema_spec": schema,
-        }.items()
-        if v
+    # Names only: what each name points at is the site's (the policy file's sources:).
+    parameters: dict[str, Any] = {
+        "model_name": model,
+        "dataset": dataset,
+        "data_rev": data_rev,
+        "image": image,
+        "registry": registry_name,
+        "promote_to_production": not staging_only,
     }
-    data = data.model_copy(update=updates)
-    serving = ServingImage(target=image or "", trivy_cache_dir=str(trivy_cache or ""))
-    target = RegistryTarget()  # empty fields: the settings (options above, environment)
     import uuid
 
     from secmlops.remote_approval import ApprovalAgent
@@ -285,11 +283,7 @@ def run(
     )
     with agent:
         result = secure_training.with_options(flow_run_name=run_name)(
-            model_name=model,
-            data=data,
-            registry=target,
-            image=serving,
-            promote_to_production=not staging_only,
+            **{k: v for k, v in parameters.items() if v is not None}
         )
     _emit(result, as_json, _render_run(result))
 
@@ -523,7 +517,6 @@ def _promote_waiting(
     checked = check_stage(stage)
     _use_options(registry=registry, s3_endpoint_url=s3_endpoint_url, keys=keys)
     _import_project_code()
-    from blocks import RegistryTarget
     from flows.operations import promote as promote_flow
 
     _quiet_console_tracebacks()
@@ -538,7 +531,7 @@ def _promote_waiting(
     )
     with agent:
         pointer = promote_flow.with_options(flow_run_name=run_name)(
-            version=version, model=model, stage=checked, registry=RegistryTarget()
+            version=version, model=model, stage=checked
         )
     typer.echo(f"{model} {stage} -> {pointer['version']} (VSA {pointer['vsa']['key']})")
 

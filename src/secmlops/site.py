@@ -136,6 +136,11 @@ class DatasetSource(_Entry):
     s3_endpoint_url: str | None = Field(
         default=None, description="S3 endpoint of the DVC remote (MinIO, moto); empty: AWS."
     )
+    git_credentials: str | None = Field(
+        default=None,
+        description="Name of a saved 'SecMLOps Git Credentials' block whose token is sent to "
+        "this repo's host only (HTTPS); empty: the worker's own git credentials, if any.",
+    )
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 

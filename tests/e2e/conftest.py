@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.conftest import free_port, wait_http
+from tests.conftest import free_port, wait_http, write_site_policy
 
 if TYPE_CHECKING:
     from prefect.blocks.core import Block
@@ -28,8 +28,9 @@ PROJECT = Path(__file__).resolve().parents[2]
 SECMLOPS = Path(sys.executable).parent / "secmlops"
 PREFECT = Path(sys.executable).parent / "prefect"
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-#: The saved ``SecMLOps Registry Target`` block the session's Prefect server holds.
-SITE_REGISTRY_BLOCK = "site-registry"
+#: The registries the session server's site policy names (beside ``default``): a run picks
+#: one by name, and the site decides where it is (``<server home>/<name>``).
+SITE_REGISTRIES = ("site-registry", "approved-registry", "rejected-registry")
 
 
 @dataclass
@@ -135,10 +136,9 @@ class PrefectServer:
         """The UI's base URL (the API lives under ``/api``)."""
         return self.api.removesuffix("/api")
 
-    @property
-    def site_registry(self) -> Path:
-        """The directory the saved ``site-registry`` block points at."""
-        return self.home / "site-registry"
+    def registry_dir(self, name: str) -> Path:
+        """Where the site's registry entry ``name`` (one of :data:`SITE_REGISTRIES`) is."""
+        return self.home / name
 
     def cli(self, *args: str, timeout: float = 120) -> str:
         proc = subprocess.run(
@@ -211,12 +211,6 @@ class PrefectServer:
             pool.submit(save).result(timeout=120)
         return self.block_document(block.get_block_type_slug(), name)
 
-    def save_registry_block(self, name: str, registry: Path) -> dict[str, Any]:
-        """Save a ``SecMLOps Registry Target`` block pointing at ``registry``."""
-        from blocks import RegistryTarget
-
-        return self.save_block(RegistryTarget(uri=str(registry)), name)
-
     def run_deployment(self, name: str, *params: str, timeout: float = 300) -> dict[str, Any]:
         args = ["deployment", "run", name]
         for p in params:
@@ -235,9 +229,13 @@ class PrefectServer:
 
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
-    """One real Prefect server for the session: our block types registered, a saved
-    ``site-registry`` block, prefect.yaml deployed, a process worker polling its pool."""
+    """One real Prefect server for the session: our block types registered, a site policy
+    naming :data:`SITE_REGISTRIES`, prefect.yaml deployed, a process worker polling its pool."""
     home = tmp_path_factory.mktemp("prefect-server")
+    policy = write_site_policy(
+        home / "site-policy.yaml",
+        registries={"default": {}, **{name: {"uri": str(home / name)} for name in SITE_REGISTRIES}},
+    )
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {
@@ -254,6 +252,9 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
         "PREFECT_WORKER_QUERY_SECONDS": "2",
         "SECMLOPS_PROJECT_DIR": str(PROJECT),
         "SECMLOPS_HOME": str(home / "secmlops"),
+        # The site's policy: deploying reads its sources (the run form's choices), and the
+        # worker resolves every run's names against it.
+        "SECMLOPS_POLICY": str(policy),
         # The Prefect layer (flows/, tasks/, blocks/) and ml/ run from the checkout.
         "PYTHONPATH": str(PROJECT),
     }
@@ -271,7 +272,6 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
         wait_http(f"{api}/health", 120, server)
         srv = PrefectServer(api, env, home)
         srv.cli("block", "register", "-m", "blocks")
-        srv.save_registry_block(SITE_REGISTRY_BLOCK, srv.site_registry)
         # A site whose policy names an approver holds that approver's public key.
         keys = home / "secmlops" / "keys"
         keygen = subprocess.run(

@@ -379,7 +379,6 @@ def test_approval_operator_promote_waits_for_an_approval(
         temporary_settings,
     )
 
-    from blocks import RegistryTarget
     from flows.operations import promote
 
     source, keys = approval_world
@@ -388,6 +387,7 @@ def test_approval_operator_promote_waits_for_an_approval(
     for approval in (registry / MODEL / "versions" / "v2" / "evidence").glob("approval-*"):
         approval.unlink()
     monkeypatch.setenv("SECMLOPS_KEYS", str(keys.root))
+    monkeypatch.setenv("SECMLOPS_REGISTRY", str(registry))  # the site's default registry
     probe = Probe(prefect_server)
     settings = {PREFECT_API_URL: prefect_server.api, PREFECT_LOGGING_TO_API_ENABLED: False}
 
@@ -397,7 +397,6 @@ def test_approval_operator_promote_waits_for_an_approval(
                 state = promote(
                     version="v2",
                     stage="staging",
-                    registry=RegistryTarget(uri=str(registry)),
                     return_state=True,
                 )
                 probe.run_id = str(state.state_details.flow_run_id)

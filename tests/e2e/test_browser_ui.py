@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
 
-from tests.e2e.conftest import PROJECT, SITE_REGISTRY_BLOCK, TERMINAL, PrefectServer
+from tests.e2e.conftest import PROJECT, SITE_REGISTRIES, TERMINAL, PrefectServer
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -108,26 +108,26 @@ def _past_staging(run: dict[str, Any]) -> bool:
 
 
 def _start_custom_run(
-    page: Page, server: PrefectServer, shots: Path, *, registry_block: str
+    page: Page, server: PrefectServer, shots: Path, *, registry: str
 ) -> dict[str, Any]:
-    """Open secure-training's Custom run form, pick a saved registry block, submit with
-    "Validate parameters" ticked; return the flow run the UI created."""
+    """Open secure-training's Custom run form, pick one of the site's registries by name,
+    submit with "Validate parameters" ticked; return the flow run the UI created."""
     deployment = server.deployment("secure-training/secure-training")
     page.goto(f"{server.ui}/deployments/deployment/{deployment['id']}")
     page.get_by_role("button", name="Run", exact=True).click()
     page.get_by_text("Custom run", exact=True).click()
     expect(page).to_have_url(re.compile(r"/run(\?|$)"))
 
-    registry = page.locator(".schema-form-property").filter(
-        has=page.get_by_text("registry (Optional)", exact=True)
+    field = page.locator(".schema-form-property").filter(
+        has=page.get_by_text(re.compile(r"^registry\b"))
     )
-    registry.get_by_role("button", name="RegistryTarget", exact=True).click()
-    option = page.get_by_role("option", name=registry_block, exact=True)
-    registry.locator(".block-document-input .p-select-button").click()
+    picker = field.locator(".p-select-button").first
+    picker.click()
+    option = page.get_by_role("option", name=registry, exact=True)
     if not option.is_visible():
         page.keyboard.press("ArrowDown")  # the combobox opens on the keyboard reliably
     option.click()
-    expect(registry.locator(".p-select-button")).to_contain_text(registry_block)
+    expect(picker).to_contain_text(registry)
     expect(page.get_by_label("Validate parameters")).to_be_checked()
     page.screenshot(path=shots / "1-custom-run-form.png", full_page=True)
 
@@ -192,31 +192,27 @@ def _screenshot_run(page: Page, server: PrefectServer, run: dict[str, Any], path
     page.screenshot(path=path, full_page=True)
 
 
-def test_browser_custom_run_with_a_saved_block_validates_and_reaches_the_run(
+def test_browser_custom_run_picks_a_site_registry_by_name_and_reaches_the_run(
     prefect_server: PrefectServer, page: Page, shots: Path
 ) -> None:
-    block = prefect_server.block_document("secmlops-registry-target", SITE_REGISTRY_BLOCK)
-    run = _start_custom_run(page, prefect_server, shots, registry_block=SITE_REGISTRY_BLOCK)
+    """The run form offers the site's registries by name; the run carries the name, and the
+    worker writes where the site's policy says that name is."""
+    run = _start_custom_run(page, prefect_server, shots, registry="site-registry")
     try:
-        # The UI created the run with the block *reference*, parameter validation on.
         stored = prefect_server.get(f"/flow_runs/{run['id']}")
-        assert stored["parameters"]["registry"] == {"$ref": {"block_document_id": block["id"]}}, (
-            stored["parameters"]
-        )
-        # The worker resolved it: the run reaches the approval pause (or completes),
-        # having registered its model version in the saved block's registry.
+        assert stored["parameters"]["registry"] == "site-registry", stored["parameters"]
         reached = prefect_server.wait_for_run(
             run["id"],
             lambda r: r["state_type"] in {"PAUSED", "COMPLETED"},
             "paused or completed",
         )
-        versions = prefect_server.site_registry / MODEL / "versions"
-        assert (versions / "v1").is_dir(), (
-            f"nothing registered in {prefect_server.site_registry}: {reached['state']}"
+        where = prefect_server.registry_dir("site-registry")
+        assert (where / MODEL / "versions" / "v1").is_dir(), (
+            f"nothing registered in {where}: {reached['state']}"
         )
         _screenshot_run(page, prefect_server, reached, shots / "2-flow-run-page.png")
         page.get_by_text("Parameters", exact=True).first.click()
-        expect(page.get_by_text(block["id"]).first).to_be_visible()
+        expect(page.get_by_text("site-registry").first).to_be_visible()
         page.screenshot(path=shots / "3-flow-run-parameters.png", full_page=True)
     finally:
         _cancel(prefect_server, run["id"])
@@ -225,9 +221,8 @@ def test_browser_custom_run_with_a_saved_block_validates_and_reaches_the_run(
 def test_browser_approve_in_the_resume_form_deploys_to_staging(
     prefect_server: PrefectServer, page: Page, shots: Path
 ) -> None:
-    registry = prefect_server.home / "approved-registry"
-    prefect_server.save_registry_block("approved-registry", registry)
-    run = _start_custom_run(page, prefect_server, shots, registry_block="approved-registry")
+    registry = prefect_server.registry_dir("approved-registry")
+    run = _start_custom_run(page, prefect_server, shots, registry="approved-registry")
     try:
         paused = prefect_server.wait_for_run(
             run["id"], _paused_for("staging"), "paused for staging approval"
@@ -249,9 +244,8 @@ def test_browser_approve_in_the_resume_form_deploys_to_staging(
 def test_browser_reject_in_the_resume_form_refuses_the_run(
     prefect_server: PrefectServer, page: Page, shots: Path
 ) -> None:
-    registry = prefect_server.home / "rejected-registry"
-    prefect_server.save_registry_block("rejected-registry", registry)
-    run = _start_custom_run(page, prefect_server, shots, registry_block="rejected-registry")
+    registry = prefect_server.registry_dir("rejected-registry")
+    run = _start_custom_run(page, prefect_server, shots, registry="rejected-registry")
     try:
         prefect_server.wait_for_run(
             run["id"], _paused_for("staging"), "paused for staging approval"
@@ -277,41 +271,28 @@ def test_browser_ui_serves_the_deployments(prefect_server: PrefectServer, page: 
         expect(page.get_by_role("link", name=name, exact=True).first).to_be_visible()
 
 
-def test_saved_block_references_validate_for_every_block_parameter(
-    prefect_server: PrefectServer,
-) -> None:
-    """What the run form asks the server (``/ui/schemas/validate``) for each deployment: a
-    saved block of each of our types, picked for every block-typed parameter, is valid."""
-    from blocks import DataSource, RegistryTarget, ServingImage
-
-    saved = {
-        block.get_block_type_slug(): prefect_server.save_block(block, "picked-in-a-form")["id"]
-        for block in (
-            DataSource(repo=str(prefect_server.home / "data-registry")),
-            RegistryTarget(uri=str(prefect_server.home / "picked-registry")),
-            ServingImage(target=str(prefect_server.home / "image.tar")),
-        )
-    }
+def test_run_form_schemas_offer_only_the_sites_names(prefect_server: PrefectServer) -> None:
+    """What the run form asks the server (``/ui/schemas/validate``): the site's names are
+    valid for every selecting parameter, anything else (a path, a URL, an old-style block
+    value) is refused before a run exists."""
     checked = []
     for deployment in prefect_server.post("/deployments/filter"):
         schema = deployment["parameter_openapi_schema"]
-        slugs = {
-            name: definition["block_type_slug"]
-            for name, definition in schema.get("definitions", {}).items()
-            if "block_type_slug" in definition
-        }
-        for param, prop in schema["properties"].items():
-            refs = [s["$ref"] for s in prop.get("anyOf", [prop]) if "$ref" in s]
-            slug = slugs.get(refs[0].rsplit("/", 1)[-1]) if refs else None
-            if slug is None:
+        for param in ("dataset", "image", "registry"):
+            if param not in schema["properties"]:
                 continue
-            values = {param: {"$ref": {"block_document_id": saved[slug]}}}
-            answer = prefect_server.post(
-                "/ui/schemas/validate", {"schema": schema, "values": values}
-            )
-            # Other required parameters may be missing; only this parameter is judged here.
-            errors = [e for e in answer["errors"] if e.get("property") == param]
-            assert not errors, (deployment["name"], param, errors)
+            good = {"registry": SITE_REGISTRIES[0], "dataset": "churn-demo", "image": "demo"}
+            for value, ok in (
+                (good[param], True),
+                ("/etc", False),
+                ("http://127.0.0.1:9/evil", False),
+                ({"uri": "/tmp/elsewhere"}, False),
+            ):
+                answer = prefect_server.post(
+                    "/ui/schemas/validate", {"schema": schema, "values": {param: value}}
+                )
+                errors = [e for e in answer["errors"] if e.get("property") == param]
+                assert bool(errors) != ok, (deployment["name"], param, value, errors)
             checked.append((deployment["name"], param))
-    assert {("secure-training", p) for p in ("data", "registry", "image")} <= set(checked)
+    assert {("secure-training", p) for p in ("dataset", "image", "registry")} <= set(checked)
     assert ("promote", "registry") in checked, checked

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tests.conftest import write_site_policy
 from tests.e2e.conftest import PROJECT, PipelineWorld
 
 MODEL = "churn-classifier"
@@ -211,9 +212,20 @@ def test_run_with_a_vulnerable_image_registers_nothing(
         extra_python_packages={"PyYAML": "5.3"},
     )
     registry = tmp_path / "registry"
-    env = {**pipeline_world.env, "SECMLOPS_REGISTRY": str(registry)}
+    policy = write_site_policy(
+        tmp_path / "policy.yaml",
+        images={
+            "demo": {},
+            "vulnerable": {"target": str(image.path), "digest": f"sha256:{image.image_digest}"},
+        },
+    )
+    env = {
+        **pipeline_world.env,
+        "SECMLOPS_REGISTRY": str(registry),
+        "SECMLOPS_POLICY": str(policy),
+    }
     world = PipelineWorld(pipeline_world.home, registry, env, pipeline_world.runs)
-    proc = world.cli("run", "--approve-as", "demo-approver", "--image", str(image.path))
+    proc = world.cli("run", "--approve-as", "demo-approver", "--image", "vulnerable")
     assert proc.returncode == 1
     assert "CVE-2020-14343" in proc.stderr
     assert not (registry / MODEL / "versions").exists()
