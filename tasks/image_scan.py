@@ -12,10 +12,11 @@ from secmlops.controls.image_scan import (
     ImageScanResult,
     ScanPolicy,
     TrivyDbInfo,
-    scan_image,
+    scan_served_image,
 )
 from secmlops.demo.serving_image import DEFAULT_TAG, ServingImage, build_serving_image
 from secmlops.demo.trivy_db import seed_demo_trivy_db
+from secmlops.site import ImageSource
 
 # --- Prefect tasks -------------------------------------------------------------------------
 
@@ -50,6 +51,17 @@ def build_serving_image_task(
     cache_policy=NO_CACHE,
     timeout_seconds=MAX_TIMEOUT_SECONDS + 120,
 )
-def scan_image_task(target: str | Path, cache_dir: Path, policy: ScanPolicy) -> ImageScanResult:
-    """Scan an image with Trivy (no caching: every run looks again)."""
-    return scan_image(target, cache_dir=cache_dir, policy=policy)
+def scan_image_task(
+    image: ImageSource,
+    cache_dir: Path,
+    policy: ScanPolicy,
+    demo_image: ServingImage | None = None,
+) -> ImageScanResult:
+    """Scan the site's image entry with Trivy (no caching: every run looks again).
+
+    Refuses (``IMAGE_NOT_SERVED``) unless the scanned image is the one the site serves
+    (the entry's digest; for the demo entry, ``demo_image``'s own); Trivy reaches a registry
+    only if the entry sets ``registry_access``. Judge the result with ``enforce_scan_policy``
+    and the site's ``sources.trivy_db.sha256``.
+    """
+    return scan_served_image(image, cache_dir=cache_dir, policy=policy, demo_image=demo_image)

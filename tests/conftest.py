@@ -102,3 +102,42 @@ def s3_bucket(
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
     monkeypatch.setenv("SECMLOPS_S3_ENDPOINT_URL", s3_endpoint)
     return name
+
+
+class RequestLog:
+    """What a logging HTTP server on 127.0.0.1 received: (method, path, headers) per request."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+
+
+@pytest.fixture
+def request_logger() -> Iterator[RequestLog]:
+    """An HTTP server on 127.0.0.1 that records every request and answers 500: a stand-in for
+    an endpoint a run should never be able to make the worker call."""
+    import http.server
+    import threading
+
+    log: RequestLog
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _record(self) -> None:
+            log.requests.append((self.command, self.path, dict(self.headers.items())))
+            self.send_response(500)
+            self.end_headers()
+
+        do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _record  # noqa: N815
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    log = RequestLog(f"http://127.0.0.1:{server.server_address[1]}")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield log
+    finally:
+        server.shutdown()
+        server.server_close()

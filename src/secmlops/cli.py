@@ -383,9 +383,16 @@ def scan_image(
     ignore_unfixed: Annotated[
         bool, typer.Option(help="Ignore vulnerabilities with no fix.")
     ] = False,
+    registry_access: Annotated[
+        bool,
+        typer.Option(help="Let Trivy pull TARGET from its registry (default: local only)."),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Scan a container image with Trivy and judge it against the scan policy."""
+    """Scan a container image with Trivy and judge it against the scan policy.
+
+    The DB must be one the policy accepts (``sources.trivy_db.sha256``, or the demo DB
+    with ``scan.unsafe_allow_curated_db``)."""
     from secmlops.controls.image_scan import ScanPolicy, enforce_scan_policy
     from secmlops.controls.image_scan import scan_image as run_scan
     from secmlops.demo.trivy_db import seed_demo_trivy_db
@@ -400,11 +407,14 @@ def scan_image(
         overrides["fail_on"] = tuple(s.upper() for s in fail_on)
     if ignore_unfixed:
         overrides["ignore_unfixed"] = True
-    base = load_gate_policy().scan
+    gate_policy = load_gate_policy()
+    base = gate_policy.scan
     policy = ScanPolicy.model_validate({**base.model_dump(), **overrides})
-    result = run_scan(target, cache_dir=cache, policy=policy)
+    result = run_scan(target, cache_dir=cache, policy=policy, registry_access=registry_access)
     try:
-        verdict = enforce_scan_policy(result, policy)
+        verdict = enforce_scan_policy(
+            result, policy, trusted_db_sha256=gate_policy.sources.trivy_db.sha256
+        )
     except ControlRefused:
         if as_json:
             typer.echo(json.dumps(result.to_json(), indent=2, default=str))

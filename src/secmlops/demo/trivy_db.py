@@ -8,10 +8,17 @@ on a connected machine, cache dir copied over) does not need this module at all;
 control reads either kind through :func:`secmlops.controls.image_scan.db.read_trivy_db_info`
 (re-exported here with ``TrivyDbInfo`` and ``UPSTREAM_SOURCE_LABEL``).
 
+The demo DB is labelled (``metadata.json`` ``SecMLOpsSource`` = :data:`DEMO_SOURCE_LABEL`)
+and deterministic: the shipped advisories always give the same trivy.db bytes, whose sha256
+is pinned in the control (:data:`DEMO_TRIVY_DB_SHA256`). The label is for people; what the
+scan and the gate trust is the digest, and the demo DB counts only with
+``ScanPolicy.unsafe_allow_curated_db``. Any other DB this module writes is of unknown origin
+to the control until a site pins its digest (``sources.trivy_db.sha256``).
+
 Example::
 
     info = seed_demo_trivy_db(Path(".cache/trivy"))
-    print(info.sha256, info.advisory_count)
+    assert info.sha256 == DEMO_TRIVY_DB_SHA256
 
 The bbolt writer covers what a small DB needs: meta pages 0/1 (FNV-1a checksum), an empty
 freelist, one leaf page per bucket (spanning overflow pages when large), nested buckets and
@@ -37,6 +44,7 @@ from secmlops.controls.image_scan.db import (
     BOLT_META_FIELDS,
     BOLT_PAGE_HEADER,
     BOLT_VERSION,
+    DEMO_TRIVY_DB_SHA256,
     PAGE_SIZE,
     SCHEMA_VERSION,
     UPSTREAM_SOURCE_LABEL,
@@ -428,9 +436,24 @@ _DEMO_UPDATED_AT = dt.datetime(2025, 7, 1, tzinfo=dt.UTC)
 
 
 def seed_demo_trivy_db(cache_dir: Path, *, advisories_file: Path = DEMO_ADVISORIES) -> TrivyDbInfo:
-    """Make ``cache_dir`` hold the offline demo DB (idempotent: rewrites only if it differs)."""
+    """Make ``cache_dir`` hold the offline demo DB (idempotent: rewrites only if it differs).
+
+    With the shipped advisories the DB's sha256 is :data:`DEMO_TRIVY_DB_SHA256`; if they were
+    edited without updating that pin, this refuses (``InputError``) rather than seed a DB the
+    scan would refuse as of unknown origin. Another ``advisories_file`` gives a curated DB that
+    counts only once a site pins its digest.
+    """
     advisories = load_advisories(advisories_file)
     expected = sha256_bytes(write_bolt_bytes(build_trivy_db_tree(advisories)))
+    if advisories_file.resolve() == DEMO_ADVISORIES.resolve() and expected != DEMO_TRIVY_DB_SHA256:
+        raise InputError(
+            f"the demo advisories give a Trivy DB with sha256 {expected}, not the pinned "
+            f"demo DB {DEMO_TRIVY_DB_SHA256}",
+            where=str(DEMO_ADVISORIES),
+            fix="if the advisories were changed on purpose, set DEMO_TRIVY_DB_SHA256 in "
+            "secmlops/controls/image_scan/db.py to the new digest (run "
+            "tests/unit/test_trivy_db_origin.py); otherwise restore the file",
+        )
     try:
         info = read_trivy_db_info(cache_dir)
     except ToolError:
@@ -451,6 +474,7 @@ def seed_demo_trivy_db(cache_dir: Path, *, advisories_file: Path = DEMO_ADVISORI
 __all__ = [
     "DEMO_ADVISORIES",
     "DEMO_SOURCE_LABEL",
+    "DEMO_TRIVY_DB_SHA256",
     "PAGE_SIZE",
     "SCHEMA_VERSION",
     "UPSTREAM_SOURCE_LABEL",

@@ -1,11 +1,15 @@
 """Image scanning control: the real Trivy, fully offline, decided by policy from its JSON.
 
-``scan_image`` (:mod:`.runner`) runs ``trivy image`` against a docker-archive tar, an OCI
-layout directory or an image reference, with the air-gapped flags and the DB from
-``cache_dir`` (:mod:`.db`), and returns what it found (:mod:`.findings`).
+``scan_image`` (:mod:`.runner`) runs ``trivy image`` against a docker-archive tar or an OCI
+layout directory (an image reference only with the site's ``registry_access``), with the
+air-gapped flags and the DB from ``cache_dir`` (:mod:`.db`), and returns what it found
+(:mod:`.findings`); ``scan_served_image`` (:mod:`.served`) does so for a site image entry and
+refuses an image other than the one the site serves (``enforce_served_image``).
 ``evaluate_scan_policy`` (:mod:`.verdict`) judges it against a :class:`ScanPolicy`
-(:mod:`.policy`) and returns a :class:`ScanVerdict`; ``enforce_scan_policy`` raises
-``ControlRefused`` whose ``reason`` is an :class:`ImageScanRefusal`.
+(:mod:`.policy`) and the site's pinned DB digests and returns a :class:`ScanVerdict`;
+``enforce_scan_policy`` raises ``ControlRefused`` whose ``reason`` is an
+:class:`ImageScanRefusal`. ``db_refusal``/``db_accepted`` is the one rule for which Trivy DB
+counts, used by the scan and by the deploy gate.
 ``image_scan_statement`` (:mod:`.predicate`) turns both into an in-toto ``vulns`` Statement
 for the flow to sign, and ``enforce_scan_predicate`` re-judges a stored one.
 
@@ -14,7 +18,9 @@ Example::
     policy = ScanPolicy(allowed=(AllowedVulnerability(
         id="CVE-2024-6387", reason="sshd not installed; client only", expires=date(2026, 1, 31)),))
     result = scan_image(Path("build/serving.tar"), cache_dir=Path(".cache/trivy"), policy=policy)
-    verdict = enforce_scan_policy(result, policy)          # raises ControlRefused on a block
+    enforce_served_image(result, "sha256:9a0b...")         # the image ID the site serves
+    verdict = enforce_scan_policy(                          # raises ControlRefused on a block
+        result, policy, trusted_db_sha256=("5e2d...",))     # sources.trivy_db.sha256
     statement = image_scan_statement(result, verdict)
 
 Fail closed: a missing DB, a Trivy that fails, times out or prints anything but a valid
@@ -26,7 +32,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from secmlops.controls.image_scan.db import UPSTREAM_SOURCE_LABEL, TrivyDbInfo, read_trivy_db_info
+from secmlops.controls.image_scan.db import (
+    DEMO_TRIVY_DB_SHA256,
+    UPSTREAM_SOURCE_LABEL,
+    DbOrigin,
+    TrivyDbInfo,
+    db_accepted,
+    db_refusal,
+    read_trivy_db_info,
+    trivy_db_origin,
+)
 from secmlops.controls.image_scan.findings import Finding, ImageScanResult
 from secmlops.controls.image_scan.policy import (
     MAX_TIMEOUT_SECONDS,
@@ -42,6 +57,7 @@ from secmlops.controls.image_scan.predicate import (
     scan_predicate_verdict,
     scan_result_from_predicate,
 )
+from secmlops.controls.image_scan.reasons import ImageScanRefusal
 from secmlops.controls.image_scan.runner import (
     OFFLINE_FLAGS,
     TRIVY_BINARY_ENV,
@@ -49,9 +65,14 @@ from secmlops.controls.image_scan.runner import (
     scan_image,
     trivy_invocation,
 )
+from secmlops.controls.image_scan.served import (
+    BuiltImage,
+    enforce_served_image,
+    scan_served_image,
+    served_image_target,
+)
 from secmlops.controls.image_scan.verdict import (
     AllowedFinding,
-    ImageScanRefusal,
     ScanVerdict,
     enforce_scan_policy,
     evaluate_scan_policy,
@@ -79,6 +100,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "DEMO_TRIVY_DB_SHA256",
     "MAX_TIMEOUT_SECONDS",
     "OFFLINE_FLAGS",
     "SEVERITIES",
@@ -86,6 +108,8 @@ __all__ = [
     "UPSTREAM_SOURCE_LABEL",
     "AllowedFinding",
     "AllowedVulnerability",
+    "BuiltImage",
+    "DbOrigin",
     "Finding",
     "ImageScanRefusal",
     "ImageScanResult",
@@ -96,14 +120,20 @@ __all__ = [
     "TrivyDbInfo",
     "TrivyInvocation",
     "build_serving_image",
+    "db_accepted",
+    "db_refusal",
     "enforce_scan_policy",
     "enforce_scan_predicate",
+    "enforce_served_image",
     "evaluate_scan_policy",
     "image_scan_statement",
     "read_trivy_db_info",
     "scan_image",
     "scan_predicate_verdict",
     "scan_result_from_predicate",
+    "scan_served_image",
     "seed_demo_trivy_db",
+    "served_image_target",
+    "trivy_db_origin",
     "trivy_invocation",
 ]

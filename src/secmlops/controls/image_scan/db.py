@@ -5,27 +5,66 @@ Trivy reads ``<cache_dir>/db/trivy.db`` (a bbolt key/value file, schema 2) and
 whether the DB came from ``trivy image --download-db-only`` on a connected machine or from
 the offline demo writer (:mod:`secmlops.demo.trivy_db`, which builds on the constants here).
 
+Which DB *counts* is decided by its content digest alone, never by a label in
+``metadata.json`` (anyone who can write the cache dir can write a label):
+:func:`trivy_db_origin` says whether a digest is the offline demo DB (pinned here, in the
+code: :data:`DEMO_TRIVY_DB_SHA256`) or one the site pins (``sources.trivy_db.sha256``), and
+the scan verdict and the deploy gate both judge it with :func:`db_refusal`.
+
 Example::
 
     info = read_trivy_db_info(Path(".cache/trivy"))      # ToolError if missing or malformed
-    print(info.sha256, info.source, info.updated_at)
+    print(info.sha256, info.source, info.updated_at, info.cache_dir)
+    print(trivy_db_origin(info.sha256, site.trivy_db.sha256))   # secmlops-demo | site-pinned | ...
 """
 
 from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from secmlops._internal.digests import sha256_file
+from secmlops.controls.image_scan.reasons import ImageScanRefusal
 from secmlops.errors import ToolError
+
+if TYPE_CHECKING:
+    from secmlops.controls.image_scan.policy import ScanPolicy
 
 #: Trivy's DB schema; metadata.json "Version" must equal it (1 is refused as too old).
 SCHEMA_VERSION = 2
-#: What read_trivy_db_info reports for a DB that Trivy downloaded itself.
+#: What read_trivy_db_info reports for a DB without a secmlops label (as Trivy downloads
+#: it). The label is never a reason to trust a DB: only a pinned digest is.
 UPSTREAM_SOURCE_LABEL = "trivy-db as downloaded by trivy (no secmlops label in metadata.json)"
+
+#: sha256 of the offline demo DB's trivy.db as ``secmlops.demo.trivy_db.seed_demo_trivy_db``
+#: writes it (deterministic: the same advisories give the same bytes). The only DB the code
+#: itself vouches for, and it counts only with ``ScanPolicy.unsafe_allow_curated_db``.
+#: tests/unit/test_trivy_db_origin.py regenerates the DB and checks this value.
+DEMO_TRIVY_DB_SHA256: Final = "c7f186d7e4e5ea48cc43d1c40dd20eb9d45abdc22e0340fe8ac7c6cb8a86e382"
+
+#: Where a DB's trust comes from: the demo DB pinned in the code, a digest the site pins in
+#: ``sources.trivy_db.sha256``, or nowhere (refused).
+DbOrigin = Literal["secmlops-demo", "site-pinned", "unpinned"]
+DB_ORIGIN_DEMO: Final = "secmlops-demo"
+DB_ORIGIN_SITE: Final = "site-pinned"
+DB_ORIGIN_UNPINNED: Final = "unpinned"
+
+
+def trivy_db_origin(sha256: str, trusted_db_sha256: Collection[str] = ()) -> DbOrigin:
+    """Where trust in the DB with this trivy.db ``sha256`` comes from (its digest only).
+
+    The demo DB's digest is always the demo's, even if a site lists it: it stays curated.
+    """
+    if sha256 == DEMO_TRIVY_DB_SHA256:
+        return "secmlops-demo"
+    if sha256 in trusted_db_sha256:
+        return "site-pinned"
+    return "unpinned"
+
 
 # The bbolt on-disk constants the meta-page check needs (the demo writer uses them too).
 PAGE_SIZE = 4096
@@ -57,10 +96,16 @@ class TrivyDbInfo:
     source: str
     advisory_count: int | None
 
+    @property
+    def cache_dir(self) -> Path:
+        """The Trivy cache dir holding this DB (``<cache_dir>/db/trivy.db``)."""
+        return self.path.parent.parent
+
     def to_json(self) -> dict[str, Any]:
         """The DB description as recorded in the scan result."""
         return {
             "path": str(self.path),
+            "cacheDir": str(self.cache_dir),
             "sha256": self.sha256,
             "schemaVersion": self.schema_version,
             "updatedAt": self.updated_at,
@@ -76,6 +121,7 @@ def read_trivy_db_info(cache_dir: Path) -> TrivyDbInfo:
 
     Fails closed: a scan without a usable DB would report "no vulnerabilities" and pass.
     """
+    cache_dir = cache_dir.resolve()  # recorded in the evidence: say where, absolutely
     db_dir = cache_dir / "db"
     db_path, meta_path = db_dir / "trivy.db", db_dir / "metadata.json"
     fix = (
@@ -145,3 +191,44 @@ def _has_valid_meta_page(head: bytes) -> bool:
         if magic == BOLT_MAGIC and version == BOLT_VERSION and checksum == fnv1a_64(fields):
             return True
     return False
+
+
+# --- which DB counts ----------------------------------------------------------------------
+
+
+def db_refusal(
+    db: TrivyDbInfo, *, policy: ScanPolicy, trusted_db_sha256: Collection[str]
+) -> tuple[ImageScanRefusal, str] | None:
+    """Why the Trivy DB ``db`` does not count under ``policy`` and the site's pins, or ``None``.
+
+    The one rule, used by the scan (``evaluate_scan_policy``) and the deploy gate (which
+    re-judges the recorded DB digest): only the digest decides, never a label.
+
+    - the demo DB (:data:`~secmlops.controls.image_scan.db.DEMO_TRIVY_DB_SHA256`) counts only
+      with ``unsafe_allow_curated_db``;
+    - any other DB counts only when ``trusted_db_sha256`` (the site's
+      ``sources.trivy_db.sha256``) lists its sha256, and if it carries a secmlops curated-DB
+      label, also only with ``unsafe_allow_curated_db``.
+    """
+    origin = trivy_db_origin(db.sha256, trusted_db_sha256)
+    if origin == "unpinned":
+        return (
+            ImageScanRefusal.DB_NOT_PINNED,
+            f"the Trivy DB {db.path} (sha256 {db.sha256}) is of unknown origin: neither the "
+            "demo DB nor pinned by the site; if you trust it, add its sha256 to "
+            "sources.trivy_db.sha256 in the policy file",
+        )
+    curated = origin == "secmlops-demo" or db.source != UPSTREAM_SOURCE_LABEL
+    if curated and not policy.unsafe_allow_curated_db:
+        what = "the secmlops offline demo DB" if origin == "secmlops-demo" else repr(db.source)
+        return (
+            ImageScanRefusal.CURATED_DB_NOT_ALLOWED,
+            f"the Trivy DB is not an upstream trivy-db but {what}; "
+            "a curated DB holds a subset of advisories",
+        )
+    return None
+
+
+def db_accepted(db: TrivyDbInfo, *, policy: ScanPolicy, trusted_db_sha256: Collection[str]) -> bool:
+    """True if the DB counts under ``policy`` and the site's pins (see :func:`db_refusal`)."""
+    return db_refusal(db, policy=policy, trusted_db_sha256=trusted_db_sha256) is None

@@ -88,7 +88,9 @@ class ScanPolicy(BaseModel):
         default=600, gt=0, le=MAX_TIMEOUT_SECONDS, description="trivy's time budget"
     )
     offline: bool = Field(
-        default=True, description="never let trivy touch the network (air-gapped flags)"
+        default=True,
+        description="never let trivy touch the network (air-gapped flags); off lets it update "
+        "its DB, and the updated DB counts only once the site pins its new digest",
     )
     scanners: tuple[Scanner, ...] = Field(
         default=("vuln", "secret"), description="trivy scanners; 'vuln' is required"

@@ -5,30 +5,31 @@ the flow to sign; :func:`scan_result_from_predicate` rebuilds the scan result fr
 predicate so the deploy gate can re-judge it against the *current* policy
 (:func:`enforce_scan_predicate`, or :func:`scan_predicate_verdict` for one sentence).
 
+The Statement records which Trivy DB the scan used: its trivy.db sha256, its cache dir and
+its origin (``secmlops-demo`` or ``site-pinned``); re-judging checks the digest again against
+the current policy and site pins, whatever origin was recorded.
+
 Example::
 
     statement = image_scan_statement(result, verdict)
     ...
-    enforce_scan_predicate(statement["predicate"], policy)   # ControlRefused with a reason
+    enforce_scan_predicate(statement["predicate"], policy,   # ControlRefused with a reason
+                           trusted_db_sha256=site.trivy_db.sha256)
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
 from secmlops.controls.image_scan.db import UPSTREAM_SOURCE_LABEL, TrivyDbInfo
 from secmlops.controls.image_scan.findings import Finding, ImageScanResult
 from secmlops.controls.image_scan.policy import ScanPolicy
+from secmlops.controls.image_scan.reasons import ImageScanRefusal
 from secmlops.controls.image_scan.report import SHA256_HEX, parse_severity
-from secmlops.controls.image_scan.verdict import (
-    ImageScanRefusal,
-    ScanVerdict,
-    evaluate_scan_policy,
-    scan_fixes,
-)
+from secmlops.controls.image_scan.verdict import ScanVerdict, evaluate_scan_policy, scan_fixes
 from secmlops.errors import ControlRefused, InputError, ToolError
 from secmlops.evidence.predicates import VulnsPredicate, dump_predicate
 from secmlops.evidence.statements import PREDICATE_VULNS, Subject, make_statement
@@ -85,6 +86,8 @@ def image_scan_statement(result: ImageScanResult, verdict: ScanVerdict) -> dict[
                 "lastUpdate": result.db.updated_at,
                 "digest": {"sha256": result.db.sha256},
                 "source": result.db.source,
+                "cacheDir": str(result.db.cache_dir),
+                "origin": verdict.db_origin,
             },
             "result": scan_results,
         },
@@ -153,7 +156,10 @@ def scan_result_from_predicate(predicate: Mapping[str, Any]) -> ImageScanResult:
             packages_scanned=int(image["packagesScanned"]),
             trivy_version=str(scanner["version"]),
             db=TrivyDbInfo(
-                path=Path(str(db.get("uri", ""))),
+                # Where the scan read it (older evidence did not record the cache dir).
+                path=Path(str(db["cacheDir"])) / "db" / "trivy.db"
+                if db.get("cacheDir")
+                else Path(str(db.get("uri", ""))),
                 sha256=str(db["digest"]["sha256"]),
                 schema_version=int(db["version"]),
                 updated_at=db.get("lastUpdate"),
@@ -190,13 +196,19 @@ def _recorded_scanners(predicate: Mapping[str, Any]) -> tuple[str, ...] | None:
 
 
 def enforce_scan_predicate(
-    predicate: Mapping[str, Any], policy: ScanPolicy, *, today: dt.date | None = None
+    predicate: Mapping[str, Any],
+    policy: ScanPolicy,
+    *,
+    trusted_db_sha256: Collection[str] = (),
+    today: dt.date | None = None,
 ) -> ScanVerdict:
     """Re-judge stored image-scan evidence against ``policy``; return the verdict if it passes.
 
     Raises ``ControlRefused`` with an :class:`ImageScanRefusal` otherwise: a malformed
     predicate never passes (``MALFORMED_EVIDENCE``), nor does a scan that ran fewer scanners
-    than ``policy.scanners`` requires (``MISSING_SCANNERS``), nor one the policy blocks now.
+    than ``policy.scanners`` requires (``MISSING_SCANNERS``), nor one whose recorded DB digest
+    the policy and ``trusted_db_sha256`` (the site's pins) do not accept (``DB_NOT_PINNED``,
+    ``CURATED_DB_NOT_ALLOWED``), nor one the policy blocks now.
     """
     try:
         result = scan_result_from_predicate(predicate)
@@ -218,7 +230,7 @@ def enforce_scan_predicate(
             f"{list(policy.scanners)} (missing {missing}); rescan the image",
             ImageScanRefusal.MISSING_SCANNERS,
         )
-    verdict = evaluate_scan_policy(result, policy, today=today)
+    verdict = evaluate_scan_policy(result, policy, trusted_db_sha256=trusted_db_sha256, today=today)
     if verdict.passed:
         return verdict
     reasons = [f.label() for f in verdict.blocking] + list(verdict.problems)
@@ -238,12 +250,16 @@ def _stored_refusal(
 
 
 def scan_predicate_verdict(
-    predicate: Mapping[str, Any], policy: ScanPolicy, *, today: dt.date | None = None
+    predicate: Mapping[str, Any],
+    policy: ScanPolicy,
+    *,
+    trusted_db_sha256: Collection[str] = (),
+    today: dt.date | None = None,
 ) -> str | None:
     """Re-judge stored image-scan evidence against ``policy``: ``None`` if it passes,
     else one sentence saying why not (see :func:`enforce_scan_predicate` for the reason)."""
     try:
-        enforce_scan_predicate(predicate, policy, today=today)
+        enforce_scan_predicate(predicate, policy, trusted_db_sha256=trusted_db_sha256, today=today)
     except ControlRefused as exc:
         return exc.message
     return None

@@ -2,9 +2,18 @@
 
 ``scan_image`` runs ``trivy image`` through the one subprocess helper
 (:mod:`secmlops._internal.toolrun`: argument list, allow-listed environment, timeout) against
-a docker-archive tar, an OCI layout directory or an image reference, with the air-gapped
-flags and the DB from ``cache_dir``. It binds the report to the image it meant to scan (the
-config digest of the archive or layout) and to the DB it used (unchanged during the scan).
+a docker-archive tar or an OCI layout directory (``--input``, resolved to an absolute path),
+with the air-gapped flags and the DB from ``cache_dir``. It binds the report to the image it
+meant to scan (the config digest of the archive or layout) and to the DB it used (unchanged
+during the scan).
+
+Network: with the offline flags Trivy still contacts the registry of any image *reference*
+it is given (``127.0.0.1:8080/x:y`` makes it call ``https://127.0.0.1:8080/v2/``), so a
+target that is not an existing local archive or layout is refused (``InputError``) before
+Trivy runs, unless the site entry sets ``registry_access`` (then ``--image-src remote``: the
+registry only, no local daemon sockets). Trivy never sees proxy variables or AWS
+credentials, and without registry access not the worker's ``HOME`` either (its
+``~/.docker/config.json`` credential helpers).
 
 Example::
 
@@ -39,13 +48,17 @@ from secmlops.controls.image_scan.report import (
 from secmlops.errors import InputError, ToolError
 from secmlops.evidence.statements import utc_now
 
-#: Flags that keep Trivy 0.76 from touching the network (all five are needed).
+#: Flags that keep Trivy 0.76 from touching the network for anything but an image reference
+#: (DB, Java DB, checks bundle and VEX repo downloads, version check, telemetry, and the API
+#: lookups some language analyzers make to identify dependencies).
 OFFLINE_FLAGS: tuple[str, ...] = (
     "--skip-db-update",
     "--skip-java-db-update",
     "--skip-check-update",
+    "--skip-vex-repo-update",
     "--skip-version-check",
     "--disable-telemetry",
+    "--offline-scan",
 )
 #: Env var that points the control at a specific trivy binary.
 TRIVY_BINARY_ENV = "SECMLOPS_TRIVY"
@@ -61,10 +74,12 @@ class TrivyInvocation:
     env_allow: tuple[str, ...] = ()
     extra_env: Mapping[str, str] = field(default_factory=dict)
     archive: Path | None = None
+    #: Run Trivy with HOME set to its empty working dir (no registry access).
+    isolated_home: bool = True
 
 
-def _target_args(target: str | Path) -> tuple[list[str], Path | None]:
-    """``--input`` for a tar or OCI layout dir, a plain image reference otherwise."""
+def _target_args(target: str | Path, registry_access: bool) -> tuple[list[str], Path | None]:
+    """``--input`` for a tar or OCI layout dir; an image reference only with registry access."""
     path = Path(target)
     if isinstance(target, Path) or path.exists():
         if path.is_file():
@@ -88,12 +103,29 @@ def _target_args(target: str | Path) -> tuple[list[str], Path | None]:
     ref = str(target)
     if not ref or ref.startswith("-") or any(c.isspace() for c in ref):
         raise InputError(f"{ref!r} is not an image reference", where="scan_image target")
-    return [ref], None
+    if not registry_access:
+        # Trivy would contact the reference's registry despite every offline flag.
+        raise InputError(
+            f"image {ref!r} is not an existing local docker-archive tar or OCI layout "
+            "directory, and registry access is off",
+            where="scan_image target",
+            fix="give the path of a local archive (`docker save`) or OCI layout; to let Trivy "
+            "pull from a registry the site trusts, set registry_access: true on that image's "
+            "entry in sources.images of the policy file",
+        )
+    # Only the registry: never a docker/containerd/podman socket on the worker.
+    return ["--image-src", "remote", ref], None
 
 
-def trivy_invocation(target: str | Path, *, cache_dir: Path, policy: ScanPolicy) -> TrivyInvocation:
-    """Build the Trivy command for ``target`` (used by ``scan_image``; shown in docs/tests)."""
-    target_args, archive = _target_args(target)
+def trivy_invocation(
+    target: str | Path, *, cache_dir: Path, policy: ScanPolicy, registry_access: bool = False
+) -> TrivyInvocation:
+    """Build the Trivy command for ``target`` (used by ``scan_image``; shown in docs/tests).
+
+    ``InputError`` for a target that is not a local archive or layout, unless
+    ``registry_access`` (the site entry's) lets Trivy pull it from its registry.
+    """
+    target_args, archive = _target_args(target, registry_access)
     cache_dir = cache_dir.resolve()  # Trivy runs in an empty temporary cwd
     trivy = resolve_binary("trivy", TRIVY_BINARY_ENV)
     argv = [
@@ -119,8 +151,10 @@ def trivy_invocation(target: str | Path, *, cache_dir: Path, policy: ScanPolicy)
     if policy.offline:
         argv += OFFLINE_FLAGS
     argv += target_args
-    # No env_allow: Trivy gets only the base allow-list (no AWS_*, no TRIVY_* overrides).
-    return TrivyInvocation(argv=tuple(argv), archive=archive)
+    # No env_allow: Trivy gets only the base allow-list (no AWS_*, no TRIVY_* overrides, no
+    # *_PROXY). Without registry access it does not get the worker's HOME either
+    # (scan_image points HOME at the empty working dir): no ~/.docker credential helpers.
+    return TrivyInvocation(argv=tuple(argv), archive=archive, isolated_home=not registry_access)
 
 
 def _docker_archive_config_digest(archive: Path) -> str:
@@ -180,15 +214,28 @@ def _trivy_version(trivy: str, timeout: float) -> str:
     return str(version)
 
 
-def scan_image(target: str | Path, *, cache_dir: Path, policy: ScanPolicy) -> ImageScanResult:
+def scan_image(
+    target: str | Path,
+    *,
+    cache_dir: Path,
+    policy: ScanPolicy,
+    registry_access: bool = False,
+) -> ImageScanResult:
     """Scan an image with the real Trivy and the DB in ``cache_dir``; return what it found.
 
-    ``target``: a docker-archive tar or OCI layout directory (``Path``/existing path) or an
-    image reference. Raises ``ToolError`` for a missing DB, a failing or timed-out Trivy,
-    or a report that is not valid; ``InputError`` for a target that is not an image.
+    ``target``: a docker-archive tar or OCI layout directory (a ``Path`` or an existing
+    path, relative ones resolved first), or, only with ``registry_access`` (the site
+    entry's), an image reference Trivy pulls from its registry. Raises ``ToolError`` for a
+    missing DB, a failing or timed-out Trivy, or a report that is not valid; ``InputError``
+    for a target that is not an image or a reference without registry access (before Trivy
+    runs). Which DB counts and whether this is the served image are decided afterwards
+    (:func:`~secmlops.controls.image_scan.verdict.enforce_scan_policy`,
+    :func:`~secmlops.controls.image_scan.served.enforce_served_image`).
     """
+    invocation = trivy_invocation(
+        target, cache_dir=cache_dir, policy=policy, registry_access=registry_access
+    )
     db_before = read_trivy_db_info(cache_dir) if policy.offline else None
-    invocation = trivy_invocation(target, cache_dir=cache_dir, policy=policy)
     archive_digest = archive_config = None
     if invocation.archive is not None:
         archive_digest = sha256_file(invocation.archive)
@@ -200,11 +247,14 @@ def scan_image(target: str | Path, *, cache_dir: Path, policy: ScanPolicy) -> Im
     # An empty working dir: Trivy reads .trivyignore and trivy.yaml from its cwd, and a
     # stray one there could silently drop findings.
     with tempfile.TemporaryDirectory(prefix="secmlops-trivy-") as workdir:
+        extra_env = dict(invocation.extra_env)
+        if invocation.isolated_home:
+            extra_env["HOME"] = workdir
         proc = run_tool(
             invocation.argv,
             timeout=policy.timeout_seconds + _TIMEOUT_GRACE_SECONDS,
             env_allow=invocation.env_allow,
-            extra_env=invocation.extra_env,
+            extra_env=extra_env,
             cwd=workdir,
             what="trivy image",
         )

@@ -1,17 +1,24 @@
 """Decide on one image scan: :func:`evaluate_scan_policy` returns a :class:`ScanVerdict`,
 :func:`enforce_scan_policy` raises ``ControlRefused`` with an :class:`ImageScanRefusal`.
 
+Which Trivy DB counts is part of the verdict, by
+:func:`~secmlops.controls.image_scan.db.db_refusal` (the deploy gate re-judges stored evidence
+through the same rule, so they cannot disagree): the demo DB (digest pinned in the code) only
+with ``unsafe_allow_curated_db``, any other DB only when the site pins its digest
+(``trusted_db_sha256`` = ``sources.trivy_db.sha256``); ``unsafe_report_only`` does not waive
+an unpinned DB.
+
 Every reason to block is named twice: as a sentence for people (``ScanVerdict.problems``,
 the error message) and as a stable :class:`ImageScanRefusal` member for code and tests
 (``ScanVerdict.reasons``, ``ControlRefused.reason``).
 
 Example::
 
-    verdict = evaluate_scan_policy(result, policy)       # never raises for a violation
+    verdict = evaluate_scan_policy(result, policy, trusted_db_sha256=pins)  # never raises
     if not verdict.passed:
         print(verdict.reason, verdict.summary())
     try:
-        enforce_scan_policy(result, policy)
+        enforce_scan_policy(result, policy, trusted_db_sha256=site.trivy_db.sha256)
     except ControlRefused as exc:
         assert exc.reason is ImageScanRefusal.BLOCKING_VULNERABILITY
 """
@@ -20,40 +27,22 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from secmlops.controls.image_scan.db import UPSTREAM_SOURCE_LABEL, TrivyDbInfo
+from secmlops.controls.image_scan.db import (
+    DbOrigin,
+    TrivyDbInfo,
+    db_refusal,
+    trivy_db_origin,
+)
 from secmlops.controls.image_scan.findings import Finding, ImageScanResult
 from secmlops.controls.image_scan.policy import ScanPolicy
-from secmlops.errors import ControlRefused, RefusalReason
+from secmlops.controls.image_scan.reasons import ImageScanRefusal
+from secmlops.errors import ControlRefused
 
 log = logging.getLogger(__name__)
-
-
-class ImageScanRefusal(RefusalReason):
-    """Why the image scan refuses an image. Listed by precedence: when several apply, the
-    first one listed here is the ``reason`` of the refusal (all are in ``verdict.reasons``)."""
-
-    #: Stored scan evidence is not a predicate ``image_scan_statement`` wrote.
-    MALFORMED_EVIDENCE = "malformed_evidence"
-    #: Stored scan evidence does not show that every scanner the policy requires ran.
-    MISSING_SCANNERS = "missing_scanners"
-    #: A vulnerability at a ``fail_on`` severity with no applicable allow entry.
-    BLOCKING_VULNERABILITY = "blocking_vulnerability"
-    #: A secret (key, token, password) at a ``fail_on`` severity was found in the image.
-    LEAKED_SECRET = "leaked_secret"  # noqa: S105 - a reason code, not a credential
-    #: A blocking finding whose only matching allow entry has expired.
-    EXPIRED_ALLOWANCE = "expired_allowance"
-    #: The image's OS release is end of life (``fail_on_eosl``).
-    END_OF_LIFE_OS = "end_of_life_os"
-    #: Trivy found no packages at all, so it cannot vouch for the image (``require_packages``).
-    NO_PACKAGES_FOUND = "no_packages_found"
-    #: The DB is curated (e.g. the demo DB) and ``unsafe_allow_curated_db`` is not set.
-    CURATED_DB_NOT_ALLOWED = "curated_db_not_allowed"
-    #: The DB is older than ``max_db_age_days`` (or its age is unknown).
-    STALE_DB = "stale_db"
 
 
 @dataclass(frozen=True)
@@ -92,6 +81,9 @@ class ScanVerdict:
     report_only: bool
     #: Every reason the policy blocks (or, under ``unsafe_report_only``, would block).
     reasons: tuple[ImageScanRefusal, ...] = ()
+    #: Where trust in the scan's Trivy DB came from (recorded in the evidence; the gate
+    #: re-derives it from the DB digest and its own policy).
+    db_origin: DbOrigin = "unpinned"
 
     @property
     def reason(self) -> ImageScanRefusal | None:
@@ -151,8 +143,16 @@ def _finding_reason(finding: Finding, policy: ScanPolicy, day: dt.date) -> Image
     return ImageScanRefusal.BLOCKING_VULNERABILITY
 
 
+#: Reasons ``unsafe_report_only`` does not waive: it means "do not block on what the scan
+#: found", never "count a scan against a DB of unknown origin".
+_NOT_WAIVED_BY_REPORT_ONLY = frozenset({ImageScanRefusal.DB_NOT_PINNED})
+
+
 def _problems(
-    result: ImageScanResult, policy: ScanPolicy, day: dt.date
+    result: ImageScanResult,
+    policy: ScanPolicy,
+    day: dt.date,
+    trusted_db_sha256: Collection[str],
 ) -> list[tuple[ImageScanRefusal, str]]:
     """Reasons to block that are not findings: the OS, what Trivy saw, the DB it used."""
     problems: list[tuple[ImageScanRefusal, str]] = []
@@ -171,14 +171,9 @@ def _problems(
                 "trivy found no packages in the image: it cannot vouch for it",
             )
         )
-    if result.db.source != UPSTREAM_SOURCE_LABEL and not policy.unsafe_allow_curated_db:
-        problems.append(
-            (
-                ImageScanRefusal.CURATED_DB_NOT_ALLOWED,
-                f"the Trivy DB is not an upstream trivy-db but {result.db.source!r}; "
-                "a curated DB holds a subset of advisories",
-            )
-        )
+    db_problem = db_refusal(result.db, policy=policy, trusted_db_sha256=trusted_db_sha256)
+    if db_problem is not None:
+        problems.append(db_problem)
     age = _db_age_days(result.db, day)
     if policy.max_db_age_days is not None and (age is None or age > policy.max_db_age_days):
         problems.append(
@@ -192,9 +187,17 @@ def _problems(
 
 
 def evaluate_scan_policy(
-    result: ImageScanResult, policy: ScanPolicy, *, today: dt.date | None = None
+    result: ImageScanResult,
+    policy: ScanPolicy,
+    *,
+    trusted_db_sha256: Collection[str] = (),
+    today: dt.date | None = None,
 ) -> ScanVerdict:
-    """Apply the policy to a scan and return the verdict, without raising."""
+    """Apply the policy to a scan and return the verdict, without raising.
+
+    ``trusted_db_sha256``: the trivy.db digests the site pins (``sources.trivy_db.sha256``);
+    a DB that is neither listed nor the demo DB is ``DB_NOT_PINNED`` (see ``db_refusal``).
+    """
     day = today or dt.date.today()
     blocking: list[Finding] = []
     allowed: list[AllowedFinding] = []
@@ -215,13 +218,14 @@ def evaluate_scan_policy(
         else:
             blocking.append(finding)
 
-    problems = _problems(result, policy, day)
+    problems = _problems(result, policy, day, trusted_db_sha256)
     reasons = [_finding_reason(f, policy, day) for f in blocking] + [r for r, _ in problems]
     expired = tuple(a.id for a in policy.allowed if not a.active_on(day))
     unused = tuple(
         a.id for a in policy.allowed if a.active_on(day) and (a.id, a.package) not in used
     )
-    passed = policy.unsafe_report_only or (not blocking and not problems)
+    waived = policy.unsafe_report_only and not _NOT_WAIVED_BY_REPORT_ONLY.intersection(reasons)
+    passed = waived or (not blocking and not problems)
     return ScanVerdict(
         passed=passed,
         image_digest=result.image_digest,
@@ -237,19 +241,26 @@ def evaluate_scan_policy(
         policy=policy.model_dump(mode="json"),
         report_only=policy.unsafe_report_only,
         reasons=tuple(dict.fromkeys(reasons)),
+        db_origin=trivy_db_origin(result.db.sha256, trusted_db_sha256),
     )
 
 
 def enforce_scan_policy(
-    result: ImageScanResult, policy: ScanPolicy, *, today: dt.date | None = None
+    result: ImageScanResult,
+    policy: ScanPolicy,
+    *,
+    trusted_db_sha256: Collection[str] = (),
+    today: dt.date | None = None,
 ) -> ScanVerdict:
     """Return the verdict if the image meets the policy; raise ``ControlRefused`` if not.
+
+    ``trusted_db_sha256``: the site's ``sources.trivy_db.sha256`` (see ``db_refusal``).
 
     The error carries ``reason`` (an :class:`ImageScanRefusal`) and ``result`` (the
     :class:`ScanVerdict`); its message names each blocking finding (ID, package, installed
     -> fixed) and any other reason; ``details["verdict"]`` holds the verdict for the evidence.
     """
-    verdict = evaluate_scan_policy(result, policy, today=today)
+    verdict = evaluate_scan_policy(result, policy, trusted_db_sha256=trusted_db_sha256, today=today)
     if verdict.report_only and verdict.reasons:
         log.warning(
             "image scan would have blocked %s (%d findings, %d problems) but the policy is "
@@ -293,6 +304,17 @@ _FINDING_FIX = (
 _FIXES: dict[ImageScanRefusal, str] = {
     ImageScanRefusal.MALFORMED_EVIDENCE: "Rescan the image; the stored scan evidence is unusable.",
     ImageScanRefusal.MISSING_SCANNERS: "Rescan the image with every scanner the policy requires.",
+    ImageScanRefusal.IMAGE_NOT_SERVED: (
+        "Scan the image the site serves: fix the archive/reference in sources.images, or, "
+        "if the served image changed on purpose, pin its new image ID (sources.images.<name>"
+        ".digest) in the policy file."
+    ),
+    ImageScanRefusal.DB_NOT_PINNED: (
+        "Pin the Trivy DB: add the sha256 of its trivy.db (`sha256sum <cache_dir>/db/trivy.db`) "
+        "to sources.trivy_db.sha256 in the policy file once you trust where it came from "
+        "(docs/scanning.md: `trivy image --download-db-only` on a connected machine), or "
+        "point sources.trivy_db.cache_dir at a DB the site pins."
+    ),
     ImageScanRefusal.END_OF_LIFE_OS: "Rebase the image on a supported OS release.",
     ImageScanRefusal.NO_PACKAGES_FOUND: "Scan an image whose OS/packages Trivy supports.",
     ImageScanRefusal.CURATED_DB_NOT_ALLOWED: (
