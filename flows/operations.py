@@ -39,7 +39,7 @@ def _open(model: str, registry: str | None) -> ModelRegistry:
     _, entry = select(load_gate_policy().sources.registries, registry, "registry")
     store = open_site_registry(
         entry,
-        default_uri=local_paths().default_registry,
+        default_uri=current_settings().registry_uri(),
         env_endpoint=current_settings().s3_endpoint_url,
     )
     return ModelRegistry(store, model)

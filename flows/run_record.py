@@ -15,7 +15,7 @@ import socket
 from prefect.context import FlowRunContext
 from prefect.runtime import deployment
 
-from secmlops.controls.training import RunRecord
+from secmlops.evidence.predicates import RunRecord
 
 
 def current_run_record() -> RunRecord:

@@ -14,7 +14,6 @@ Run it: ``secmlops run --approve-as demo-approver`` (or ``make demo``).
 
 from __future__ import annotations
 
-import getpass
 import shutil
 import uuid
 from pathlib import Path
@@ -37,6 +36,12 @@ from secmlops.controls.smoke_test import smoke_test_statement
 from secmlops.controls.training import provenance_statement
 from secmlops.controls.validation import validation_statement
 from secmlops.evidence.keys import KeyDirectory
+from secmlops.evidence.predicates import (
+    DatasetSelection,
+    ImageSelection,
+    RegistrySelection,
+    RunSources,
+)
 from secmlops.evidence.statements import load_private_key, sign_statement
 from secmlops.gate import GatePolicy
 from secmlops.policy import load_gate_policy
@@ -104,7 +109,7 @@ def secure_training(
     )
     store = open_site_registry(
         run.registry,
-        default_uri=paths.default_registry,
+        default_uri=current_settings().registry_uri(),
         env_endpoint=current_settings().s3_endpoint_url,
     )
     models = ModelRegistry(store, model_name)
@@ -130,6 +135,7 @@ def _run(
     workdir.mkdir(parents=True)
     keys = KeyDirectory(paths.keys)
     data, image = run.dataset, run.image
+    record = current_run_record()
 
     with summary.stage("prepare") as st:
         if paths.demo_keys:
@@ -151,13 +157,14 @@ def _run(
         cache_dir = Path(trivy_db.cache_dir) if trivy_db.cache_dir else paths.trivy_cache
         if not trivy_db.cache_dir:
             seed_trivy_db_task(cache_dir)
-        if image.is_demo:
-            built = build_serving_image_task(
+        built = (
+            build_serving_image_task(
                 paths.images / "serving-demo.tar", lock_file=project_root() / "uv.lock"
             )
-            target, expected_digest = str(built.path), f"sha256:{built.image_digest}"
-        else:
-            target, expected_digest = image.target, image.digest
+            if image.is_demo
+            else None
+        )
+        target = str(built.path) if built else image.target
         st.detail = (
             f"keys {keys.root}; dataset {run.dataset_name} ({redact_url(repo)}@{run.rev}); "
             f"image {run.image_name} ({target}); registry {run.registry_name}"
@@ -190,15 +197,8 @@ def _run(
         st.detail = f"{validated.rows} rows pass {validated.schema_name}"
 
     with summary.stage("scan-image") as st:
-        scanned = scan_image_task(
-            target,
-            cache_dir=cache_dir,
-            policy=policy.scan,
-            expected_digest=expected_digest,
-            registry_access=image.registry_access,
-            accepted_db_sha256=trivy_db.sha256,
-        )
-        verdict = enforce_scan_policy(scanned, policy.scan)
+        scanned = scan_image_task(image, cache_dir, policy.scan, demo_image=built)
+        verdict = enforce_scan_policy(scanned, policy.scan, trusted_db_sha256=trivy_db.sha256)
         evidence.add("image-scan", image_scan_statement(scanned, verdict))
         st.detail = f"{verdict.summary()}; DB {scanned.db.source}"
 
@@ -230,9 +230,25 @@ def _run(
                 dataset_uri=f"{repo}#{data.path}@{pulled.commit}",
                 dataset_commit=pulled.commit,
                 builder_id=BUILDER_ID,
-                invocation_id=run_id,
+                invocation_id=record.flow_run_id or run_id,
                 parameters=run.parameters,
-                run=current_run_record(),
+                run=record,
+                sources=RunSources(
+                    dataset=DatasetSelection(
+                        name=run.dataset_name,
+                        repo=repo,
+                        path=data.path,
+                        rev=run.rev,
+                        commit=pulled.commit,
+                        schema=data.schema_spec,
+                        schema_digest=validated.schema_digest,
+                        schema_sha256=validated.schema_source_sha256,
+                    ),
+                    image=ImageSelection(
+                        name=run.image_name, target=target, digest=f"sha256:{scanned.image_digest}"
+                    ),
+                    registry=RegistrySelection(name=run.registry_name, uri=models.store.uri),
+                ),
             ),
         )
         # sign_model hashed the tree already (and checked it did not change while signing).
@@ -256,7 +272,8 @@ def _run(
                 metrics=trained.metrics,
                 run=run_id,
                 builder=BUILDER_ID,
-                created_by=getpass.getuser(),
+                created_by=record.worker,
+                started_by=record.started_by,
             ),
             attestor=evidence.key,
         )

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ValidationError
 
@@ -39,14 +41,17 @@ from secmlops.controls.approval import (
     duty_conflict,
 )
 from secmlops.controls.image_scan import scan_predicate_verdict
+from secmlops.controls.training import BUILD_TYPE, BUILD_TYPE_V1
 from secmlops.errors import ControlRefused, RefusalReason
 from secmlops.evidence.predicates import (
     VERIFIER_ID,
     ApprovalPredicate,
     DataPullPredicate,
+    DatasetSelection,
     ModelScanPredicate,
     ProvenancePredicate,
     ReleasePredicate,
+    RunSources,
     SmokeTestPredicate,
     TestResultPredicate,
     VsaPredicate,
@@ -65,6 +70,13 @@ from secmlops.evidence.statements import (
     PREDICATE_VULNS,
     VerifiedStatement,
     has_subject,
+)
+from secmlops.site import (
+    DEMO_DATA_REGISTRY_PARTS,
+    RUN_PARAMETERS,
+    DatasetSource,
+    is_data_rev,
+    redact_url,
 )
 
 if TYPE_CHECKING:
@@ -113,6 +125,17 @@ class GateRefusal(RefusalReason):
     """The image scan, re-judged under today's scan policy, does not pass."""
     PROVENANCE_MISMATCH = "provenance_mismatch"
     """The provenance does not bind the model to the validated dataset."""
+    PARAMETERS_NOT_RECORDED = "parameters_not_recorded"
+    """The provenance predates run-parameter recording: nothing to compare with the site."""
+    UNKNOWN_PARAMETER = "unknown_parameter"
+    """The provenance records a run parameter (or externalParameters key) the gate does not
+    know, so it has no expected value for it (SLSA: unknown parameters fail)."""
+    PARAMETER_NOT_ALLOWED = "parameter_not_allowed"
+    """A recorded run parameter is missing or not a value the site allows (a dataset, image
+    or registry name not in ``sources:``, another model name, a rev that is not a tag/sha)."""
+    SOURCE_MISMATCH = "source_mismatch"
+    """What the run used differs from the site entry it selected (dataset repo or path,
+    schema, image digest, registry URI) or from the other evidence of the release."""
     MODEL_SCAN_FAILED = "model_scan_failed"
     """The model-file scan did not pass."""
     APPROVAL_MISSING = "approval_missing"
@@ -186,6 +209,10 @@ class GateContext:
     staging_approvers: frozenset[str] = frozenset()
     #: (role, key id) of the pipeline's role keys: no approver may sign with one.
     role_key_ids: tuple[tuple[str, str], ...] = ()
+    #: Build evidence the gate verified (signature, predicate model) before this check, by
+    #: control name in catalogue order: the provenance check compares the run's recorded
+    #: sources with the data-pull and validation evidence.
+    verified: Mapping[str, Evidence[Any]] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -328,8 +355,14 @@ def _facts_validation(p: TestResultPredicate) -> dict[str, Any]:
 
 def _check_image_scan(ev: Evidence[VulnsPredicate], ctx: GateContext) -> list[CheckResult]:
     results = [subject_check(ev, ctx.image_digest, "image")]
-    # Re-judged under today's policy; the verdict stored with the scan is not trusted.
-    verdict = scan_predicate_verdict(dump_predicate(ev.predicate), ctx.policy.scan)
+    # Re-judged under today's policy; the verdict stored with the scan is not trusted. That
+    # includes the Trivy DB: its recorded digest must be the demo DB's (with
+    # unsafe_allow_curated_db) or one the site pins now, by the same rule the scan applied.
+    verdict = scan_predicate_verdict(
+        dump_predicate(ev.predicate),
+        ctx.policy.scan,
+        trusted_db_sha256=ctx.policy.sources.trivy_db.sha256,
+    )
     if verdict:
         results.append(
             refused(
@@ -348,6 +381,9 @@ def _facts_image_scan(p: VulnsPredicate) -> dict[str, Any]:
         "blocking": [f.id for f in p.verdict.blocking],
         "trivy": p.scanner.version,
         "db": p.scanner.db.source,
+        "dbSha256": p.scanner.db.digest.sha256,
+        "dbOrigin": p.scanner.db.origin,
+        "dbCacheDir": p.scanner.db.cache_dir,
     }
 
 
@@ -362,12 +398,384 @@ def _check_provenance(ev: Evidence[ProvenancePredicate], ctx: GateContext) -> li
                 "provenance does not name the validated dataset",
             )
         )
+    return results + run_parameter_checks(ev, ctx)
+
+
+#: The annotation of a validation statement's schema (``configuration[]``) that holds the
+#: sha256 of the schema module's file: what a site pins as ``schema_sha256``.
+SCHEMA_FILE_ANNOTATION = "sourceSha256"
+#: The keys of a training provenance's ``externalParameters`` (buildType ``dvc-repro/v2``).
+EXTERNAL_PARAMETERS = frozenset({"params", "stages", "parameters", "sources"})
+
+
+def run_parameter_checks(ev: Evidence[ProvenancePredicate], ctx: GateContext) -> list[CheckResult]:
+    """SLSA verification of the run's external parameters against the site's expected values.
+
+    Every recorded flow-run parameter must be one the training flow has
+    (:data:`secmlops.site.RUN_PARAMETERS`) and carry a value the site allows (a dataset,
+    image and registry named in the policy's ``sources:``, this model, a tag or full commit
+    sha); the sources they selected, as recorded, must be the site entries' (repo, path,
+    schema, image target and digest, registry URI) and agree with the data-pull and
+    validation evidence and the release's image digest. Provenance recording no parameters
+    (written before they were recorded) is refused.
+    """
+    build = ev.predicate.build_definition
+    external = build.external_parameters
+    if build.build_type == BUILD_TYPE_V1 or "parameters" not in external:
+        return [
+            refused(
+                "parameters",
+                GateRefusal.PARAMETERS_NOT_RECORDED,
+                f"{ev.key} predates run-parameter recording: it records neither the run's "
+                "parameters nor the sources they selected, so the gate cannot compare them "
+                "with the site's; retrain the model with this version of the pipeline",
+            )
+        ]
+    if build.build_type != BUILD_TYPE:
+        return [
+            refused(
+                "build-type",
+                GateRefusal.UNKNOWN_PARAMETER,
+                f"{ev.key} has buildType {build.build_type!r}: the gate knows the external "
+                f"parameters of {BUILD_TYPE} only",
+            )
+        ]
+    results = [
+        refused(
+            f"external-parameter {name}",
+            GateRefusal.UNKNOWN_PARAMETER,
+            f"{ev.key} records external parameter {_shown(name)}, which the gate has no "
+            "expected value for",
+        )
+        for name in sorted(set(external) - EXTERNAL_PARAMETERS)
+    ]
+    parameters = external["parameters"]
+    if not isinstance(parameters, Mapping):
+        return [
+            *results,
+            refused(
+                "parameters",
+                GateRefusal.PARAMETER_NOT_ALLOWED,
+                f"{ev.key} records parameters that are not a mapping",
+            ),
+        ]
+    results += _parameter_checks(ev.key, parameters, ctx)
+    try:
+        sources = RunSources.model_validate(external.get("sources"))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        at = ".".join(str(p) for p in first["loc"]) or "sources"
+        return [
+            *results,
+            refused(
+                "sources",
+                GateRefusal.SOURCE_MISMATCH,
+                f"{ev.key} does not record the sources its parameters selected "
+                f"(externalParameters.sources, at {at}: {first['msg']})",
+            ),
+        ]
+    return results + _source_checks(ev.key, parameters, sources, ctx)
+
+
+def _shown(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _names(catalogue: Mapping[str, Any]) -> str:
+    return ", ".join(sorted(catalogue))
+
+
+def _parameter_checks(
+    key: str, parameters: Mapping[str, Any], ctx: GateContext
+) -> list[CheckResult]:
+    site = ctx.policy.sources
+    results = [
+        refused(
+            f"parameter {name}",
+            GateRefusal.UNKNOWN_PARAMETER,
+            f"{key} records parameter {_shown(name)}, which the training flow does not have "
+            f"(known: {', '.join(RUN_PARAMETERS)})",
+        )
+        for name in sorted(set(parameters) - set(RUN_PARAMETERS), key=str)
+    ]
+    # (allowed?, what the site expects), per parameter of the flow.
+    expected: dict[str, tuple[Callable[[Any], bool], str]] = {
+        "model_name": (lambda v: v == ctx.model, f"the model being deployed, {ctx.model!r}"),
+        "dataset": (
+            lambda v: isinstance(v, str) and v in site.datasets,
+            f"a dataset of the site's sources ({_names(site.datasets)})",
+        ),
+        "data_rev": (
+            lambda v: v is None or is_data_rev(v),
+            "a tag or a full commit sha (null: the dataset entry's rev)",
+        ),
+        "image": (
+            lambda v: isinstance(v, str) and v in site.images,
+            f"an image of the site's sources ({_names(site.images)})",
+        ),
+        "registry": (
+            lambda v: isinstance(v, str) and v in site.registries,
+            f"a registry of the site's sources ({_names(site.registries)})",
+        ),
+        "promote_to_production": (lambda v: isinstance(v, bool), "true or false"),
+    }
+    for name in RUN_PARAMETERS:
+        allowed, what = expected[name]
+        if name not in parameters:
+            results.append(
+                refused(
+                    f"parameter {name}",
+                    GateRefusal.PARAMETER_NOT_ALLOWED,
+                    f"{key} records no value for parameter {name} (expected {what})",
+                )
+            )
+        elif not allowed(parameters[name]):
+            results.append(
+                refused(
+                    f"parameter {name}",
+                    GateRefusal.PARAMETER_NOT_ALLOWED,
+                    f"{key}: parameter {name} is {_shown(parameters[name])}, not {what}",
+                )
+            )
+        else:
+            results.append(passed(f"parameter {name}", _shown(parameters[name])))
     return results
 
 
+def _is_demo_registry_path(repo: str) -> bool:
+    """A local absolute path of the embedded demo data registry's layout (any state home)."""
+    path = PurePosixPath(repo)
+    n = len(DEMO_DATA_REGISTRY_PARTS)
+    return (
+        "://" not in repo
+        and path.is_absolute()
+        and ".." not in path.parts
+        and path.parts[-n:] == DEMO_DATA_REGISTRY_PARTS
+    )
+
+
+def _registry_location(uri: str) -> tuple[str, ...]:
+    """A registry URI in one spelling: (s3, bucket, prefix) or (file, absolute path)."""
+    parts = urlsplit(uri)
+    if parts.scheme == "s3":
+        return ("s3", parts.netloc, parts.path.strip("/"))
+    local = parts.path if parts.scheme == "file" else uri
+    return ("file", str(Path(local).expanduser().resolve()))
+
+
+def _mismatch(what: str, detail: str) -> CheckResult:
+    return refused(what, GateRefusal.SOURCE_MISMATCH, detail)
+
+
+def _source_checks(
+    key: str, parameters: Mapping[str, Any], sources: RunSources, ctx: GateContext
+) -> list[CheckResult]:
+    site = ctx.policy.sources
+    data, image, registry = sources.dataset, sources.image, sources.registry
+    results: list[CheckResult] = []
+    for kind, recorded in (
+        ("dataset", data.name),
+        ("image", image.name),
+        ("registry", registry.name),
+    ):
+        if parameters.get(kind) != recorded:
+            results.append(
+                _mismatch(
+                    f"source {kind}",
+                    f"{key} records {kind} source {recorded!r}, but parameter {kind} is "
+                    f"{_shown(parameters.get(kind))}",
+                )
+            )
+
+    # The dataset: the site entry's repo, path and schema, at a tag or full commit.
+    entry = site.datasets.get(data.name)
+    if entry is not None:
+        if entry.is_demo:
+            if not _is_demo_registry_path(data.repo):
+                results.append(
+                    _mismatch(
+                        "dataset repo",
+                        f"{key}: dataset {data.name} is the embedded demo registry, but the "
+                        f"run pulled from {data.repo!r}",
+                    )
+                )
+        elif data.repo != entry.repo:
+            results.append(
+                _mismatch(
+                    "dataset repo",
+                    f"{key}: dataset {data.name} was pulled from {data.repo!r}; the site's "
+                    f"entry names {entry.repo!r}",
+                )
+            )
+        if data.path != entry.path:
+            results.append(
+                _mismatch(
+                    "dataset path",
+                    f"{key}: dataset {data.name} path is {data.path!r}; the site's entry "
+                    f"names {entry.path!r}",
+                )
+            )
+        if data.schema_spec != entry.schema_spec:
+            results.append(
+                _mismatch(
+                    "dataset schema",
+                    f"{key}: dataset {data.name} was validated against {data.schema_spec!r}; "
+                    f"the site's entry names {entry.schema_spec!r}",
+                )
+            )
+        if entry.schema_sha256 and data.schema_sha256 != entry.schema_sha256:
+            results.append(
+                _mismatch(
+                    "dataset schema file",
+                    f"{key}: the schema file's sha256 {str(data.schema_sha256)[:12]}… is not "
+                    f"the one the site pins for dataset {data.name} "
+                    f"({entry.schema_sha256[:12]}…)",
+                )
+            )
+    data_rev = parameters.get("data_rev")
+    if not is_data_rev(data.rev) or (data_rev is not None and data.rev != data_rev):
+        results.append(
+            _mismatch(
+                "dataset rev",
+                f"{key}: the dataset was pulled at rev {_shown(data.rev)}, not a tag or full "
+                f"commit sha named by parameter data_rev ({_shown(data_rev)})",
+            )
+        )
+    results += _dataset_evidence_checks(key, data, entry, ctx)
+
+    # The image: the site entry's target, the digest the site serves, the release's image.
+    image_entry = site.images.get(image.name)
+    scanned = f"sha256:{ctx.image_digest}"
+    if image_entry is not None and not image_entry.is_demo and image.target != image_entry.target:
+        results.append(
+            _mismatch(
+                "image target",
+                f"{key}: image {image.name} scanned {image.target!r}; the site's entry names "
+                f"{image_entry.target!r}",
+            )
+        )
+    if image_entry is not None and image_entry.digest and image_entry.digest != scanned:
+        results.append(
+            _mismatch(
+                "image digest",
+                f"the release's image {ctx.image_digest[:12]}… is not the image the site "
+                f"serves as {image.name} ({image_entry.digest.removeprefix('sha256:')[:12]}…)",
+            )
+        )
+    if image.digest != scanned:
+        results.append(
+            _mismatch(
+                "image digest",
+                f"{key} records image digest {image.digest[:19]}…, the release's scanned "
+                f"image is {ctx.image_digest[:12]}…",
+            )
+        )
+
+    # The registry: the site entry's URI, when it names one (else the worker's default).
+    registry_entry = site.registries.get(registry.name)
+    if (
+        registry_entry is not None
+        and registry_entry.uri
+        and _registry_location(registry.uri) != _registry_location(registry_entry.uri)
+    ):
+        results.append(
+            _mismatch(
+                "registry uri",
+                f"{key}: registry {registry.name} was {registry.uri!r}; the site's entry "
+                f"names {registry_entry.uri!r}",
+            )
+        )
+    if not any(not r.passed for r in results):
+        results.append(
+            passed("sources", f"dataset {data.name}, image {image.name}, registry {registry.name}")
+        )
+    return results
+
+
+def _dataset_evidence_checks(
+    key: str, data: DatasetSelection, entry: DatasetSource | None, ctx: GateContext
+) -> list[CheckResult]:
+    """The recorded dataset source must be what the data-pull and validation evidence say."""
+    results: list[CheckResult] = []
+    pull = ctx.verified.get("data-pull")
+    validation = ctx.verified.get("validation")
+    if pull is None or validation is None:
+        return [
+            refused(
+                "dataset evidence",
+                GateRefusal.MISSING_EVIDENCE,
+                f"{key}: no verified data-pull and validation evidence to compare the recorded "
+                "dataset source with",
+            )
+        ]
+    pulled: DataPullPredicate = pull.predicate
+    for name, recorded, actual in (
+        ("repo", redact_url(data.repo), redact_url(pulled.repo)),
+        ("path", data.path, pulled.path),
+        ("rev", data.rev, pulled.rev),
+        ("commit", data.commit, pulled.commit),
+    ):
+        if recorded != actual:
+            results.append(
+                _mismatch(
+                    f"dataset {name}",
+                    f"{key} records dataset {name} {recorded!r}; the data-pull evidence says "
+                    f"{actual!r}",
+                )
+            )
+    checked: TestResultPredicate = validation.predicate
+    digests = sorted({str((c.digest or {}).get("sha256")) for c in checked.configuration})
+    if data.schema_digest not in digests:
+        results.append(
+            _mismatch(
+                "dataset schema digest",
+                f"{key} records schema digest {data.schema_digest[:12]}…; the validation "
+                f"evidence's schema is {[d[:12] + '…' for d in digests]}",
+            )
+        )
+    if entry is not None and entry.schema_sha256:
+        # The file digest the validation evidence records for its schema: what the site pins.
+        files = sorted(
+            {str((c.annotations or {}).get(SCHEMA_FILE_ANNOTATION)) for c in checked.configuration}
+        )
+        if entry.schema_sha256 not in files:
+            results.append(
+                _mismatch(
+                    "validation schema file",
+                    f"the data was validated against a schema whose file sha256 is "
+                    f"{[f[:12] + '…' for f in files]}, not the one the site pins for dataset "
+                    f"{data.name} ({entry.schema_sha256[:12]}…)",
+                )
+            )
+    return results
+
+
+def _run_fact(run: Any) -> str | None:
+    """The recorded flow run in one line (``None`` for provenance that records none)."""
+    if not isinstance(run, Mapping):
+        return None
+    starter = (
+        f"{run.get('startedBy')} ({run.get('startedByKind')})"
+        if run.get("startedBy")
+        else f"unknown ({run.get('startedByNote') or 'not recorded'})"
+    )
+    deployment = run.get("deploymentName") or "none"
+    return (
+        f"flow run {run.get('flowRunId')} ({run.get('flowRunName')}), deployment {deployment}, "
+        f"work pool {run.get('workPool')}; started by {starter}; worker {run.get('worker')}"
+    )
+
+
 def _facts_provenance(p: ProvenancePredicate) -> dict[str, Any]:
+    internal = p.build_definition.internal_parameters or {}
+    parameters = p.build_definition.external_parameters.get("parameters")
     return {
         "builder": p.run_details.builder.id,
+        "parameters": ", ".join(f"{k}={v!r}" for k, v in parameters.items())
+        if isinstance(parameters, Mapping)
+        else None,
+        "run": _run_fact(internal.get("run")),
         "byproducts": [dump_predicate(b, exclude_none=True) for b in p.run_details.byproducts],
     }
 

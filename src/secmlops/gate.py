@@ -207,6 +207,8 @@ class _Gate:
         self.report = GateReport(model=models.model, version=version, stage=stage)
         self.attestor = keys.trusted("attestor")
         self.release: ReleasePredicate | None = None
+        #: Build evidence verified so far (signature + predicate model), by control name.
+        self.verified: dict[str, Evidence[Any]] = {}
 
     def check(
         self,
@@ -383,7 +385,8 @@ def _check_build_evidence(gate: _Gate, entry: Control[Any]) -> tuple[str, list[s
             reason=GateRefusal.MISPLACED_EVIDENCE,
         )
     ev, _ = gate.load(ref.key, gate.attestor, entry, expected_sha256=ref.sha256)
-    gate.judge(entry, ev, gate.context())
+    gate.verified[entry.name] = ev
+    gate.judge(entry, ev, gate.context(verified=dict(gate.verified)))
     return f"signed by {ev.signer}", [ref.key]
 
 

@@ -47,7 +47,11 @@ class ReleaseInputs:
     metrics: Mapping[str, Any]
     run: str
     builder: str
+    #: The OS identity the worker ran as (``user@host``): the worker, not who started the run.
     created_by: str
+    #: Who started the run, where the orchestrator knows it (``RunRecord.started_by``);
+    #: ``None``: unknown (Prefect OSS records no identity for UI/API runs).
+    started_by: str | None = None
 
 
 def _build_control(name: str) -> Control[Any]:
@@ -146,7 +150,12 @@ def register_release(
     except ValidationError as exc:
         raise InputError(f"release inputs are malformed: {exc}", where="register") from exc
     version = models.allocate_version(
-        {"run": inputs.run, "builder": inputs.builder, "createdBy": inputs.created_by}
+        {
+            "run": inputs.run,
+            "builder": inputs.builder,
+            "worker": inputs.created_by,
+            "startedBy": inputs.started_by,
+        }
     )
     models.store.upload_tree(model_dir, models.model_prefix(version))
     sig_bytes = signature.read_bytes()

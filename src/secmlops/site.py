@@ -189,8 +189,9 @@ class ImageSource(_Entry):
     )
     digest: str | None = Field(
         default=None,
-        description="sha256:... of the image the site serves (the digest the scan reports "
-        "as the image's); the scanned image must equal it. Required unless target is empty.",
+        description="sha256:... image ID of the served image: the sha256 of its config blob "
+        "(`docker inspect -f '{{.Id}}'`, Trivy's Metadata.ImageID), not the registry manifest "
+        "digest; the scanned image must equal it. Required unless target is empty.",
     )
     registry_access: bool = Field(
         default=False,
@@ -353,3 +354,32 @@ def select(catalogue: Mapping[str, E], name: str | None, kind: SourceKind) -> tu
             "policy file",
         )
     return name, catalogue[name]
+
+
+# --- what a training run's provenance records (issue 12) ------------------------------------
+
+#: Every parameter of the ``secure-training`` flow, by name. Its provenance records each in
+#: ``externalParameters.parameters``, and the deploy gate refuses a name not listed here
+#: (SLSA verification: every external parameter has an expected value; unknown ones fail).
+RUN_PARAMETERS: tuple[str, ...] = (
+    "model_name",
+    "dataset",
+    "data_rev",
+    "image",
+    "registry",
+    "promote_to_production",
+)
+
+#: A data rev a run may name: a tag-like name or a full commit sha (the pull then refuses
+#: anything that is not a tag or that commit, so a branch never passes).
+DATA_REV_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+
+#: Where the worker builds the embedded demo data registry, below its state home
+#: (``$SECMLOPS_HOME/data-registry/repo``). The demo dataset entry names no repo, so the gate,
+#: which may run elsewhere, accepts a recorded absolute local path ending in these parts.
+DEMO_DATA_REGISTRY_PARTS: tuple[str, ...] = ("data-registry", "repo")
+
+
+def is_data_rev(rev: object) -> bool:
+    """Is ``rev`` a tag-like name or a full commit sha (never ``..``, a path or an option)?"""
+    return isinstance(rev, str) and DATA_REV_RE.fullmatch(rev) is not None

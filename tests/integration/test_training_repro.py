@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,8 @@ from secmlops._internal.digests import sha256_file, tree_digest
 from secmlops.controls.model_scan import scan_model_files
 from secmlops.controls.signing import sign_model, verify_model_signature
 from secmlops.controls.training import (
+    RunRecord,
+    RunSources,
     TrainingRefusal,
     TrainingResult,
     provenance_statement,
@@ -120,6 +123,30 @@ def test_trained_model_scans_clean_and_signs(trained: TrainingResult, tmp_path: 
     )
 
 
+def _run_kwargs(commit: str) -> dict[str, Any]:
+    """The run a provenance records: parameters, the sources they selected, the flow run."""
+    return {
+        "parameters": {"model_name": "churn-classifier", "dataset": "churn-demo"},
+        "run": RunRecord(flow_run_id="run-123", worker="ci@host"),
+        "sources": RunSources.model_validate(
+            {
+                "dataset": {
+                    "name": "churn-demo",
+                    "repo": "https://example.invalid/data.git",
+                    "path": "data/churn.csv",
+                    "rev": "v1.0",
+                    "commit": commit,
+                    "schema": "ml.schema:ChurnDataset",
+                    "schemaDigest": "c" * 64,
+                    "schemaSha256": "e" * 64,
+                },
+                "image": {"name": "demo", "target": "img.tar", "digest": "sha256:" + "a" * 64},
+                "registry": {"name": "default", "uri": "/tmp/registry"},
+            }
+        ),
+    }
+
+
 def test_provenance_statement(trained: TrainingResult) -> None:
     st = provenance_statement(
         trained,
@@ -128,6 +155,7 @@ def test_provenance_statement(trained: TrainingResult) -> None:
         dataset_commit="a" * 40,
         builder_id="https://secmlops.dev/builders/local",
         invocation_id="run-123",
+        **_run_kwargs("a" * 40),
     )
     assert st["predicateType"] == PREDICATE_SLSA_PROVENANCE
     subjects = {s["name"]: s["digest"]["sha256"] for s in st["subject"]}
@@ -158,6 +186,7 @@ def test_provenance_statement(trained: TrainingResult) -> None:
             dataset_commit="y",
             builder_id="b",
             invocation_id="i",
+            **_run_kwargs("y"),
         )
 
 
@@ -243,6 +272,7 @@ def test_code_recorded_is_read_from_dvc_yaml(dataset: Path, tmp_path: Path) -> N
         dataset_commit="y",
         builder_id="b",
         invocation_id="i",
+        **_run_kwargs("y"),
     )
     names = {d["name"] for d in st["predicate"]["buildDefinition"]["resolvedDependencies"]}
     assert names == {"dataset", "dvc.yaml", "params.yaml", *expected}

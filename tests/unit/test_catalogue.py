@@ -36,6 +36,7 @@ from secmlops.gate import GatePolicy, GateReport, gate_reason, verify_release
 from secmlops.registry.models import ModelRegistry
 from secmlops.registry.stores import LocalRegistry
 from secmlops.release import ReleaseEvidence, ReleaseInputs, register_release
+from secmlops.site import Sources, TrivyDbSource
 from tests.unit import test_predicates as writers
 
 D, M, C = writers.D, writers.M, writers.C
@@ -43,6 +44,8 @@ IMAGE = "ab" * 32
 
 
 # --- one source ----------------------------------------------------------------------------
+#: The site pins the Trivy DB the fixtures' scans name (a DB of unknown origin is refused).
+SITE = Sources(trivy_db=TrivyDbSource(sha256=("cd" * 32,)))
 
 
 def test_names_and_predicate_types_are_unique() -> None:
@@ -109,16 +112,27 @@ def test_release_evidence_refuses_what_the_catalogue_does_not_describe(tmp_path:
 # --- gate checks: reasons, not crashes -----------------------------------------------------
 
 
+def _verified(name: str, statement: dict[str, Any]) -> Any:
+    loaded = json.loads(json.dumps(statement))
+    st = VerifiedStatement(statement=loaded, signer="attestor", key_id="k")
+    return control(name).parse(st, f"{name}.json")
+
+
 def _ctx(**changes: Any) -> GateContext:
     ctx = GateContext(
         model="churn",
         version="v1",
         stage="staging",
-        policy=GatePolicy(),
+        policy=GatePolicy(sources=SITE),
         model_digest=M,
         dataset_digest=D,
         image_digest=IMAGE,
         release_sha256=C,
+        # What the gate verified before the provenance check (it compares the run's sources).
+        verified={
+            "data-pull": _verified("data-pull", writers._data_pull()),
+            "validation": _verified("validation", writers._validation()),
+        },
     )
     return dataclasses.replace(ctx, **changes)
 
@@ -145,7 +159,7 @@ def test_build_checks_refuse_with_reasons() -> None:
     assert _judge("validation", writers._validation(passed=False)) == {
         GateRefusal.VALIDATION_FAILED
     }
-    pinned = GatePolicy(required_schema_digests=("0" * 64,))
+    pinned = GatePolicy(sources=SITE, required_schema_digests=("0" * 64,))
     assert _judge("validation", writers._validation(), policy=pinned) == {
         GateRefusal.SCHEMA_NOT_PINNED
     }
@@ -181,7 +195,7 @@ def test_approval_checks_refuse_with_reasons() -> None:
     assert _judge("approval", ok, signer="demo-approver", release_sha256="0" * 64) == {
         GateRefusal.NOT_THIS_RELEASE
     }
-    sod = GatePolicy(approval=ApprovalPolicy(separation_of_duties=True))
+    sod = GatePolicy(sources=SITE, approval=ApprovalPolicy(separation_of_duties=True))
     assert _judge(
         "approval",
         ok,
@@ -191,12 +205,12 @@ def test_approval_checks_refuse_with_reasons() -> None:
     ) == {GateRefusal.SEPARATION_OF_DUTIES}
     old = writers._approval()
     old["predicate"]["decidedAt"] = "2020-01-01T00:00:00Z"
-    aged = GatePolicy(max_approval_age_days=30)
+    aged = GatePolicy(sources=SITE, max_approval_age_days=30)
     assert _judge("approval", old, signer="demo-approver", policy=aged) == {
         GateRefusal.STALE_APPROVAL
     }
     auto = writers._approval(auto=True)
-    dev = GatePolicy(approval=ApprovalPolicy(unsafe_auto_approve_stages=("staging",)))
+    dev = GatePolicy(sources=SITE, approval=ApprovalPolicy(unsafe_auto_approve_stages=("staging",)))
     assert _judge("approval", auto, signer="attestor", policy=dev) == set()
     assert _judge("approval", auto, signer="attestor") == {GateRefusal.UNTRUSTED_SIGNER}
     # An approver's decision must not carry an attestor-only method, nor name someone else.
@@ -266,7 +280,9 @@ def registered(tmp_path: Path) -> tuple[ModelRegistry, KeyDirectory, Path]:
 
 def _refusal(models: ModelRegistry, keys: KeyDirectory, **policy: Any) -> ControlRefused:
     with pytest.raises(ControlRefused) as err:
-        verify_release(models, "v1", "staging", keys=keys, policy=GatePolicy(**policy))
+        verify_release(
+            models, "v1", "staging", keys=keys, policy=GatePolicy(sources=SITE, **policy)
+        )
     assert isinstance(err.value.result, GateReport)
     return err.value
 

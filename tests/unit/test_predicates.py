@@ -32,7 +32,16 @@ from secmlops.controls.image_scan import (
 from secmlops.controls.image_scan.db import UPSTREAM_SOURCE_LABEL, TrivyDbInfo
 from secmlops.controls.model_scan import model_scan_statement, scan_model_files
 from secmlops.controls.smoke_test import SmokeTestResult, smoke_test_statement
-from secmlops.controls.training import PROJECT_FILES, TrainingResult, provenance_statement
+from secmlops.controls.training import (
+    PROJECT_FILES,
+    DatasetSelection,
+    ImageSelection,
+    RegistrySelection,
+    RunRecord,
+    RunSources,
+    TrainingResult,
+    provenance_statement,
+)
 from secmlops.controls.validation import CheckFailure, ValidationResult, validation_statement
 from secmlops.deploy import vsa_statement
 from secmlops.evidence.predicates import (
@@ -54,6 +63,8 @@ from secmlops.registry.stores import LocalRegistry
 D = "d" * 64
 M = "b" * 64
 C = "c" * 64
+#: The embedded demo data registry as a worker builds it (the default site's dataset entry).
+DEMO_REPO = "/srv/project/.secmlops/data-registry/repo"
 
 
 def _json(statement: dict[str, Any]) -> dict[str, Any]:
@@ -67,7 +78,7 @@ def _json(statement: dict[str, Any]) -> dict[str, Any]:
 
 def _data_pull() -> dict[str, Any]:
     pull = DatasetPull(
-        repo="/data/registry",
+        repo=DEMO_REPO,
         path="data/churn.csv",
         rev="v1.0",
         commit="1" * 40,
@@ -141,7 +152,9 @@ def _image_scan() -> dict[str, Any]:
         scan_finished_at="2026-01-01T00:00:01Z",
         raw_report=b"{}",
     )
-    verdict = evaluate_scan_policy(result, ScanPolicy(), today=dt.date(2026, 1, 2))
+    verdict = evaluate_scan_policy(
+        result, ScanPolicy(), trusted_db_sha256=("cd" * 32,), today=dt.date(2026, 1, 2)
+    )
     return image_scan_statement(result, verdict)
 
 
@@ -167,10 +180,34 @@ def _provenance(tmp_path: Path) -> dict[str, Any]:
     return provenance_statement(
         result,
         dataset_sha256=D,
-        dataset_uri="/data/registry#data/churn.csv@" + "1" * 40,
+        dataset_uri=f"{DEMO_REPO}#data/churn.csv@" + "1" * 40,
         dataset_commit="1" * 40,
         builder_id="https://secmlops.dev/builders/test",
         invocation_id="run-1",
+        # The default site's entries, as the writers above used them.
+        parameters={
+            "model_name": "churn",
+            "dataset": "churn-demo",
+            "data_rev": None,
+            "image": "demo",
+            "registry": "default",
+            "promote_to_production": True,
+        },
+        run=RunRecord(flow_run_id="run-1", flow_run_name="test-run", worker="ci@host"),
+        sources=RunSources(
+            dataset=DatasetSelection(
+                name="churn-demo",
+                repo=DEMO_REPO,
+                path="data/churn.csv",
+                rev="v1.0",
+                commit="1" * 40,
+                schema_spec="ml.schema:ChurnDataset",
+                schema_digest=C,  # as _validation records it
+                schema_sha256="e" * 64,
+            ),
+            image=ImageSelection(name="demo", target="img.tar", digest="sha256:" + "ab" * 32),
+            registry=RegistrySelection(name="default", uri="/tmp/registry"),
+        ),
     )
 
 

@@ -7,7 +7,11 @@ fresh workspace (so a run never reuses a stale cache or someone else's outputs),
 real ``dvc`` binary there, and refuses a model whose ``metrics.json`` misses a
 ``min_*``/``max_*`` threshold of the ``evaluate`` section. :func:`provenance_statement`
 describes the run as SLSA Provenance v1, binding the model digest to the dataset digest and
-the sha256 of every code file the stages depend on (read from dvc.yaml, not a fixed list).
+the sha256 of every code file the stages depend on (read from dvc.yaml, not a fixed list),
+and recording the run: every flow-run parameter and the site entries they selected
+(``externalParameters``, which the deploy gate compares with the site's expected values),
+and the flow run itself (``internalParameters.run``: ids, deployment, work pool, who
+started it, which worker).
 
 The stages import only the code copied into the workspace (``PYTHONPATH`` is the
 workspace), so the code whose digest the provenance records is the code that ran: a stage
@@ -17,7 +21,9 @@ Example::
 
     result = train_with_dvc(Path("data.csv"), workspace=Path("run/ws"), project_dir=Path("."))
     statement = provenance_statement(result, dataset_sha256=..., dataset_uri=...,
-                                     dataset_commit=..., builder_id=..., invocation_id=...)
+                                     dataset_commit=..., builder_id=..., invocation_id=...,
+                                     parameters=run_parameters, run=RunRecord(...),
+                                     sources=RunSources(...))
 """
 
 from __future__ import annotations
@@ -39,10 +45,23 @@ import yaml
 from secmlops._internal.digests import sha256_bytes, sha256_file, tree_digest, tree_files
 from secmlops._internal.toolrun import resolve_binary, run_tool
 from secmlops.errors import ControlRefused, InputError, RefusalReason, ToolError
-from secmlops.evidence.predicates import ProvenancePredicate, dump_predicate
+from secmlops.evidence.predicates import (
+    DatasetSelection,
+    ImageSelection,
+    ProvenancePredicate,
+    RegistrySelection,
+    RunRecord,
+    RunSources,
+    dump_predicate,
+)
 from secmlops.evidence.statements import PREDICATE_SLSA_PROVENANCE, Subject, make_statement, utc_now
+from secmlops.site import redact_url
 
-BUILD_TYPE = "https://secmlops.dev/buildtypes/dvc-repro/v1"
+#: v2: ``externalParameters`` also hold the run's ``parameters`` and the ``sources`` they
+#: selected, ``internalParameters`` the ``run``.
+BUILD_TYPE = "https://secmlops.dev/buildtypes/dvc-repro/v2"
+#: Provenance written before run parameters were recorded (the gate refuses it).
+BUILD_TYPE_V1 = "https://secmlops.dev/buildtypes/dvc-repro/v1"
 DATASET_PATH = "data/dataset.csv"
 MODEL_DIR = "model"
 METRICS_FILE = "metrics.json"
@@ -485,6 +504,35 @@ def train_with_dvc(
     return result
 
 
+def redact_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """``parameters`` with userinfo stripped from every URL in every string (nested too)."""
+
+    def redact(value: Any) -> Any:
+        if isinstance(value, str):
+            return redact_url(value)
+        if isinstance(value, Mapping):
+            return {str(k): redact(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [redact(v) for v in value]
+        return value
+
+    return {str(name): redact(value) for name, value in parameters.items()}
+
+
+def _redacted_sources(sources: RunSources) -> RunSources:
+    return sources.model_copy(
+        update={
+            "dataset": sources.dataset.model_copy(
+                update={"repo": redact_url(sources.dataset.repo)}
+            ),
+            "image": sources.image.model_copy(update={"target": redact_url(sources.image.target)}),
+            "registry": sources.registry.model_copy(
+                update={"uri": redact_url(sources.registry.uri)}
+            ),
+        }
+    )
+
+
 def provenance_statement(
     result: TrainingResult,
     *,
@@ -493,11 +541,21 @@ def provenance_statement(
     dataset_commit: str,
     builder_id: str,
     invocation_id: str,
+    parameters: Mapping[str, Any],
+    run: RunRecord,
+    sources: RunSources,
 ) -> dict[str, Any]:
-    """SLSA Provenance v1 for the training run: the model made from this data by this code.
+    """SLSA Provenance v1 for the training run: the model made from this data by this code,
+    by this run.
 
-    ``dataset_sha256`` must be the digest of the dataset that was trained on (``InputError``
-    otherwise), so provenance cannot bind the model to data it never saw.
+    ``parameters`` are every flow-run parameter as the run received them and ``sources`` the
+    site entries they selected, resolved (``externalParameters.parameters``/``.sources``);
+    ``run`` is the flow run (``internalParameters.run``). Secrets in URLs are redacted.
+    ``invocation_id`` should be the flow-run id (``runDetails.metadata.invocationId``).
+
+    ``dataset_sha256`` must be the digest of the dataset that was trained on, and
+    ``sources.dataset.commit`` the commit it was pulled at (``InputError`` otherwise), so
+    provenance cannot bind the model to data it never saw.
     """
     if dataset_sha256 != result.dataset_sha256:
         raise InputError(
@@ -506,6 +564,13 @@ def provenance_statement(
             where="provenance",
             fix="pass the sha256 of the dataset file given to train_with_dvc",
         )
+    if sources.dataset.commit != dataset_commit:
+        raise InputError(
+            f"sources.dataset.commit {sources.dataset.commit[:12]}… is not the commit the "
+            f"dataset was pulled at ({dataset_commit[:12]}…)",
+            where="provenance",
+            fix="record the selected dataset entry as pulled (DataPull.commit)",
+        )
     files = tree_files(result.model_dir)
     subjects = [Subject("model", tree_digest(result.model_dir))]
     subjects += [Subject(f"{MODEL_DIR}/{rel}", sha) for rel, sha in files.items()]
@@ -513,7 +578,7 @@ def provenance_statement(
     stages = yaml.safe_load(dvc_yaml.read_text("utf-8")).get("stages", {})
     dataset_dep: dict[str, Any] = {
         "name": "dataset",
-        "uri": dataset_uri,
+        "uri": redact_url(dataset_uri),
         "digest": {"sha256": dataset_sha256},
         "annotations": {"commit": dataset_commit},
     }
@@ -536,10 +601,17 @@ def provenance_statement(
     predicate = {
         "buildDefinition": {
             "buildType": BUILD_TYPE,
-            "externalParameters": {"params": result.params, "stages": stages},
+            "externalParameters": {
+                "params": result.params,
+                "stages": stages,
+                "parameters": redact_parameters(parameters),
+                "sources": dump_predicate(_redacted_sources(sources)),
+            },
             "internalParameters": {
                 "dvcLock": result.dvc_lock,
                 "python": sys.version.split()[0],
+                # None stays null: "the server does not know who started it" is a record too.
+                "run": dump_predicate(run),
             },
             "resolvedDependencies": dependencies,
         },
@@ -564,3 +636,30 @@ def provenance_statement(
         PREDICATE_SLSA_PROVENANCE,
         dump_predicate(ProvenancePredicate.model_validate(predicate), exclude_none=True),
     )
+
+
+__all__ = [
+    "BUILD_TYPE",
+    "BUILD_TYPE_V1",
+    "DATASET_PATH",
+    "METRICS_FILE",
+    "MODEL_DIR",
+    "PROJECT_FILES",
+    "DatasetSelection",
+    "ImageSelection",
+    "MetricCheck",
+    "RegistrySelection",
+    "RunRecord",
+    "RunSources",
+    "TrainingRefusal",
+    "TrainingResult",
+    "check_gate",
+    "dataset_columns",
+    "evaluate_gate",
+    "load_params",
+    "provenance_statement",
+    "redact_parameters",
+    "stage_code_dependencies",
+    "thresholds",
+    "train_with_dvc",
+]

@@ -163,13 +163,17 @@ class VulnsResult(_Strict):
 
 
 class VulnsDb(_Camel):
-    """Trivy's vulnerability DB (``digest`` and ``source`` are ours)."""
+    """Trivy's vulnerability DB (``digest``, ``source``, ``cache_dir``, ``origin`` are ours)."""
 
     uri: str
     version: str
     last_update: str | None = None
     digest: Sha256Ref
     source: str
+    #: The Trivy cache dir the scan read the DB from (absent in evidence before issue 12).
+    cache_dir: str | None = None
+    #: Why the DB counted: ``secmlops-demo`` (pinned in code) or ``site-pinned``.
+    origin: str | None = None
 
 
 class VulnsScanner(_Strict):
@@ -292,6 +296,69 @@ class ProvenancePredicate(_Camel):
 
     build_definition: BuildDefinition
     run_details: RunDetails
+
+
+class RunRecord(_Camel):
+    """The flow run that built a model, as the orchestrator knows it.
+
+    Recorded in the provenance's ``buildDefinition.internalParameters.run``: SLSA v1 puts
+    what the build platform itself decides there (``runDetails.metadata`` has room only for
+    ``invocationId`` and times). ``started_by`` is who started the run where the server
+    knows it (Prefect's ``FlowRun.created_by``), else ``None`` with ``started_by_note``
+    saying why; ``worker`` is the OS identity the flow ran as, never taken for the starter.
+    """
+
+    flow_run_id: str | None = None
+    flow_run_name: str | None = None
+    deployment_id: str | None = None
+    deployment_name: str | None = None
+    work_pool: str | None = None
+    started_by: str | None = None
+    #: What ``started_by`` is: Prefect's ``created_by.type`` (``USER``, ``AUTOMATION``, ...)
+    #: or ``os-user`` for a run started in the worker's own process.
+    started_by_kind: str | None = None
+    started_by_note: str = ""
+    worker: str
+
+
+class DatasetSelection(_Camel):
+    """The dataset entry a run selected, as resolved: where it came from, its schema."""
+
+    name: str
+    repo: str
+    path: str
+    rev: str
+    commit: str
+    schema_spec: str = Field(alias="schema")
+    #: The schema's digest as the validation evidence records it (its configuration digest).
+    schema_digest: str
+    #: sha256 of the schema module's file (what a site pins as ``schema_sha256``); ``None``
+    #: when the schema has no source file.
+    schema_sha256: str | None
+
+
+class ImageSelection(_Camel):
+    """The image entry a run selected, as resolved: what was scanned, and its digest."""
+
+    name: str
+    target: str
+    digest: str
+
+
+class RegistrySelection(_Camel):
+    """The registry entry a run selected, as resolved."""
+
+    name: str
+    uri: str
+
+
+class RunSources(_Camel):
+    """``externalParameters.sources``: the site entries the run's parameters selected,
+    resolved to what the run used (secrets in URLs redacted)."""
+
+    dataset: DatasetSelection
+    image: ImageSelection
+    registry: RegistrySelection
 
 
 # --- model-file scan (ours) ----------------------------------------------------------------
@@ -489,6 +556,8 @@ __all__ = [
     "ProvenancePredicate",
     "ReleasePredicate",
     "ResourceDescriptor",
+    "RunRecord",
+    "RunSources",
     "SmokeTestPredicate",
     "TestResultPredicate",
     "VsaPredicate",

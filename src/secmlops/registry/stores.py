@@ -27,6 +27,7 @@ from urllib.parse import urlparse
 from secmlops._internal.atomic import write_atomic
 from secmlops._internal.digests import sha256_bytes
 from secmlops.errors import ControlRefused, InputError, RefusalReason, ToolError
+from secmlops.site import RegistrySource, redact_url
 
 
 class RegistryRefusal(RefusalReason):
@@ -220,29 +221,34 @@ class S3Registry(Registry):
     """A registry in an S3 bucket (or any S3 API). Uses conditional writes (If-None-Match /
     If-Match) so versions stay immutable and pointer moves are compare-and-swap."""
 
-    def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None) -> None:
-        import boto3
-        from botocore.config import Config
-
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        session: Any | None = None,
+    ) -> None:
+        """``session``: the boto3 Session whose credentials (and region) to use; ``None``:
+        boto3's default chain."""
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
         self.endpoint_url = endpoint_url
-        self._client: Any = boto3.client(
-            "s3",
-            endpoint_url=endpoint_url,
-            config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10),
-        )
+        self._client: Any = self._make_client(session)
+
+    def _make_client(self, session: Any | None) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10)
+        if session is None:
+            return boto3.client("s3", endpoint_url=self.endpoint_url, config=config)
+        return session.client("s3", endpoint_url=self.endpoint_url, config=config)
 
     def use_session(self, session: Any) -> None:
         """Use explicit credentials (a boto3 Session) instead of the default chain."""
-        from botocore.config import Config
-
-        self._client = session.client(
-            "s3",
-            endpoint_url=self.endpoint_url,
-            config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10),
-        )
+        self._client = self._make_client(session)
 
     def _key(self, key: str) -> str:
         _check_key(key)
@@ -312,15 +318,21 @@ class S3Registry(Registry):
         return sorted(keys)
 
 
-def open_registry(uri: str, *, s3_endpoint_url: str | None = None) -> Registry:
-    """Open a registry from a directory path, a ``file://`` URI or ``s3://bucket/prefix``."""
+def open_registry(
+    uri: str, *, s3_endpoint_url: str | None = None, session: Any | None = None
+) -> Registry:
+    """Open a registry from a directory path, a ``file://`` URI or ``s3://bucket/prefix``.
+
+    ``session`` (S3 only): the boto3 Session whose credentials to use; ``None``: the default
+    chain. A run never names the URI or the endpoint: see :func:`open_site_registry`.
+    """
     if not uri:
         raise InputError("no registry given", fix="pass --registry or set SECMLOPS_REGISTRY")
     parsed = urlparse(uri)
     if parsed.scheme == "s3":
         if not parsed.netloc:
             raise InputError(f"registry URI {uri!r} names no bucket", where="--registry")
-        return S3Registry(parsed.netloc, parsed.path, endpoint_url=s3_endpoint_url)
+        return S3Registry(parsed.netloc, parsed.path, endpoint_url=s3_endpoint_url, session=session)
     if parsed.scheme == "file":
         return LocalRegistry(Path(parsed.path))
     if parsed.scheme in ("", None) or len(parsed.scheme) == 1:  # plain path (or C:\ on Windows)
@@ -329,4 +341,59 @@ def open_registry(uri: str, *, s3_endpoint_url: str | None = None) -> Registry:
         f"unsupported registry URI scheme {parsed.scheme!r} in {uri!r}",
         where="--registry",
         fix="use a directory path, file:///path or s3://bucket/prefix",
+    )
+
+
+def open_site_registry(
+    entry: RegistrySource, *, default_uri: str, env_endpoint: str | None
+) -> Registry:
+    """Open the registry a site entry (``sources.registries``) names, with its credentials.
+
+    The URI is the entry's, else ``default_uri`` (the worker's: ``SECMLOPS_REGISTRY``, else
+    the local one); for S3 the endpoint is the entry's, else ``env_endpoint`` (the worker's
+    ``SECMLOPS_S3_ENDPOINT_URL``), else AWS. Both come from site configuration, never from a
+    run, so the worker's credentials only go where the site sends them. For S3 the
+    credentials are those of the entry's ``aws_profile`` (of the worker's AWS config; then
+    the ambient ``AWS_*`` variables are *not* used), else boto3's default chain, in the
+    entry's ``region``.
+
+    ``InputError`` if the profile does not exist, or the entry sets S3 options but opens a
+    local directory.
+
+    Example::
+
+        name, entry = select(policy.sources.registries, "prod", "registry")
+        store = open_site_registry(entry, default_uri=settings.registry_uri(),
+                                   env_endpoint=settings.s3_endpoint_url)
+    """
+    uri = entry.uri or default_uri
+    is_s3 = urlparse(uri).scheme == "s3"
+    if not is_s3:
+        if entry.s3_endpoint_url or entry.aws_profile or entry.region:
+            raise InputError(
+                f"registry {redact_url(uri)} is a local directory, but its site entry sets S3 "
+                "options (s3_endpoint_url, aws_profile, region)",
+                where="policy sources.registries",
+                fix="remove the S3 options from the entry, or give it an s3:// uri",
+            )
+        return open_registry(uri)
+    session = None
+    if entry.aws_profile or entry.region:
+        import boto3
+        from botocore.exceptions import BotoCoreError
+
+        try:
+            session = boto3.session.Session(
+                profile_name=entry.aws_profile, region_name=entry.region
+            )
+        except BotoCoreError as exc:  # ProfileNotFound and friends
+            raise InputError(
+                f"registry {redact_url(uri)}: AWS profile {entry.aws_profile!r} cannot be "
+                f"used ({exc})",
+                where="policy sources.registries aws_profile",
+                fix="add the profile to the worker's AWS config (~/.aws/config, "
+                "AWS_CONFIG_FILE), or name one that exists",
+            ) from exc
+    return open_registry(
+        uri, s3_endpoint_url=entry.s3_endpoint_url or env_endpoint, session=session
     )
