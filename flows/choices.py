@@ -26,7 +26,7 @@ def _choices(kind: str) -> Any:
     except SecMLOpsError:
         return str
     names = tuple(getattr(sources, kind))
-    return Literal[names]  # type: ignore[valid-type]
+    return Literal[names]
 
 
 if TYPE_CHECKING:  # to a type checker they are names; to Prefect, the site's choices

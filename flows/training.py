@@ -148,6 +148,7 @@ def _run(
                     keys.root,
                     ", ".join(p.name for p in created),
                 )
+        allowed_remotes: tuple[str, ...]
         if data.is_demo:
             demo_registry = create_demo_data_registry_task(paths.data_registry)
             repo, allowed_remotes = str(demo_registry.repo), (str(demo_registry.remote),)

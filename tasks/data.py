@@ -31,10 +31,29 @@ def _retry_tool_errors_only(_task: Task[..., Any], _run: TaskRun, state: State[A
     timeout_seconds=900,
 )
 def pull_dataset_task(
-    repo: str, path: str, rev: str, dest_dir: Path, timeout: float = 300
+    repo: str,
+    path: str,
+    rev: str,
+    dest_dir: Path,
+    *,
+    allowed_remotes: Sequence[str],
+    s3_endpoint_url: str | None = None,
+    timeout: float = 300,
 ) -> DatasetPull:
-    """Prefect task: :func:`pull_dataset` (idempotent, so infrastructure failures retry)."""
-    return pull_dataset(repo, path, rev, dest_dir, timeout=timeout)
+    """Prefect task: :func:`pull_dataset` (idempotent, so infrastructure failures retry).
+
+    ``repo``, ``allowed_remotes`` and ``s3_endpoint_url`` come from the site's dataset entry
+    (``sources.datasets``), never from a run parameter; ``rev`` is a tag or full commit sha.
+    """
+    return pull_dataset(
+        repo,
+        path,
+        rev,
+        dest_dir,
+        allowed_remotes=allowed_remotes,
+        s3_endpoint_url=s3_endpoint_url,
+        timeout=timeout,
+    )
 
 
 @task(

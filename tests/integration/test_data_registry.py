@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,6 +38,11 @@ def git(repo: Path, *args: str) -> str:
         timeout=60,
     )
     return out.stdout.strip()
+
+
+def allowed(registry: DataRegistry) -> dict[str, Any]:
+    """The site rule the flow passes for the demo entry: the registry's own remote only."""
+    return {"allowed_remotes": [str(registry.remote)]}
 
 
 def remote_object(registry: DataRegistry, md5: str) -> Path:
@@ -98,7 +104,9 @@ def test_pull_each_version_by_tag(registry: DataRegistry, tmp_path: Path) -> Non
     pulls = {}
     for version in registry.tags:
         started = time.monotonic()
-        pull = pull_dataset(registry.url, registry.path, version, tmp_path / version)
+        pull = pull_dataset(
+            registry.url, registry.path, version, tmp_path / version, **allowed(registry)
+        )
         print(f"\npull_dataset {version}: {time.monotonic() - started:.2f} s")
         pulls[version] = pull
         data = pull.local_path.read_bytes()
@@ -116,15 +124,15 @@ def test_pull_each_version_by_tag(registry: DataRegistry, tmp_path: Path) -> Non
     assert validate_dataset(pulls["v1.1"].local_path, SCHEMA).rows == 2500
 
 
-def test_pull_by_full_commit_sha_and_over_file_url(registry: DataRegistry, tmp_path: Path) -> None:
+def test_pull_by_full_commit_sha(registry: DataRegistry, tmp_path: Path) -> None:
     sha = git(registry.repo, "rev-parse", "v1.0")
-    pull = pull_dataset(f"file://{registry.repo}", registry.path, sha, tmp_path)
+    pull = pull_dataset(registry.url, registry.path, sha, tmp_path, **allowed(registry))
     assert pull.commit == sha
     assert pull.local_path.read_bytes() == churn_csv_bytes(generate_churn_dataset("v1.0"))
 
 
 def test_data_pull_statement(registry: DataRegistry, tmp_path: Path) -> None:
-    pull = pull_dataset(registry.url, registry.path, "v1.1", tmp_path)
+    pull = pull_dataset(registry.url, registry.path, "v1.1", tmp_path, **allowed(registry))
     statement = data_pull_statement(pull)
     assert statement["predicateType"] == PREDICATE_DATA_PULL
     assert statement["subject"] == [{"name": "data/churn.csv", "digest": {"sha256": pull.sha256}}]
@@ -146,7 +154,8 @@ def test_data_pull_statement(registry: DataRegistry, tmp_path: Path) -> None:
         (None, ".dvcignore", "v1.0", InputError, "not tracked by DVC"),
         (None, "../outside.csv", "v1.0", InputError, "relative path inside"),
         ("/nonexistent/registry", DEMO_DATASET_PATH, "v1.0", InputError, "not a git repo"),
-        ("file:///nonexistent/registry", DEMO_DATASET_PATH, "v1.0", InputError, "reachable"),
+        ("file:///nonexistent/registry", DEMO_DATASET_PATH, "v1.0", InputError, "not an https"),
+        ("relative/registry", DEMO_DATASET_PATH, "v1.0", InputError, "not an https"),
     ],
 )
 def test_pull_errors_are_clean(
@@ -159,13 +168,17 @@ def test_pull_errors_are_clean(
     message: str,
 ) -> None:
     with pytest.raises(error, match=message):
-        pull_dataset(repo or registry.url, path, rev, tmp_path / "dest", timeout=60)
+        pull_dataset(
+            repo or registry.url, path, rev, tmp_path / "dest", timeout=60, **allowed(registry)
+        )
     assert not (tmp_path / "dest").exists() or not any((tmp_path / "dest").iterdir())
 
 
 def test_tampered_remote_is_refused(tmp_path: Path) -> None:
     registry = create_demo_data_registry(tmp_path / "registry")
-    good = pull_dataset(registry.url, registry.path, "v1.0", tmp_path / "before")
+    good = pull_dataset(
+        registry.url, registry.path, "v1.0", tmp_path / "before", **allowed(registry)
+    )
     obj = remote_object(registry, good.dvc_md5)
     assert obj.read_bytes() == good.local_path.read_bytes()
     # Change one customer's label on the remote: same size, different bytes.
@@ -175,7 +188,7 @@ def test_tampered_remote_is_refused(tmp_path: Path) -> None:
 
     dest = tmp_path / "after"  # fresh: nothing cached from the good pull can mask the tamper
     with pytest.raises(ControlRefused, match="does not match the md5 recorded in git") as info:
-        pull_dataset(registry.url, registry.path, "v1.0", dest)
+        pull_dataset(registry.url, registry.path, "v1.0", dest, **allowed(registry))
     assert info.value.reason is DataPullRefusal.CONTENT_MISMATCH
     details = info.value.details
     assert details["expected_md5"] == good.dvc_md5
@@ -185,7 +198,8 @@ def test_tampered_remote_is_refused(tmp_path: Path) -> None:
     assert not dest.exists() or list(dest.iterdir()) == []  # nothing left to train on
 
     # The other version is untouched and still pulls.
-    assert pull_dataset(registry.url, registry.path, "v1.1", tmp_path / "v11").rev == "v1.1"
+    again = pull_dataset(registry.url, registry.path, "v1.1", tmp_path / "v11", **allowed(registry))
+    assert again.rev == "v1.1"
 
 
 def test_missing_remote_object_is_a_tool_failure(tmp_path: Path) -> None:
@@ -193,4 +207,6 @@ def test_missing_remote_object_is_a_tool_failure(tmp_path: Path) -> None:
     md5 = git(registry.repo, "show", "v1.0:data/churn.csv.dvc").split("md5: ")[1].split()[0]
     remote_object(registry, md5).unlink()
     with pytest.raises(ToolError, match="dvc get failed"):
-        pull_dataset(registry.url, registry.path, "v1.0", tmp_path / "dest", timeout=60)
+        pull_dataset(
+            registry.url, registry.path, "v1.0", tmp_path / "dest", timeout=60, **allowed(registry)
+        )

@@ -146,7 +146,13 @@ def test_good_data_passes_with_evidence(good_csv: Path, churn_schema: SchemaRef)
     predicate = statement["predicate"]
     assert predicate["result"] == "PASSED"
     assert predicate["configuration"] == [
-        {"name": "ChurnDataset", "uri": MODULE_SPEC, "digest": {"sha256": churn_schema.digest}}
+        {
+            "name": "ChurnDataset",
+            "uri": MODULE_SPEC,
+            "digest": {"sha256": churn_schema.digest},
+            # The schema file's own digest: what a site pins as schema_sha256.
+            "annotations": {"sourceSha256": churn_schema.source_sha256},
+        }
     ]
     assert predicate["failedTests"] == [] and predicate["warnedTests"] == []
     assert predicate["passedTests"] == list(result.passed_tests)

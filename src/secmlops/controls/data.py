@@ -3,14 +3,23 @@
 A *data registry* is a git repository whose ``.dvc`` files record the md5 of each dataset
 version, and a DVC remote that holds the bytes. Git tags name the versions. Pulling a
 dataset resolves the tag to a full commit sha, reads the md5 recorded in the ``.dvc`` file
-at that commit, fetches the bytes through ``dvc get --rev <commit>``, and refuses them
-unless their md5 equals the recorded one: a tampered DVC remote is caught here, because
+at that commit, fetches the bytes through ``dvc get``, and refuses them unless their md5
+equals the recorded one: a tampered DVC remote is caught here, because
 DVC itself does not re-hash what it downloads.
+
+The repo, rev rule and the DVC remotes a repo may use are the *site's* (the policy file's
+``sources.datasets`` entry), not a run's: the pull reads the committed ``.dvc/config`` at the
+resolved commit and refuses, before any DVC request, a remote that is not under one of the
+site's ``allowed_remotes`` prefixes, an ``endpointurl`` other than the site's, or a remote
+option that could redirect requests or credentials. DVC then runs on a scratch repo holding
+only the checked ``.dvc`` file and a config written from the checked values, so it cannot
+use anything that was not checked; AWS credentials reach it only for an allowed S3 remote.
 
 Example::
 
     pull = pull_dataset("https://git.example.com/data-registry.git", "data/churn.csv",
-                        "v1.1", Path("data"))
+                        "v1.1", Path("data"), allowed_remotes=["s3://ml-data/churn"],
+                        s3_endpoint_url=None)
     statement = data_pull_statement(pull)  # the flow signs and stores it
 
 The demo registry the embedded default pulls from is built by
@@ -26,9 +35,11 @@ import re
 import tempfile
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -36,6 +47,7 @@ from secmlops._internal.toolrun import resolve_binary, run_tool
 from secmlops.errors import ControlRefused, InputError, RefusalReason, ToolError
 from secmlops.evidence.predicates import DataPullPredicate, ToolRef, dump_predicate
 from secmlops.evidence.statements import PREDICATE_DATA_PULL, Subject, make_statement, utc_now
+from secmlops.site import check_url_has_no_secret, redact_url
 
 # Conservative ref names: no option injection ("-x"), no refspecs ("a:b"), no ranges ("a..b").
 _REV_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/+-]{0,199}$")
@@ -45,6 +57,12 @@ _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 class DataPullRefusal(RefusalReason):
     """Why a pinned DVC pull refused the data (``ControlRefused.reason``)."""
 
+    REMOTE_NOT_ALLOWED = "remote_not_allowed"
+    """The DVC remote the repo's committed config names is not under a site-allowed prefix
+    (or cannot be determined): refused before any request to it."""
+    REMOTE_OPTION_NOT_ALLOWED = "remote_option_not_allowed"
+    """The repo's config sets a remote option the site decides (an ``endpointurl`` other than
+    the site's, a credentials profile or file, TLS settings, ...)."""
     DVC_FILE_UNREADABLE = "dvc_file_unreadable"
     """The ``.dvc`` file at the pinned commit does not list the dataset with an md5."""
     INVALID_RECORDED_MD5 = "invalid_recorded_md5"
@@ -78,6 +96,30 @@ PULL_ENV_ALLOW: tuple[str, ...] = (
     "GIT_SSH_COMMAND",
     "DVC_SITE_CACHE_DIR",
 )
+#: What git may see: an SSH agent or command for ssh:// hosts; never cloud credentials.
+GIT_ENV_ALLOW: tuple[str, ...] = ("SSH_AUTH_SOCK", "GIT_SSH_COMMAND")
+#: What DVC may see for a remote that is not S3 (local, ssh, http): no AWS variables.
+DVC_ENV_ALLOW_NOT_S3: tuple[str, ...] = ("SSH_AUTH_SOCK",)
+#: Remote options a data repo's committed config may set (``endpointurl`` only if it equals
+#: the site's). Anything else (``profile``, ``credentialpath``, ``configpath``,
+#: ``ssl_verify``, ``use_ssl``, keys, passwords, ...) is the site's to decide.
+REMOTE_OPTIONS_ALLOWED: frozenset[str] = frozenset(
+    {
+        "url",
+        "endpointurl",
+        "region",
+        "version_aware",
+        "worktree",
+        "jobs",
+        "verify",
+        "read_timeout",
+        "connect_timeout",
+        "listobjects",
+    }
+)
+_REMOTE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+_URL_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_SCP_LIKE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*@[A-Za-z0-9][A-Za-z0-9_.-]*:[^-]")
 
 
 def run_git(*args: str | os.PathLike[str], cwd: Path, timeout: float, env: dict[str, str]) -> str:
@@ -118,19 +160,49 @@ class DatasetPull:
         return data
 
 
-def _is_local_repo(repo: str) -> bool:
-    # URLs (https://, ssh://, file://, s3://) and scp-style "git@host:org/repo" are remote.
-    return "://" not in repo and not re.match(r"^[\w.-]+@[\w.-]+:", repo)
+def _repo_kind(repo: str) -> str:
+    """``"local"``, ``"https"``, ``"ssh"`` or ``"scp"``; ``InputError`` for anything else.
+
+    A URL carrying userinfo (a token) is refused with the token redacted from the message;
+    ``file://``, ``http://``, ``git://``, ``ext::`` and relative paths are refused.
+    """
+    fix = (
+        "give the registry as https://host/path, ssh://[user@]host/path, user@host:path or an "
+        "absolute local path (credentials go in a git credentials block, never in the URL)"
+    )
+    try:
+        check_url_has_no_secret(repo, "repo")
+    except ValueError as exc:
+        raise InputError(str(exc), where="repo", fix=fix) from None
+    scheme = _URL_SCHEME_RE.match(repo)
+    if scheme:
+        kind = scheme.group(1).lower()
+        host = urlsplit(repo).hostname
+        if kind in ("https", "ssh") and host and not host.startswith("-"):
+            return kind
+    elif _SCP_LIKE_RE.match(repo):
+        return "scp"
+    elif repo.startswith("/") and "::" not in repo:
+        return "local"
+    raise InputError(
+        f"data registry {redact_url(repo)!r} is not an https://, ssh://, user@host:path URL or "
+        "an absolute local path",
+        where="repo",
+        fix=fix,
+    )
 
 
 def _check_pull_inputs(repo: str, path: str, rev: str) -> tuple[str, str]:
     if not repo or repo.startswith("-"):
         raise InputError(
-            f"invalid data registry {repo!r}", where="repo", fix="give a git URL or path"
+            f"invalid data registry {redact_url(repo)!r}",
+            where="repo",
+            fix="give a git URL or path",
         )
+    kind = _repo_kind(repo)
     if not _REV_RE.match(rev) or ".." in rev or rev.endswith((".", "/", ".lock")):
         raise InputError(
-            f"revision {rev!r} is not a plain git tag, branch or commit sha",
+            f"revision {rev!r} is not a plain git tag or full commit sha",
             where="rev",
             fix="pin the dataset to a tag such as v1.1 or to a full 40-character commit sha",
         )
@@ -141,8 +213,8 @@ def _check_pull_inputs(repo: str, path: str, rev: str) -> tuple[str, str]:
             where="path",
             fix="give the path as it appears in the registry, e.g. data/churn.csv",
         )
-    if _is_local_repo(repo):
-        local = Path(repo).expanduser()
+    if kind == "local":
+        local = Path(repo)
         if not (local / ".git").exists() and not (local / "HEAD").is_file():
             raise InputError(
                 f"data registry {repo} is not a git repository (or does not exist)",
@@ -198,7 +270,7 @@ def _resolve_rev(
                 ref,
             ],
             timeout=deadline.left("git fetch"),
-            env_allow=PULL_ENV_ALLOW,
+            env_allow=GIT_ENV_ALLOW,
             extra_env=env,
             what="git fetch",
         )
@@ -230,23 +302,78 @@ def _resolve_rev(
     return out
 
 
+def _committed_blob(
+    meta: Path, commit: str, path: str, deadline: _Deadline, env: dict[str, str]
+) -> str | None:
+    """The text of the regular file ``path`` at ``commit``, ``None`` if there is no entry.
+
+    A symlink or submodule at ``path`` is refused: git would hand DVC the link, not the
+    text this pull checked.
+    """
+    git = resolve_binary("git")
+    listing = run_tool(
+        [git, "-C", meta, "ls-tree", "-z", commit, "--", path],
+        timeout=deadline.left("git ls-tree"),
+        extra_env=env,
+        what="git ls-tree",
+    ).stdout
+    entries = [e for e in listing.split("\0") if e]
+    if not entries:
+        return None
+    head, _, name = entries[0].partition("\t")
+    mode, kind, blob = ([*head.split(" "), "", "", ""])[:3]
+    if name != path or kind != "blob" or mode not in ("100644", "100755"):
+        raise ControlRefused(
+            f"{path} at {commit[:12]} is a {kind or 'entry'} with mode {mode}, not a regular "
+            "file: a link could make DVC read something other than what was checked",
+            where=f"{path}@{commit}",
+            fix="commit the file itself, not a symlink or submodule",
+            reason=DataPullRefusal.DVC_FILE_UNREADABLE
+            if path.endswith(".dvc")
+            else DataPullRefusal.REMOTE_NOT_ALLOWED,
+        )
+    try:
+        return run_tool(
+            [git, "-C", meta, "cat-file", "blob", blob],
+            timeout=deadline.left("git cat-file"),
+            extra_env=env,
+            what="git cat-file",
+        ).stdout
+    except UnicodeDecodeError as exc:
+        raise ControlRefused(
+            f"{path} at {commit[:12]} is not text: {exc}",
+            where=f"{path}@{commit}",
+            fix="check the registry commit",
+            reason=DataPullRefusal.DVC_FILE_UNREADABLE
+            if path.endswith(".dvc")
+            else DataPullRefusal.REMOTE_NOT_ALLOWED,
+        ) from exc
+
+
+@dataclass(frozen=True)
+class _DvcRecord:
+    """What a ``.dvc`` file at the pinned commit records for the dataset."""
+
+    text: str
+    md5: str
+    size: int | None
+    legacy: bool
+    remote: str | None
+
+
 def _recorded_md5(
     meta: Path, commit: str, path: str, deadline: _Deadline, env: dict[str, str]
-) -> tuple[str, int | None, bool]:
-    """The md5 (and size) the ``.dvc`` file at ``commit`` records for ``path``.
+) -> _DvcRecord:
+    """The md5 (and size, and remote) the ``.dvc`` file at ``commit`` records for ``path``.
 
-    Returns ``(md5, size, legacy)``; ``legacy`` is a DVC 2 ``md5-dos2unix`` record.
+    ``legacy`` is a DVC 2 ``md5-dos2unix`` record. A DVC *import* (``deps``: data from
+    another repo or URL) or a ``wdir`` is refused: its data would not come from this
+    registry's remote.
     """
     git = resolve_binary("git")
     dvc_file = f"{path}.dvc"
-    try:
-        text = run_tool(
-            [git, "-C", meta, "show", f"{commit}:{dvc_file}"],
-            timeout=deadline.left("git show"),
-            extra_env=env,
-            what="git show",
-        ).stdout
-    except ToolError as exc:
+    raw = _committed_blob(meta, commit, dvc_file, deadline, env)
+    if raw is None:
         tracked = run_tool(
             [git, "-C", meta, "cat-file", "-e", f"{commit}:{path}"],
             timeout=deadline.left("git cat-file"),
@@ -263,9 +390,11 @@ def _recorded_md5(
             f"{path} {reason} at revision {commit[:12]}: no {dvc_file} to pin its content",
             where=f"{path}@{commit}",
             fix="track the dataset with `dvc add` in the registry and pin a revision that has it",
-        ) from exc
+        )
     try:
-        record = yaml.safe_load(text)
+        record = yaml.safe_load(raw)
+        if not isinstance(record, dict):
+            raise ValueError("not a mapping")
         outs = record["outs"]
         name = PurePosixPath(path).name
         matches = [o for o in outs if PurePosixPath(str(o["path"])).as_posix() == name]
@@ -273,6 +402,9 @@ def _recorded_md5(
             raise ValueError(f"expected one output named {name}, found {len(matches)}")
         out = matches[0]
         md5 = str(out["md5"])
+        remote = out.get("remote")
+        if remote is not None and not isinstance(remote, str):
+            raise ValueError("the output's remote is not a name")
     except (yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
         raise ControlRefused(
             f"{dvc_file} at {commit[:12]} is not a DVC file this pull can verify: {exc}",
@@ -280,6 +412,14 @@ def _recorded_md5(
             fix="check the registry commit; the .dvc file must list the dataset with its md5",
             reason=DataPullRefusal.DVC_FILE_UNREADABLE,
         ) from exc
+    if record.get("deps") or record.get("wdir") not in (None, "", "."):
+        raise ControlRefused(
+            f"{dvc_file} at {commit[:12]} is a DVC import (deps) or sets wdir: its data would "
+            "come from elsewhere than this registry's allowed remote",
+            where=f"{dvc_file}@{commit}",
+            fix="`dvc add` the data in the registry and push it to its allowed remote",
+            reason=DataPullRefusal.REMOTE_NOT_ALLOWED,
+        )
     if md5.endswith(".dir"):
         raise InputError(
             f"{path} is a DVC-tracked directory; pull_dataset pulls single files",
@@ -294,7 +434,191 @@ def _recorded_md5(
         )
     size = out.get("size")
     legacy = out.get("hash") != "md5"
-    return md5, int(size) if isinstance(size, int) else None, legacy
+    return _DvcRecord(
+        text=raw,
+        md5=md5,
+        size=int(size) if isinstance(size, int) else None,
+        legacy=legacy,
+        remote=remote,
+    )
+
+
+def _remote_key(url: str) -> tuple[str, str, str] | None:
+    """``(scheme, host, path)`` of a remote URL or absolute local path, for prefix matching;
+    ``None`` when it cannot be compared safely (relative, ``~``, ``.``/``..`` segments, a
+    query or fragment)."""
+    if _URL_SCHEME_RE.match(url):
+        parts = urlsplit(url)
+        if parts.query or parts.fragment or "\\" in url:
+            return None
+        path = parts.path
+        netloc = parts.netloc.lower()
+        scheme = parts.scheme.lower()
+    elif url.startswith("/"):
+        path, netloc, scheme = url, "", ""
+    else:
+        return None
+    if any(seg in (".", "..") for seg in path.split("/")):
+        return None
+    return scheme, netloc, path.rstrip("/")
+
+
+def remote_allowed(url: str, allowed_remotes: Sequence[str]) -> bool:
+    """Whether the DVC remote ``url`` is one of ``allowed_remotes`` or below one of them.
+
+    Prefixes match whole path segments (``s3://data/churn`` allows ``s3://data/churn/v2``,
+    not ``s3://data/churn-other``); scheme and host must be equal; a URL with ``..``, a
+    relative path or ``~`` never matches.
+    """
+    key = _remote_key(url)
+    if key is None:
+        return False
+    scheme, netloc, path = key
+    for allowed in allowed_remotes:
+        prefix = _remote_key(allowed)
+        if prefix is None or prefix[:2] != (scheme, netloc):
+            continue
+        if path == prefix[2] or path.startswith(prefix[2] + "/"):
+            return True
+    return False
+
+
+def _same_endpoint(a: str, b: str) -> bool:
+    return a.rstrip("/").lower() == b.rstrip("/").lower()
+
+
+@dataclass(frozen=True)
+class _RemotePlan:
+    """The one DVC remote a pull may use, as checked, and the config DVC gets for it."""
+
+    name: str
+    url: str
+    is_s3: bool
+    options: dict[str, str] = field(default_factory=dict)
+
+
+def _remote_plan(
+    config_text: str | None,
+    record: _DvcRecord,
+    *,
+    commit: str,
+    allowed_remotes: Sequence[str],
+    s3_endpoint_url: str | None,
+    scratch: Path,
+) -> _RemotePlan:
+    """Check the remote the committed ``.dvc/config`` makes DVC use for the dataset.
+
+    Parsed with DVC's own reader (so ``%(...)s`` interpolation and quoting mean what they
+    mean to DVC); the remote is the output's ``remote:`` or else ``core.remote``.
+    """
+    where = f".dvc/config@{commit}"
+    allowed_text = ", ".join(redact_url(a) for a in allowed_remotes) or "none"
+    fixes = {
+        DataPullRefusal.REMOTE_NOT_ALLOWED: "push the data to a remote the site allows, or "
+        "add the remote's URL to the dataset entry's dvc_remotes in the policy file "
+        "(sources.datasets.NAME.dvc_remotes)",
+        DataPullRefusal.REMOTE_OPTION_NOT_ALLOWED: "remove the option from the registry's "
+        ".dvc/config: the site sets the S3 endpoint (sources.datasets.NAME.s3_endpoint_url) "
+        "and the worker its credentials",
+    }
+
+    def refuse(
+        message: str, reason: DataPullRefusal = DataPullRefusal.REMOTE_NOT_ALLOWED
+    ) -> NoReturn:
+        raise ControlRefused(
+            f"{message} (commit {commit[:12]}); no request was made to it",
+            where=where,
+            fix=fixes[reason],
+            details={"allowed_remotes": [redact_url(a) for a in allowed_remotes]},
+            reason=reason,
+        )
+
+    if config_text is None:
+        refuse("the data registry has no committed .dvc/config naming its DVC remote")
+    from dvc.config import Config, ConfigError
+
+    committed = scratch / "committed-config"
+    committed.write_text(config_text or "", encoding="utf-8")
+    try:
+        conf: dict[str, Any] = Config.load_file(str(committed))
+    except (ConfigError, ValueError, TypeError) as exc:
+        refuse(f"the registry's .dvc/config cannot be read: {exc}")
+    core = conf.get("core") or {}
+    if not isinstance(core, Mapping):
+        refuse("the registry's .dvc/config has a malformed [core] section")
+    if "site_cache_dir" in core:
+        refuse(
+            "the registry's .dvc/config sets core.site_cache_dir (where DVC writes on the worker)",
+            DataPullRefusal.REMOTE_OPTION_NOT_ALLOWED,
+        )
+    name = record.remote or core.get("remote")
+    if not isinstance(name, str) or not name:
+        refuse("the registry's .dvc/config names no default DVC remote (core.remote)")
+    if not _REMOTE_NAME_RE.fullmatch(name):
+        refuse(f"the DVC remote name {name!r} is not a plain name")
+    section = (conf.get("remote") or {}).get(name)
+    if not isinstance(section, Mapping) or not isinstance(section.get("url"), str):
+        refuse(f"the DVC remote {name!r} is not defined with a url in .dvc/config")
+    url = str(section["url"])
+    if not remote_allowed(url, allowed_remotes):
+        refuse(
+            f"the DVC remote {name!r} ({redact_url(url)}) is not under a remote the site "
+            f"allows for this dataset ({allowed_text})"
+        )
+    extra = sorted(set(section) - REMOTE_OPTIONS_ALLOWED)
+    if extra:
+        refuse(
+            f"the DVC remote {name!r} sets {', '.join(extra)} in the registry's .dvc/config: "
+            "credentials, endpoints and TLS settings are the site's to decide",
+            DataPullRefusal.REMOTE_OPTION_NOT_ALLOWED,
+        )
+    is_s3 = urlsplit(url).scheme.lower() == "s3"
+    options = {k: str(v) for k, v in section.items() if k not in ("url", "endpointurl")}
+    repo_endpoint = section.get("endpointurl")
+    if repo_endpoint is not None and (
+        not is_s3 or not s3_endpoint_url or not _same_endpoint(str(repo_endpoint), s3_endpoint_url)
+    ):
+        refuse(
+            f"the DVC remote {name!r} sets endpointurl {redact_url(str(repo_endpoint))} in "
+            "the registry's .dvc/config; the S3 endpoint (where credentials go) is the "
+            f"site's ({redact_url(s3_endpoint_url) if s3_endpoint_url else 'AWS'})",
+            DataPullRefusal.REMOTE_OPTION_NOT_ALLOWED,
+        )
+    if is_s3 and s3_endpoint_url:
+        options["endpointurl"] = s3_endpoint_url
+    return _RemotePlan(name=name, url=url, is_s3=is_s3, options=options)
+
+
+def _write_scratch_repo(work: Path, plan: _RemotePlan, path: str, record: _DvcRecord) -> None:
+    """A DVC repo holding only the checked ``.dvc`` file and a config with only the checked
+    remote, so ``dvc get`` cannot use anything this pull did not check."""
+    from configobj import ConfigObj
+    from dvc.config import Config
+
+    dvc_dir = work / ".dvc"
+    dvc_dir.mkdir(parents=True)
+    wanted = {
+        "core": {"remote": plan.name},
+        "remote": {plan.name: {"url": plan.url, **plan.options}},
+    }
+    conf = ConfigObj(interpolation=False)
+    conf["core"] = {"remote": plan.name}
+    conf[f'remote "{plan.name}"'] = {"url": plan.url, **plan.options}
+    with (dvc_dir / "config").open("wb") as handle:
+        conf.write(handle)
+    # DVC reads it back with interpolation: refuse a value it would not see as written.
+    written = Config.load_file(str(dvc_dir / "config"))
+    if {k: written.get(k) for k in wanted} != wanted:
+        raise ControlRefused(
+            f"the DVC remote {plan.name!r} ({redact_url(plan.url)}) cannot be handed to DVC "
+            "unchanged (a value DVC would interpolate)",
+            where=".dvc/config",
+            fix="use a remote URL without '%(' or '$' sequences",
+            reason=DataPullRefusal.REMOTE_NOT_ALLOWED,
+        )
+    dvc_file = work / f"{path}.dvc"
+    dvc_file.parent.mkdir(parents=True, exist_ok=True)
+    dvc_file.write_text(record.text, encoding="utf-8")
 
 
 def _file_digests(path: Path, *, legacy: bool) -> tuple[str, str, int]:
@@ -308,40 +632,95 @@ def _file_digests(path: Path, *, legacy: bool) -> tuple[str, str, int]:
 
 
 def pull_dataset(
-    repo: str, path: str, rev: str, dest_dir: Path, *, timeout: float = 300
+    repo: str,
+    path: str,
+    rev: str,
+    dest_dir: Path,
+    *,
+    allowed_remotes: Sequence[str],
+    s3_endpoint_url: str | None = None,
+    timeout: float = 300,
 ) -> DatasetPull:
     """Pull ``path`` from the DVC data registry ``repo`` at revision ``rev`` into ``dest_dir``.
 
-    ``rev`` (a tag, branch or full sha) is resolved to a commit first and the bytes are
-    fetched at that exact commit, so a tag moved mid-pull cannot mix versions. The file
-    appears in ``dest_dir`` only after its md5 equals the one recorded in the ``.dvc`` file
-    at that commit; otherwise ``ControlRefused`` with a :class:`DataPullRefusal` reason
-    (``CONTENT_MISMATCH``: a tampered DVC remote). Unknown
-    revisions, paths and registries raise ``InputError``; git/DVC failures ``ToolError``.
+    ``repo`` is an ``https://`` or ``ssh://`` URL, ``user@host:path`` or an absolute local path,
+    never with credentials in it. ``rev`` (a tag or a full commit sha; a branch is refused)
+    is resolved to a commit first and the bytes are fetched at that exact commit, so a tag
+    moved mid-pull cannot mix versions.
+
+    Before any DVC request, the remote the committed ``.dvc/config`` (or the ``.dvc`` file's
+    ``remote:``) makes DVC use must be under one of ``allowed_remotes`` (the site's URL
+    prefixes or absolute paths), and may not set an ``endpointurl`` other than
+    ``s3_endpoint_url`` or any option that is the site's to decide; otherwise
+    ``ControlRefused`` (``REMOTE_NOT_ALLOWED`` / ``REMOTE_OPTION_NOT_ALLOWED``). The site's
+    ``s3_endpoint_url`` is what DVC uses for an S3 remote, and AWS credentials from the
+    environment reach DVC only then.
+
+    The file appears in ``dest_dir`` only after its md5 equals the one recorded in the
+    ``.dvc`` file at that commit; otherwise ``ControlRefused`` (``CONTENT_MISMATCH``: a
+    tampered DVC remote). Unknown revisions, paths and registries raise ``InputError``;
+    git/DVC failures ``ToolError``.
     """
     deadline = _Deadline(timeout)
     source, path = _check_pull_inputs(repo, path, rev)
+    if isinstance(allowed_remotes, str):
+        raise InputError(
+            "allowed_remotes must be a list of remote URLs or paths, not one string",
+            where="allowed_remotes",
+        )
+    if s3_endpoint_url:
+        try:
+            check_url_has_no_secret(s3_endpoint_url, "s3_endpoint_url")
+        except ValueError as exc:
+            raise InputError(str(exc), where="s3_endpoint_url") from None
+        if urlsplit(s3_endpoint_url).scheme not in ("http", "https"):
+            raise InputError(
+                f"s3_endpoint_url {redact_url(s3_endpoint_url)!r} is not an http(s) URL",
+                where="s3_endpoint_url",
+                fix="give the S3 API endpoint as https://host[:port]",
+            )
     dest_dir.mkdir(parents=True, exist_ok=True)
     target = dest_dir / PurePosixPath(path).name
     env = {**BASE_TOOL_ENV, "GIT_CONFIG_GLOBAL": os.devnull}
-    with tempfile.TemporaryDirectory(prefix="secmlops-pull-") as scratch:
-        meta = Path(scratch) / "meta.git"
+    with tempfile.TemporaryDirectory(prefix="secmlops-pull-") as scratch_name:
+        scratch = Path(scratch_name)
+        meta = scratch / "meta.git"
         commit = _resolve_rev(source, rev, meta, deadline, env)
-        md5, size, legacy = _recorded_md5(meta, commit, path, deadline, env)
+        record = _recorded_md5(meta, commit, path, deadline, env)
+        md5, size, legacy = record.md5, record.size, record.legacy
+        config_text = _committed_blob(meta, commit, ".dvc/config", deadline, env)
+        plan = _remote_plan(
+            config_text,
+            record,
+            commit=commit,
+            allowed_remotes=allowed_remotes,
+            s3_endpoint_url=s3_endpoint_url,
+            scratch=scratch,
+        )
+        work = scratch / "repo"
+        _write_scratch_repo(work, plan, path, record)
+        empty = scratch / "dvc-config"  # no system or user DVC config joins the checked one
+        empty.mkdir()
+        dvc_env = {
+            **env,
+            "DVC_GLOBAL_CONFIG_DIR": str(empty),
+            "DVC_SYSTEM_CONFIG_DIR": str(empty),
+            "DVC_SITE_CACHE_DIR": str(scratch / "site-cache"),
+        }
         staged = dest_dir / f".{target.name}.pull-{uuid.uuid4().hex}"
         try:
             run_tool(
-                [resolve_binary("dvc"), "get", source, path, "--rev", commit, "-o", staged],
+                [resolve_binary("dvc"), "get", work, path, "-o", staged],
                 timeout=deadline.left("dvc get"),
-                env_allow=PULL_ENV_ALLOW,
-                extra_env={**env, "DVC_GLOBAL_CONFIG_DIR": scratch},
+                env_allow=PULL_ENV_ALLOW if plan.is_s3 else DVC_ENV_ALLOW_NOT_S3,
+                extra_env=dvc_env,
                 cwd=scratch,
                 what="dvc get",
             )
             if not staged.is_file():
                 raise ToolError(
                     f"dvc get reported success but wrote no file for {path}",
-                    where=f"dvc get {source} {path}",
+                    where=f"dvc get {redact_url(source)} {path}",
                 )
             got_md5, sha256, got_size = _file_digests(staged, legacy=legacy)
             if got_md5 != md5 or (size is not None and got_size != size):

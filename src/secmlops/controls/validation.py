@@ -8,9 +8,18 @@ Validation is lazy (every failure is collected), and a failure *raises*
 return the data unchecked; this gate notices that, and a canary schema that must fail, and
 refuses rather than pass.
 
+A pipeline run takes its schema from the *site* (the policy file's ``sources:``), never from
+a run parameter, and loads it with :func:`load_site_schema`: the spec must be
+``module:Class``, the module a regular file inside the project's user-code folder (or an
+allow-listed installed module), and its sha256, when pinned, is checked **before** the file
+is executed. :func:`load_schema` (any file or module) is for an operator's own shell
+(``secmlops validate``).
+
 Example::
 
-    result = validate_dataset(Path("data/churn.csv"), "ml.schema:ChurnDataset")
+    schema = load_site_schema("ml.schema:ChurnDataset", project_dir=Path("."),
+                              user_code_dir="ml", sha256=None)
+    result = validate_dataset(Path("data/churn.csv"), schema)
     statement = validation_statement(result)  # the flow signs and stores it
 """
 
@@ -26,7 +35,9 @@ import json
 import logging
 import os
 import re
+import stat
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -67,6 +78,11 @@ class ValidationRefusal(RefusalReason):
     ``ValidationResult.pandera_reasons``.
     """
 
+    SCHEMA_NOT_ALLOWED = "schema_not_allowed"
+    """The schema is not a module of the user-code folder nor an allow-listed module (or a
+    symlink leads out of the folder): it was not imported."""
+    SCHEMA_DIGEST_MISMATCH = "schema_digest_mismatch"
+    """The schema file's sha256 differs from the one the site pinned: it was not imported."""
     VALIDATION_DISABLED = "validation_disabled"
     """pandera's checks are switched off or cut short (env var or ``pandera.config``)."""
     VALIDATION_NOT_ENFORCING = "validation_not_enforcing"
@@ -119,9 +135,17 @@ class SchemaRef:
     schema: pa.DataFrameSchema
     digest: str
     source: str | None
+    #: sha256 of the source file's bytes (what a site pins as ``schema_sha256``).
+    source_sha256: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"spec": self.spec, "name": self.name, "digest": self.digest, "source": self.source}
+        return {
+            "spec": self.spec,
+            "name": self.name,
+            "digest": self.digest,
+            "source": self.source,
+            "source_sha256": self.source_sha256,
+        }
 
 
 @dataclass(frozen=True)
@@ -170,6 +194,8 @@ class ValidationResult:
     pandera_reasons: tuple[str, ...] = ()
     validated_at: str = field(default_factory=utc_now)
     pandera_version: str = field(default_factory=lambda: importlib.metadata.version("pandera"))
+    #: sha256 of the schema module's file (what a site pins as ``schema_sha256``), if any.
+    schema_source_sha256: str | None = None
 
     def summary(self) -> str:
         """One line per failed check, or a one-line pass."""
@@ -332,6 +358,20 @@ def load_schema(spec: str) -> SchemaRef:
         )
     is_file = target.endswith(".py") or "/" in target or os.sep in target
     module = _import_schema_file(spec, target) if is_file else _import_schema_module(spec, target)
+    source_file = inspect.getsourcefile(module) if hasattr(module, "__file__") else None
+    source = Path(source_file).read_bytes() if source_file else None
+    return _schema_ref(spec, module, target, attr, source_file, source)
+
+
+def _schema_ref(
+    spec: str,
+    module: ModuleType,
+    target: str,
+    attr: str,
+    source_file: str | None,
+    source: bytes | None,
+) -> SchemaRef:
+    """The :class:`SchemaRef` for ``attr`` of an imported ``module`` whose file held ``source``."""
     if not hasattr(module, attr):
         candidates = _schema_candidates(module)
         hint = f"schemas in it: {', '.join(candidates)}" if candidates else "it defines no schema"
@@ -353,8 +393,7 @@ def load_schema(spec: str) -> SchemaRef:
             where=spec,
             fix="name a class deriving from pandera.pandas.DataFrameModel or a DataFrameSchema",
         )
-    source_file = inspect.getsourcefile(module) if hasattr(module, "__file__") else None
-    source_sha = hashlib.sha256(Path(source_file).read_bytes()).hexdigest() if source_file else None
+    source_sha = hashlib.sha256(source).hexdigest() if source is not None else None
     canonical = json.dumps(
         {"source_sha256": source_sha, "structure": _structure(schema)},
         sort_keys=True,
@@ -367,7 +406,216 @@ def load_schema(spec: str) -> SchemaRef:
         schema=schema,
         digest=sha256_bytes(canonical),
         source=source_file,
+        source_sha256=source_sha,
     )
+
+
+# --- a schema the site names --------------------------------------------------------------
+
+_SITE_SPEC_RE = re.compile(
+    r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*"
+)
+_SHA256_HEX_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def _not_allowed(spec: str, why: str, fix: str) -> ControlRefused:
+    return ControlRefused(
+        f"schema {spec!r} is not allowed: {why}; nothing was imported",
+        where=spec,
+        fix=fix,
+        reason=ValidationRefusal.SCHEMA_NOT_ALLOWED,
+    )
+
+
+def _lstat(path: Path) -> os.stat_result | None:
+    try:
+        return path.lstat()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise InputError(f"cannot inspect {path}: {exc}", where=str(path)) from exc
+
+
+def _user_code_file(
+    spec: str, project_dir: Path, user_code_dir: str, parts: Sequence[str]
+) -> tuple[Path, bool]:
+    """The file that module ``parts`` (``parts[0] == user_code_dir``) is, and whether it is a
+    package's ``__init__.py``. Every step below ``project_dir`` must be a real directory or a
+    regular file: a symlink (which could lead anywhere) is refused."""
+    fix = (
+        f"keep the schema as a regular file inside {user_code_dir}/ (no symlinks), "
+        "reviewed with the project's code"
+    )
+    current = project_dir / user_code_dir
+    chain = [current]
+    for part in parts[1:]:
+        current = current / part
+        chain.append(current)
+    # Every directory up to the module's parent must be real (not a link).
+    for directory in chain[:-1]:
+        st = _lstat(directory)
+        if st is None or not stat.S_ISDIR(st.st_mode):
+            if st is not None and stat.S_ISLNK(st.st_mode):
+                raise _not_allowed(spec, f"{directory} is a symlink", fix)
+            raise InputError(
+                f"schema module {'.'.join(parts)} cannot be found: {directory} is not a directory",
+                where=spec,
+                fix=f"check the module name; schemas live in {project_dir / user_code_dir}",
+            )
+    last = chain[-1]
+    candidates = [(last / "__init__.py", True), (last.with_name(f"{last.name}.py"), False)]
+    st_last = _lstat(last)
+    if st_last is not None and stat.S_ISLNK(st_last.st_mode):
+        raise _not_allowed(spec, f"{last} is a symlink", fix)
+    if st_last is None or not stat.S_ISDIR(st_last.st_mode):
+        candidates = candidates[1:]  # not a package: only <name>.py can be the module
+    for path, is_package in candidates:
+        st = _lstat(path)
+        if st is None:
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            raise _not_allowed(spec, f"{path} is a symlink", fix)
+        if not stat.S_ISREG(st.st_mode):
+            raise _not_allowed(spec, f"{path} is not a regular file", fix)
+        root = os.path.realpath(project_dir / user_code_dir)
+        if os.path.commonpath([root, os.path.realpath(path)]) != root:
+            raise _not_allowed(spec, f"{path} lies outside {root}", fix)
+        return path, is_package
+    raise InputError(
+        f"schema module {'.'.join(parts)} cannot be found: no {candidates[-1][0]}",
+        where=spec,
+        fix=f"check the module name; schemas live in {project_dir / user_code_dir}",
+    )
+
+
+def _allowed_module_file(spec: str, module_name: str) -> tuple[Path, bool]:
+    """The source file of an allow-listed installed module, found without importing it."""
+    try:
+        found = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError) as exc:
+        raise InputError(
+            f"allow-listed schema module {module_name} cannot be found: {exc}",
+            where=spec,
+            fix="install the package that provides it, or fix sources.allowed_schema_modules",
+        ) from exc
+    if found is None or not found.has_location or not found.origin:
+        raise InputError(
+            f"allow-listed schema module {module_name} is not installed as a Python file",
+            where=spec,
+            fix="install the package that provides it, or fix sources.allowed_schema_modules",
+        )
+    origin = Path(os.path.realpath(found.origin))  # the site named it: its links are its own
+    if origin.suffix != ".py" or not origin.is_file():
+        raise _not_allowed(
+            spec,
+            f"{module_name} is {origin}, not a Python source file whose digest can be checked",
+            "allow-list a module installed as .py source",
+        )
+    return origin, found.submodule_search_locations is not None
+
+
+def _read_source(spec: str, path: Path) -> bytes:
+    """The file's bytes, read without following a symlink swapped in since it was checked."""
+    fix = "keep the schema a regular file (no symlink) and do not change it during a run"
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        raise _not_allowed(spec, f"{path} cannot be opened as a regular file ({exc})", fix) from exc
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise _not_allowed(spec, f"{path} is not a regular file", fix)
+        return handle.read()
+
+
+def _exec_source(spec: str, path: Path, source: bytes, *, is_package: bool) -> ModuleType:
+    """Run exactly the checked bytes as a module (no ``sys.path`` lookup, no ``.pyc``)."""
+    module_name = f"_secmlops_schema_{sha256_bytes(str(path).encode() + source)[:16]}"
+    locations = [str(path.parent)] if is_package else None
+    module_spec = importlib.util.spec_from_file_location(
+        module_name, path, submodule_search_locations=locations
+    )
+    if module_spec is None:
+        raise InputError(f"{path} cannot be imported as Python", where=spec, fix=_SPEC_HELP)
+    module = importlib.util.module_from_spec(module_spec)
+    # pandera resolves annotations through sys.modules, so the module must be registered.
+    sys.modules[module_name] = module
+    try:
+        code = compile(source, str(path), "exec", dont_inherit=True)
+        exec(code, module.__dict__)  # noqa: S102 - the site's reviewed, digest-checked schema
+    except Exception as exc:
+        sys.modules.pop(module_name, None)
+        raise InputError(
+            f"importing schema module {path} failed: {type(exc).__name__}: {exc}",
+            where=spec,
+            fix="fix the error in the schema module (run it with python to see the traceback)",
+        ) from exc
+    return module
+
+
+def load_site_schema(
+    spec: str,
+    *,
+    project_dir: Path,
+    user_code_dir: str = "ml",
+    allowed_modules: Sequence[str] = (),
+    sha256: str | None = None,
+) -> SchemaRef:
+    """Load the schema the site names, checking where it comes from **before** importing it.
+
+    ``spec`` is ``module:Class``, never a file path. The module must be a regular file inside
+    ``project_dir/user_code_dir`` (``ml.schema`` -> ``ml/schema.py`` or ``ml/schema/__init__.py``;
+    no symlinks on the way) or an exact name in ``allowed_modules`` (an installed module). When
+    ``sha256`` is given, the file's sha256 must equal it. Only then are exactly the checked bytes
+    executed, by file location (no ``sys.path`` lookup an attacker could shadow, no ``.pyc``).
+
+    Raises ``ControlRefused`` (:class:`ValidationRefusal` ``SCHEMA_NOT_ALLOWED`` or
+    ``SCHEMA_DIGEST_MISMATCH``) without importing anything, and ``InputError`` for a module
+    that does not exist or a schema object that is not one.
+    """
+    allowed_fix = (
+        f"name a module of the project's {user_code_dir}/ folder (e.g. {user_code_dir}.schema:"
+        "MySchema) in the policy's sources.datasets entry, or list an installed module under "
+        "sources.allowed_schema_modules"
+    )
+    if not isinstance(spec, str) or not _SITE_SPEC_RE.fullmatch(spec):
+        raise _not_allowed(
+            spec, "it must be 'module:Class' (a file path is never imported)", allowed_fix
+        )
+    if sha256 is not None and not _SHA256_HEX_RE.fullmatch(sha256):
+        raise InputError(
+            f"schema_sha256 {sha256!r} is not 64 lower-case hex digits",
+            where="sources.datasets.*.schema_sha256",
+            fix="give the sha256 of the schema file (`sha256sum ml/schema.py`)",
+        )
+    module_name, attr = spec.split(":")
+    parts = module_name.split(".")
+    if parts[0] == user_code_dir:
+        path, is_package = _user_code_file(spec, Path(project_dir).absolute(), user_code_dir, parts)
+    elif module_name in set(allowed_modules):
+        path, is_package = _allowed_module_file(spec, module_name)
+    else:
+        raise _not_allowed(
+            spec,
+            f"{module_name} is neither in the user-code folder {user_code_dir}/ nor an "
+            "allow-listed module",
+            allowed_fix,
+        )
+    source = _read_source(spec, path)
+    actual = hashlib.sha256(source).hexdigest()
+    if sha256 is not None and actual != sha256:
+        found = {"expected_sha256": sha256, "actual_sha256": actual, "file": str(path)}
+        raise ControlRefused(
+            f"schema file {path} has sha256 {actual}, but the site pinned {sha256}; "
+            "nothing was imported",
+            where=spec,
+            fix="review the change to the schema file; if it is intended, pin its new digest "
+            "in the policy's schema_sha256",
+            details=dict(found),
+            reason=ValidationRefusal.SCHEMA_DIGEST_MISMATCH,
+            result=found,
+        )
+    module = _exec_source(spec, path, source, is_package=is_package)
+    return _schema_ref(spec, module, module_name, attr, str(path), source)
 
 
 # --- the kill switch ----------------------------------------------------------------------
@@ -589,6 +837,7 @@ def check_dataset(
         schema_name=ref.name,
         schema_spec=ref.spec,
         schema_digest=ref.digest,
+        schema_source_sha256=ref.source_sha256,
         passed=not failures,
         checks_run=len(set(tests) | set(failed)),
         passed_tests=tuple(passed),
@@ -638,6 +887,10 @@ def validation_statement(result: ValidationResult) -> dict[str, Any]:
                         name=result.schema_name,
                         uri=result.schema_spec,
                         digest={"sha256": result.schema_digest},
+                        # The schema file's own sha256: what a site pins (schema_sha256).
+                        annotations={"sourceSha256": result.schema_source_sha256}
+                        if result.schema_source_sha256
+                        else None,
                     )
                 ],
                 passed_tests=list(result.passed_tests),

@@ -8,7 +8,11 @@ with a seeded numpy generator; nothing is downloaded.
 Example::
 
     registry = create_demo_data_registry(Path(".secmlops/data-registry"))
-    pull = pull_dataset(registry.url, registry.path, "v1.1", Path("data"))
+    pull = pull_dataset(registry.url, registry.path, "v1.1", Path("data"),
+                        allowed_remotes=[str(registry.remote)])
+
+The committed ``.dvc/config`` names the remote's final path (``<root>/remote``), so the
+site rule for the demo entry is exactly that one remote.
 """
 
 from __future__ import annotations
