@@ -181,6 +181,7 @@ def _run(
             workdir / "data",
             allowed_remotes=allowed_remotes,
             s3_endpoint_url=data.s3_endpoint_url,
+            git_credentials=data.git_credentials,
         )
         evidence.add("data-pull", data_pull_statement(pulled))
         st.detail = f"{data.path}@{run.rev} ({pulled.commit[:10]}) sha256 {pulled.sha256[:12]}…"

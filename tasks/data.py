@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
@@ -12,7 +12,7 @@ from prefect.client.schemas.objects import State, TaskRun
 
 from secmlops.controls.data import DatasetPull, pull_dataset
 from secmlops.demo.data_registry import DEMO_VERSIONS, DataRegistry, create_demo_data_registry
-from secmlops.errors import ToolError
+from secmlops.errors import InputError, ToolError
 
 
 def _retry_tool_errors_only(_task: Task[..., Any], _run: TaskRun, state: State[Any]) -> bool:
@@ -38,19 +38,36 @@ def pull_dataset_task(
     *,
     allowed_remotes: Sequence[str],
     s3_endpoint_url: str | None = None,
+    git_credentials: str | None = None,
     timeout: float = 300,
 ) -> DatasetPull:
     """Prefect task: :func:`pull_dataset` (idempotent, so infrastructure failures retry).
 
-    ``repo``, ``allowed_remotes`` and ``s3_endpoint_url`` come from the site's dataset entry
-    (``sources.datasets``), never from a run parameter; ``rev`` is a tag or full commit sha.
+    ``repo``, ``allowed_remotes``, ``s3_endpoint_url`` and ``git_credentials`` (the name of a
+    saved ``SecMLOps Git Credentials`` block, loaded here so the token never is a task input)
+    come from the site's dataset entry (``sources.datasets``), never from a run parameter;
+    ``rev`` is a tag or full commit sha.
     """
+    git_auth = None
+    if git_credentials:
+        from blocks import GitCredentials
+
+        try:
+            block = cast(GitCredentials, GitCredentials.load(git_credentials))
+        except ValueError as exc:
+            raise InputError(
+                f"no saved 'SecMLOps Git Credentials' block named {git_credentials!r}",
+                where="sources.datasets.*.git_credentials",
+                fix="save one (GitCredentials(token=...).save(NAME)) or fix the name",
+            ) from exc
+        git_auth = (block.username, block.token.get_secret_value())
     return pull_dataset(
         repo,
         path,
         rev,
         dest_dir,
         allowed_remotes=allowed_remotes,
+        git_auth=git_auth,
         s3_endpoint_url=s3_endpoint_url,
         timeout=timeout,
     )

@@ -28,6 +28,7 @@ The demo registry the embedded default pulls from is built by
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import importlib.metadata
 import os
@@ -631,6 +632,27 @@ def _file_digests(path: Path, *, legacy: bool) -> tuple[str, str, int]:
     return md5, hashlib.sha256(data).hexdigest(), len(data)
 
 
+def _git_auth_env(repo: str, git_auth: tuple[str, str] | None) -> dict[str, str]:
+    """git's environment config sending ``git_auth`` to ``repo``'s host only (HTTPS)."""
+    if git_auth is None:
+        return {}
+    parts = urlsplit(repo)
+    if parts.scheme != "https" or not parts.hostname:
+        raise InputError(
+            f"git credentials are for HTTPS repos; {redact_url(repo)!r} is not one",
+            where="git_credentials",
+            fix="use an https:// repo URL with the credentials block, or SSH keys for ssh://",
+        )
+    user, token = git_auth
+    basic = base64.b64encode(f"{user}:{token}".encode()).decode()
+    netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+    return {
+        "GIT_CONFIG_COUNT": "1",
+        "GIT_CONFIG_KEY_0": f"http.https://{netloc}/.extraHeader",
+        "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}",
+    }
+
+
 def pull_dataset(
     repo: str,
     path: str,
@@ -639,6 +661,7 @@ def pull_dataset(
     *,
     allowed_remotes: Sequence[str],
     s3_endpoint_url: str | None = None,
+    git_auth: tuple[str, str] | None = None,
     timeout: float = 300,
 ) -> DatasetPull:
     """Pull ``path`` from the DVC data registry ``repo`` at revision ``rev`` into ``dest_dir``.
@@ -660,6 +683,10 @@ def pull_dataset(
     ``.dvc`` file at that commit; otherwise ``ControlRefused`` (``CONTENT_MISMATCH``: a
     tampered DVC remote). Unknown revisions, paths and registries raise ``InputError``;
     git/DVC failures ``ToolError``.
+
+    ``git_auth`` (user name, token) is sent to git as an HTTP ``Authorization`` header for
+    ``repo``'s own scheme and host only (through git's environment config, never argv or a
+    URL); ``repo`` must then be ``https://``.
     """
     deadline = _Deadline(timeout)
     source, path = _check_pull_inputs(repo, path, rev)
@@ -681,7 +708,7 @@ def pull_dataset(
             )
     dest_dir.mkdir(parents=True, exist_ok=True)
     target = dest_dir / PurePosixPath(path).name
-    env = {**BASE_TOOL_ENV, "GIT_CONFIG_GLOBAL": os.devnull}
+    env = {**BASE_TOOL_ENV, "GIT_CONFIG_GLOBAL": os.devnull, **_git_auth_env(source, git_auth)}
     with tempfile.TemporaryDirectory(prefix="secmlops-pull-") as scratch_name:
         scratch = Path(scratch_name)
         meta = scratch / "meta.git"
@@ -702,7 +729,8 @@ def pull_dataset(
         empty = scratch / "dvc-config"  # no system or user DVC config joins the checked one
         empty.mkdir()
         dvc_env = {
-            **env,
+            **{k: v for k, v in env.items() if not k.startswith("GIT_CONFIG_")},
+            "GIT_CONFIG_GLOBAL": os.devnull,
             "DVC_GLOBAL_CONFIG_DIR": str(empty),
             "DVC_SYSTEM_CONFIG_DIR": str(empty),
             "DVC_SITE_CACHE_DIR": str(scratch / "site-cache"),
