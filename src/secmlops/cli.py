@@ -256,19 +256,25 @@ def run(
     from flows.training import secure_training
     from secmlops.local_prefect import start_local_api
 
+    _use_options(registry=registry, s3_endpoint_url=s3_endpoint_url)
+    # Names only: what each name points at is the site's (the policy file's sources:). They
+    # are resolved here first, so a wrong one is bad input (exit 2) naming the allowed ones;
+    # the flow resolves them again on its own.
+    from secmlops.policy import load_gate_policy
+    from secmlops.selection import RunSelection
+
+    selection = RunSelection.resolve(
+        load_gate_policy().sources,
+        model_name=model,
+        dataset=dataset,
+        data_rev=data_rev,
+        image=image,
+        registry=registry_name,
+        promote_to_production=not staging_only,
+    )
+    parameters = {k: v for k, v in selection.parameters.items() if v is not None}
     _quiet_console_tracebacks()
     start_local_api()
-
-    _use_options(registry=registry, s3_endpoint_url=s3_endpoint_url)
-    # Names only: what each name points at is the site's (the policy file's sources:).
-    parameters: dict[str, Any] = {
-        "model_name": model,
-        "dataset": dataset,
-        "data_rev": data_rev,
-        "image": image,
-        "registry": registry_name,
-        "promote_to_production": not staging_only,
-    }
     import uuid
 
     from secmlops.remote_approval import ApprovalAgent
@@ -282,9 +288,7 @@ def run(
         say=lambda text: typer.echo(text, err=True),
     )
     with agent:
-        result = secure_training.with_options(flow_run_name=run_name)(
-            **{k: v for k, v in parameters.items() if v is not None}
-        )
+        result = secure_training.with_options(flow_run_name=run_name)(**parameters)
     _emit(result, as_json, _render_run(result))
 
 

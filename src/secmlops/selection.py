@@ -15,7 +15,6 @@ Example::
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,13 +25,10 @@ from secmlops.site import (
     ImageSource,
     RegistrySource,
     Sources,
+    is_data_rev,
     redact_url,
     select,
 )
-
-#: A data rev a run may name: a tag-like name or a full commit sha (branches are refused
-#: when the pull resolves the rev; a short sha is ambiguous and refused here).
-_REV_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -67,7 +63,8 @@ class RunSelection:
         image_name, image_entry = select(sources.images, image, "image")
         registry_name, registry_entry = select(sources.registries, registry, "registry")
         rev = data_rev or dataset_entry.rev
-        if not isinstance(rev, str) or not _REV_RE.fullmatch(rev):
+        # The pull's own rule (a branch is refused there, once the rev is resolved).
+        if not is_data_rev(rev):
             raise InputError(
                 f"data_rev {redact_url(str(rev))!r} is not a tag or a full commit sha",
                 where="parameter data_rev",

@@ -89,8 +89,8 @@ def check_url_has_no_secret(value: str, field: str) -> str:
         ):
             raise ValueError(
                 f"{field} carries credentials in its URL ({redact_url(value)}); remove them "
-                "and give the worker its credentials (git credential helper, SSH agent, AWS "
-                "profile) instead"
+                "and name a credentials source instead (a 'SecMLOps Git Credentials' block "
+                "for HTTPS git, the SSH agent for ssh://, an AWS profile for S3)"
             )
     return value
 
@@ -139,7 +139,8 @@ class DatasetSource(_Entry):
     git_credentials: str | None = Field(
         default=None,
         description="Name of a saved 'SecMLOps Git Credentials' block whose token is sent to "
-        "this repo's host only (HTTPS); empty: the worker's own git credentials, if any.",
+        "this repo's host only (HTTPS); empty: no HTTPS credentials (ssh:// repos use the "
+        "worker's SSH agent or GIT_SSH_COMMAND; git's global config is never read).",
     )
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
@@ -372,7 +373,7 @@ RUN_PARAMETERS: tuple[str, ...] = (
 
 #: A data rev a run may name: a tag-like name or a full commit sha (the pull then refuses
 #: anything that is not a tag or that commit, so a branch never passes).
-DATA_REV_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+DATA_REV_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/+-]{0,199}")
 
 #: Where the worker builds the embedded demo data registry, below its state home
 #: (``$SECMLOPS_HOME/data-registry/repo``). The demo dataset entry names no repo, so the gate,
@@ -382,4 +383,9 @@ DEMO_DATA_REGISTRY_PARTS: tuple[str, ...] = ("data-registry", "repo")
 
 def is_data_rev(rev: object) -> bool:
     """Is ``rev`` a tag-like name or a full commit sha (never ``..``, a path or an option)?"""
-    return isinstance(rev, str) and DATA_REV_RE.fullmatch(rev) is not None
+    return (
+        isinstance(rev, str)
+        and DATA_REV_RE.fullmatch(rev) is not None
+        and ".." not in rev
+        and not rev.endswith((".", "/", ".lock"))
+    )

@@ -48,10 +48,8 @@ from secmlops._internal.toolrun import resolve_binary, run_tool
 from secmlops.errors import ControlRefused, InputError, RefusalReason, ToolError
 from secmlops.evidence.predicates import DataPullPredicate, ToolRef, dump_predicate
 from secmlops.evidence.statements import PREDICATE_DATA_PULL, Subject, make_statement, utc_now
-from secmlops.site import check_url_has_no_secret, redact_url
+from secmlops.site import check_url_has_no_secret, is_data_rev, redact_url
 
-# Conservative ref names: no option injection ("-x"), no refspecs ("a:b"), no ranges ("a..b").
-_REV_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/+-]{0,199}$")
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 
 
@@ -201,7 +199,7 @@ def _check_pull_inputs(repo: str, path: str, rev: str) -> tuple[str, str]:
             fix="give a git URL or path",
         )
     kind = _repo_kind(repo)
-    if not _REV_RE.match(rev) or ".." in rev or rev.endswith((".", "/", ".lock")):
+    if not is_data_rev(rev):
         raise InputError(
             f"revision {rev!r} is not a plain git tag or full commit sha",
             where="rev",
