@@ -626,6 +626,41 @@ def keygen(
         typer.echo(f"all keys already exist in {directory.root}")
 
 
+@app.command()
+def new(
+    dest: Annotated[Path, typer.Argument(help="Directory of the new project (new or empty).")],
+    defaults: Annotated[
+        bool, typer.Option("--defaults", help="Ask nothing: every default, except --data answers.")
+    ] = False,
+    data: Annotated[
+        list[str] | None,
+        typer.Option("--data", help="Answer a question: NAME=VALUE (repeatable)."),
+    ] = None,
+    vcs_ref: Annotated[
+        str | None,
+        typer.Option("--vcs-ref", help="Template version: a git tag or commit (default: HEAD)."),
+    ] = None,
+    template: Annotated[
+        str | None,
+        typer.Option(
+            "--template",
+            help="Template repository: a clone or git URL (default: this secmlops checkout).",
+        ),
+    ] = None,
+) -> None:
+    """Render a new secure pipeline project from the template (copier), then print what next."""
+    from secmlops.new import new_project, next_steps_text, parse_data_options
+
+    project = new_project(
+        dest,
+        defaults=defaults,
+        data=parse_data_options(data or []),
+        vcs_ref=vcs_ref,
+        template=template,
+    )
+    typer.echo(next_steps_text(project))
+
+
 def _is_validation_error(exc: Exception) -> bool:
     """A pydantic ``ValidationError``, without importing pydantic (~50 ms) for commands
     that never load it: if it is not loaded, nothing raised one."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import sys
 import tomllib
@@ -138,9 +139,8 @@ def next_steps_text(project: Path) -> str:
     """What to run after :func:`new_project`: enter the project, commit, demo, test."""
     answers = _answers(project)
     model = answers.get("model_name", "")
-    where = os.path.relpath(project) if project.is_absolute() else str(project)
-    if where.startswith("../../"):
-        where = str(project)
+    relative = os.path.relpath(project)
+    where = shlex.quote(relative if not relative.startswith("../..") else str(project))
     lines = [
         f"Created {project}" + (f" (model {model})." if model else "."),
         "",
@@ -151,8 +151,9 @@ def next_steps_text(project: Path) -> str:
         "  make test     # a run, and a tampered model refused at promotion",
         "",
         "Then edit ml/ (your schema, stages and model: YOUR CODE HERE), params.yaml and",
-        "secmlops-policy.yaml. Newer scaffolding: `copier update --trust --defaults` in the",
-        "committed project; a newer library: `.tools/uv/bin/uv lock --upgrade-package secmlops`.",
+        "secmlops-policy.yaml. Newer scaffolding: `.venv/bin/copier update --defaults` in",
+        "the committed project; a newer library: `.tools/uv/bin/uv lock --upgrade-package",
+        "secmlops` (docs/templates.md of the template repository).",
     ]
     if not (project / "uv.lock").is_file():
         lines.insert(4, "  make .tools/uv/bin/uv && .tools/uv/bin/uv lock")
