@@ -17,7 +17,7 @@ from prefect import flow, get_run_logger
 
 from flows.approval import await_approval, requested_by
 from flows.artifacts import publish_gate_checks
-from flows.choices import RegistryName
+from flows.choices import DEFAULT_REGISTRY_NAME, RegistryName
 from flows.visibility import visible_run
 from secmlops.catalogue import GateRefusal
 from secmlops.errors import ControlRefused
@@ -68,7 +68,7 @@ def promote(
     version: str,
     model: str = "churn-classifier",
     stage: Literal["staging", "production"] = "production",
-    registry: RegistryName | None = None,
+    registry: RegistryName = DEFAULT_REGISTRY_NAME,
     wait_for_approval: bool = True,
 ) -> dict[str, Any]:
     """Promote a registered version to a stage through the deploy gate.
@@ -80,7 +80,7 @@ def promote(
         stage: The stage to promote to; production needs the version to have passed
             staging first.
         registry: The model registry: an entry of the site's sources.registries (its
-            location, endpoint and credentials are the site's); empty: its first entry.
+            location, endpoint and credentials are the site's); default: its first entry.
         wait_for_approval: When the gate refuses only for want of approvals, pause for
             them (the Resume form, or `secmlops approve`) and run the gate again. The gate
             still decides; this only lets the run wait instead of failing.
@@ -126,7 +126,7 @@ def rollback(
     model: str = "churn-classifier",
     stage: Literal["staging", "production"] = "production",
     to_version: str | None = None,
-    registry: RegistryName | None = None,
+    registry: RegistryName = DEFAULT_REGISTRY_NAME,
 ) -> dict[str, Any]:
     """Roll a stage back to the version it served before, through the deploy gate.
 
@@ -136,7 +136,7 @@ def rollback(
         to_version: The version to roll back to, e.g. v2 (it must have served this stage
             before); empty: the version served before the current one.
         registry: The model registry: an entry of the site's sources.registries (its
-            location, endpoint and credentials are the site's); empty: its first entry.
+            location, endpoint and credentials are the site's); default: its first entry.
     """
     models = _open(model, registry)
     with _gate_checks_published() as reports:
@@ -157,7 +157,7 @@ def rollback(
 def verify(
     model: str = "churn-classifier",
     stage: Literal["staging", "production"] = "production",
-    registry: RegistryName | None = None,
+    registry: RegistryName = DEFAULT_REGISTRY_NAME,
 ) -> dict[str, Any]:
     """Re-run the deploy gate for what a stage serves now; refuse if anything stopped verifying.
 
@@ -165,7 +165,7 @@ def verify(
         model: The registered model's name.
         stage: The stage whose served version is verified again.
         registry: The model registry: an entry of the site's sources.registries (its
-            location, endpoint and credentials are the site's); empty: its first entry.
+            location, endpoint and credentials are the site's); default: its first entry.
     """
     models = _open(model, registry)
     with _gate_checks_published() as reports:

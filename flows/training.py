@@ -23,7 +23,14 @@ from prefect import flow, get_run_logger
 
 from flows.approval import await_approval, requested_by
 from flows.artifacts import ApprovalContext, publish_approval_summary, publish_run_summary
-from flows.choices import DatasetName, ImageName, RegistryName
+from flows.choices import (
+    DEFAULT_DATASET,
+    DEFAULT_IMAGE,
+    DEFAULT_REGISTRY_NAME,
+    DatasetName,
+    ImageName,
+    RegistryName,
+)
 from flows.run_record import current_run_record
 from flows.summary import RunSummary
 from flows.visibility import visible_run
@@ -42,7 +49,7 @@ from secmlops.evidence.predicates import (
     RegistrySelection,
     RunSources,
 )
-from secmlops.evidence.statements import load_private_key, sign_statement
+from secmlops.evidence.statements import sign_statement
 from secmlops.gate import GatePolicy
 from secmlops.policy import load_gate_policy
 from secmlops.registry.models import ModelRegistry, stamped
@@ -68,10 +75,10 @@ BUILDER_ID = "https://secmlops.dev/builders/prefect-secure-training/v1"
 @visible_run
 def secure_training(
     model_name: str = "churn-classifier",
-    dataset: DatasetName | None = None,
+    dataset: DatasetName = DEFAULT_DATASET,
     data_rev: str | None = None,
-    image: ImageName | None = None,
-    registry: RegistryName | None = None,
+    image: ImageName = DEFAULT_IMAGE,
+    registry: RegistryName = DEFAULT_REGISTRY_NAME,
     promote_to_production: bool = True,
 ) -> dict[str, Any]:
     """Run every control, register a signed model version, and deploy it through the gates.
@@ -86,13 +93,13 @@ def secure_training(
     Args:
         model_name: The model's name in the registry (versions v1, v2, ... under it).
         dataset: The dataset to train on: an entry of the site's sources.datasets (its DVC
-            data registry, path and schema are the site's); empty: its first entry.
+            data registry, path and schema are the site's); default: its first entry.
         data_rev: The dataset version: a git tag or a full 40-hex commit of that registry
             (never a branch); empty: the entry's pinned rev.
         image: The serving image to scan: an entry of the site's sources.images (its
-            location and the digest the site serves are the site's); empty: its first.
+            location and the digest the site serves are the site's); default: its first.
         registry: Where the version, its evidence and the stage pointers go: an entry of
-            the site's sources.registries; empty: its first entry.
+            the site's sources.registries; default: its first entry.
         promote_to_production: Untick to stop after the staging smoke test.
     """
     logger = get_run_logger()
@@ -171,7 +178,9 @@ def _run(
             f"image {run.image_name} ({target}); registry {run.registry_name}"
         )
     # Build evidence, checked against the catalogue and signed as each control passes.
-    evidence = ReleaseEvidence(load_private_key(keys.require(keys.private("attestor"))))
+    # The attestor signs where the site keeps its key (SECMLOPS_ATTESTOR_SIGNER: an
+    # encrypted PEM or KMS), checked against the trust root before anything is signed.
+    evidence = ReleaseEvidence(keys.signer("attestor"))
 
     with summary.stage("pull-data") as st:
         pulled = pull_dataset_task(

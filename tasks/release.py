@@ -9,7 +9,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from secmlops.evidence.statements import PrivateKey
+from secmlops.evidence.statements import SigningKey
 from secmlops.registry.models import ModelRegistry
 from secmlops.release import Registration, ReleaseInputs, register_release
 
@@ -28,7 +28,7 @@ def register_release_task(
     evidence: Mapping[str, dict[str, Any]],
     inputs: ReleaseInputs,
     *,
-    attestor: PrivateKey,
+    attestor: SigningKey,
 ) -> Registration:
     """Prefect wrapper for :func:`register_release` (not retried: versions are claimed once)."""
     return register_release(models, model_dir, signature, evidence, inputs, attestor=attestor)

@@ -43,6 +43,23 @@ def write_site_policy(path: Path, **sources: Any) -> Path:
     return path
 
 
+def sign_site_policy(path: Path, keys: Path, *, days: int = 30) -> Path:
+    """Sign the policy file ``path`` as the site's policy owner would: with the
+    ``policy-owner.pem`` of key directory ``keys``, expiring in ``days`` (its ``expires:``
+    is rewritten); writes ``<path>.sig``. Needed where a test sets ``SECMLOPS_KEYS`` (site
+    keys: nothing is signed automatically); the embedded demo signs an unsigned policy itself.
+    """
+    import datetime as dt
+
+    from secmlops.evidence.statements import load_private_key
+    from secmlops.policy import sign_policy
+
+    owner = load_private_key(keys / "policy-owner.pem")
+    expires = dt.datetime.now(dt.UTC).date() + dt.timedelta(days=days)
+    sign_policy(path, owner, expires=expires)
+    return path
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

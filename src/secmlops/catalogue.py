@@ -23,6 +23,7 @@ statement writer) plus one entry here::
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -41,6 +42,7 @@ from secmlops.controls.approval import (
     duty_conflict,
 )
 from secmlops.controls.image_scan import scan_predicate_verdict
+from secmlops.controls.model_scan.policy import ModelScanPolicy
 from secmlops.controls.training import BUILD_TYPE, BUILD_TYPE_V1
 from secmlops.errors import ControlRefused, RefusalReason
 from secmlops.evidence.predicates import (
@@ -140,9 +142,15 @@ class GateRefusal(RefusalReason):
     """The model-file scan did not pass."""
     APPROVAL_MISSING = "approval_missing"
     """No approval for this stage was recorded."""
+    VERSION_REVOKED = "version_revoked"
+    """A signed revocation withdrew this version (or its model digest) for every stage."""
+    KEY_REVOKED = "key_revoked"
+    """Evidence signed, by its own signed time, at or after its key was revoked."""
+    APPROVAL_REVOKED = "approval_revoked"
+    """A signed revocation withdrew an approval, and too few others remain."""
     APPROVAL_REJECTED = "approval_rejected"
-    """The recorded decision is not ``approved`` (at the gate: a valid rejection newer than
-    the newest counted approval)."""
+    """The recorded decision is not ``approved`` (at the gate: a valid rejection overrides
+    every approval decided before it, and too few were decided after it)."""
     NOT_ENOUGH_APPROVALS = "not_enough_approvals"
     """Fewer distinct valid approvers than the policy's ``required_approvals``."""
     ANONYMOUS_NOT_ALLOWED = "anonymous_not_allowed"
@@ -163,6 +171,9 @@ class GateRefusal(RefusalReason):
     """Production was asked for a version that never passed the gate for staging."""
     SMOKE_TEST_FAILED = "smoke_test_failed"
     """No passing staging smoke test for this version."""
+    SMOKE_BELOW_FLOOR = "smoke_below_floor"
+    """The staging smoke test's accuracy, re-judged, is below the ``min_smoke_accuracy`` of
+    the policy in force (whatever floor it was run under)."""
     POINTER_NOT_VOUCHED = "pointer_not_vouched"
     """A stage pointer's VSA does not vouch for what the pointer names."""
     CHECK_ERROR = "check_error"
@@ -207,7 +218,7 @@ class GateContext:
     release_sha256: str = ""
     #: Who approved staging, as the gate's own staging VSAs record (production only).
     staging_approvers: frozenset[str] = frozenset()
-    #: (role, key id) of the pipeline's role keys: no approver may sign with one.
+    #: (key id, role) of the pipeline's role keys: no approver may sign with one.
     role_key_ids: tuple[tuple[str, str], ...] = ()
     #: Build evidence the gate verified (signature, predicate model) before this check, by
     #: control name in catalogue order: the provenance check compares the run's recorded
@@ -327,7 +338,18 @@ def _facts_data_pull(p: DataPullPredicate) -> dict[str, Any]:
 def _check_validation(ev: Evidence[TestResultPredicate], ctx: GateContext) -> list[CheckResult]:
     pred = ev.predicate
     results = [subject_check(ev, ctx.dataset_digest, "dataset")]
-    if pred.result == "PASSED":
+    summary = pred.summary.failures if pred.summary else []
+    failures = [*pred.failed_tests, *(f"{f.column}:{f.check}" for f in summary)]
+    if pred.result == "PASSED" and failures:
+        # Re-judged: a PASSED verdict that lists failed checks is not taken at its word.
+        results.append(
+            refused(
+                "result",
+                GateRefusal.VALIDATION_FAILED,
+                f"validation says PASSED but lists failed checks: {sorted(set(failures))}",
+            )
+        )
+    elif pred.result == "PASSED":
         results.append(passed("result", "PASSED"))
     else:
         results.append(
@@ -792,7 +814,35 @@ def _check_model_scan(ev: Evidence[ModelScanPredicate], ctx: GateContext) -> lis
                 f"model-file scan did not pass (files: {bad})",
             )
         )
-    return results
+    return results + model_scan_rejudged(ev)
+
+
+def model_scan_rejudged(ev: Evidence[ModelScanPredicate]) -> list[CheckResult]:
+    """The stored per-file findings re-judged under today's model-scan policy (the pipeline
+    scans with the strict default): no policy weaker than it, every file a format it allows,
+    within its size limits, importing no pickle globals. The stored verdict is not enough."""
+    today = ModelScanPolicy()
+    recorded = ev.predicate.policy
+    problems = []
+    if not set(recorded.allowed_formats) <= today.allowed_formats:
+        problems.append(f"it allowed formats {sorted(set(recorded.allowed_formats))}")
+    if recorded.unsafe_allow_pickle_globals or recorded.max_file_bytes > today.max_file_bytes:
+        problems.append("it ran under a weaker policy than today's")
+    for f in ev.predicate.files:
+        limit = today.max_text_bytes if f.format in ("json", "text") else today.max_file_bytes
+        if f.format not in today.allowed_formats or f.pickle_globals or f.issues:
+            problems.append(f"{f.path} is {f.format}{' with findings' if f.issues else ''}")
+        elif f.size > limit:
+            problems.append(f"{f.path} is larger than {limit} bytes")
+    if not problems:
+        return [passed("rejudged", "every file meets today's model-scan policy")]
+    return [
+        refused(
+            "rejudged",
+            GateRefusal.MODEL_SCAN_FAILED,
+            "model-file scan, re-judged under today's policy: " + "; ".join(problems),
+        )
+    ]
 
 
 def _facts_model_scan(p: ModelScanPredicate) -> dict[str, Any]:
@@ -826,6 +876,21 @@ def _facts_release(p: ReleasePredicate) -> dict[str, Any]:
 
 
 # --- per-stage evidence --------------------------------------------------------------------
+
+
+#: The approval age limit for production when the policy sets no ``max_approval_age_days``:
+#: an approval is not replayable forever (a rollback then needs a fresh one).
+DEFAULT_PRODUCTION_APPROVAL_AGE_DAYS = 30
+
+
+def approval_age_limit(policy: GatePolicy, stage: str) -> int | None:
+    """How many days an approval for ``stage`` counts: the policy's ``max_approval_age_days``,
+    else :data:`DEFAULT_PRODUCTION_APPROVAL_AGE_DAYS` for the production stage or under a
+    production policy (a demo policy's staging approvals: no limit)."""
+    if policy.max_approval_age_days is not None:
+        return policy.max_approval_age_days
+    production = stage == "production" or getattr(policy, "environment", "") == "production"
+    return DEFAULT_PRODUCTION_APPROVAL_AGE_DAYS if production else None
 
 
 def approval_age_problem(decided_at: str, max_days: int | None) -> str | None:
@@ -942,7 +1007,7 @@ def approval_conditions(ev: Evidence[ApprovalPredicate], ctx: GateContext) -> li
     duties (role keys, the run's starter, the staging approvers)."""
     pred, key = ev.predicate, ev.key
     results: list[CheckResult] = []
-    too_old = approval_age_problem(pred.decided_at, ctx.policy.max_approval_age_days)
+    too_old = approval_age_problem(pred.decided_at, approval_age_limit(ctx.policy, ctx.stage))
     if too_old:
         results.append(refused("age", GateRefusal.STALE_APPROVAL, f"{key}: {too_old}"))
     record = pred.request
@@ -1064,7 +1129,24 @@ def _check_smoke_test(ev: Evidence[SmokeTestPredicate], ctx: GateContext) -> lis
         GateRefusal.NOT_THIS_RELEASE,
     )
     results += field_checks(ev.key, pred, {"result": "PASSED"}, GateRefusal.SMOKE_TEST_FAILED)
-    return results
+    return [*results, smoke_floor_check(ev, ctx.policy.min_smoke_accuracy)]
+
+
+def smoke_floor_check(ev: Evidence[SmokeTestPredicate], floor: float) -> CheckResult:
+    """The stored accuracy re-judged against ``floor``, the policy's ``min_smoke_accuracy``
+    in force now: the floor the test recorded (and its verdict) is not trusted."""
+    accuracy = ev.predicate.accuracy
+    shown = f"smoke-test accuracy {accuracy:.4f}"
+    if math.isfinite(accuracy) and floor <= accuracy <= 1:
+        return passed("floor", f"{shown} >= min_smoke_accuracy {floor:g}")
+    return refused(
+        "floor",
+        GateRefusal.SMOKE_BELOW_FLOOR,
+        f"{ev.key}: {shown} is below the policy's min_smoke_accuracy {floor:g} "
+        f"(the test ran under a floor of {ev.predicate.min_accuracy:g})"
+        if math.isfinite(accuracy) and accuracy < floor
+        else f"{ev.key}: {shown} is not an accuracy (min_smoke_accuracy {floor:g})",
+    )
 
 
 def _facts_smoke_test(p: SmokeTestPredicate) -> dict[str, Any]:

@@ -577,15 +577,27 @@ def verify_stage_cmd(
     registry: RegistryOpt = None,
     s3_endpoint_url: EndpointOpt = None,
     keys: KeysOpt = None,
+    refresh: Annotated[
+        bool,
+        typer.Option(
+            "--refresh",
+            help="Re-verify what the signed stage history says the stage serves through the "
+            "full gate and re-sign its pointer (new expiry); the answer to an expired pointer.",
+        ),
+    ] = False,
 ) -> None:
-    """Re-verify what a stage serves now (pointer VSA + the full deploy gate); exit 1 if not."""
-    from secmlops.operations import verify_stage
+    """Re-verify what a stage serves now (signed, fresh pointer + its VSA + the full deploy
+    gate); exit 1 if not."""
+    from secmlops.operations import refresh_stage_pointer, verify_stage
 
-    pointer, report = verify_stage(
-        _models(model, registry, s3_endpoint_url), stage, keys=_keys(keys)
+    run = refresh_stage_pointer if refresh else verify_stage
+    pointer, report = run(_models(model, registry, s3_endpoint_url), stage, keys=_keys(keys))
+    done = (
+        f"re-signed (sequence {pointer.sequence}, expires {pointer.expires_at})" if refresh else ""
     )
     typer.echo(
         f"PASSED: {model} {stage} serves {pointer.version}; {len(report.checks)} gate checks pass"
+        + (f"; pointer {done}" if done else "")
     )
 
 
@@ -614,9 +626,11 @@ def keygen(
     ] = None,
     keys: KeysOpt = None,
 ) -> None:
-    """Create missing role keys (model-signer, attestor, gate) and approver keys in a key dir.
+    """Create missing demo keys (policy-owner, model-signer, attestor, gate, approvers).
 
-    Private keys are written mode 0600 next to a .gitignore; existing keys are never replaced.
+    Private keys are unencrypted (demo only), written mode 0600 next to a .gitignore; existing
+    keys are never replaced. The key directory's trust-root.yaml lists every key (demo: true);
+    a trust root kept elsewhere (SECMLOPS_TRUST_ROOT) is the site's and is left alone.
     """
     directory = _keys(keys)
     created = directory.ensure(approvers=tuple(approver or ()))
@@ -624,6 +638,13 @@ def keygen(
         typer.echo(f"created {path} (+ {path.with_suffix('.pub').name})")
     if not created:
         typer.echo(f"all keys already exist in {directory.root}")
+    if directory.owns_trust_root():
+        typer.echo(f"demo trust root: {directory.trust_root_file} (`secmlops trust show`)")
+    elif created:
+        typer.echo(
+            f"the trust root {directory.trust_root_file} is the site's: list the new keys with "
+            "`secmlops trust add-key ROLE PUB.pem` if they are to be trusted"
+        )
 
 
 @app.command()
@@ -659,6 +680,224 @@ def new(
         template=template,
     )
     typer.echo(next_steps_text(project))
+
+
+audit_app = typer.Typer(name="audit", help="The tamper-evident audit log.", no_args_is_help=True)
+app.add_typer(audit_app)
+
+
+@audit_app.command("verify")
+def audit_verify(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    registry: RegistryOpt = None,
+    s3_endpoint_url: EndpointOpt = None,
+    keys: KeysOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Walk a model's audit chain: every signature, gaps (deleted entries), forged or replaced
+    entries, intents without an outcome (a crash mid-promotion); exit 1 on any problem."""
+    from secmlops.audit import render_audit_report, require_clean, verify_audit_log
+
+    report = verify_audit_log(_models(model, registry, s3_endpoint_url), _keys(keys))
+    _emit(report.to_json(), as_json, render_audit_report(report))
+    require_clean(report)
+
+
+trust_app = typer.Typer(
+    name="trust",
+    help="The trust root: which public keys each role and approver may sign with, and when.",
+    no_args_is_help=True,
+)
+app.add_typer(trust_app)
+
+
+def _time_option(value: str | None, option: str) -> Any:
+    """An ISO 8601 time option (``now`` allowed), as an aware UTC datetime."""
+    import datetime as dt
+
+    from secmlops.evidence.statements import parse_time
+
+    if value is None:
+        return None
+    when = dt.datetime.now(dt.UTC) if value == "now" else parse_time(value)
+    if when is None:
+        raise InputError(
+            f"{option} {value!r} is not a time",
+            where=option,
+            fix="give an ISO 8601 time, e.g. 2025-07-01T00:00:00Z, or 'now'",
+        )
+    return when
+
+
+@trust_app.command("show")
+def trust_show(keys: KeysOpt = None, as_json: JsonOpt = False) -> None:
+    """List each role's and approver's keys: key id, validity window, demo flag, source."""
+    directory = _keys(keys)
+    root = directory.trust_root()
+    rows = [
+        {
+            "subject": entry.subject,
+            "key_id": entry.key_id,
+            "not_before": entry.window.not_before,
+            "not_after": entry.window.not_after,
+            "demo": entry.demo,
+            "source": entry.source,
+        }
+        for subject in root.subjects()
+        for entry in root.entries_for(subject)
+    ]
+    lines = [f"trust root {root.path}"]
+    for subject in root.subjects():
+        lines.append(f"  {subject}:")
+        for entry in root.entries_for(subject):
+            flags = " demo" if entry.demo else ""
+            source = f" ({entry.source})" if entry.source else ""
+            lines.append(f"    {entry.key_id[:16]}  valid {entry.window.describe()}{flags}{source}")
+    _emit({"path": str(root.path), "keys": rows}, as_json, "\n".join(lines))
+
+
+@trust_app.command("add-key")
+def trust_add_key(
+    role: Annotated[
+        str,
+        typer.Argument(help="policy-owner, attestor, model-signer, gate, or approver:NAME."),
+    ],
+    public_key: Annotated[
+        str, typer.Argument(help="PEM public key file, or kms:KEY_ID_OR_ARN (its public key).")
+    ],
+    not_before: Annotated[
+        str | None, typer.Option("--not-before", help="Valid from (ISO 8601 or 'now').")
+    ] = None,
+    not_after: Annotated[
+        str | None, typer.Option("--not-after", help="Valid until (ISO 8601 or 'now').")
+    ] = None,
+    demo: Annotated[
+        bool, typer.Option("--demo", help="Mark it a demo key (a production policy refuses it).")
+    ] = False,
+    keys: KeysOpt = None,
+) -> None:
+    """Accept a public key for a role or approver (rotation: add the new key, then retire the
+    old one). The trust root is created if missing; one key for two roles is refused."""
+    from secmlops.evidence.signers import public_key_of
+    from secmlops.evidence.trust_root import TrustRoot
+
+    directory = _keys(keys)
+    path = directory.trust_root_file
+    root = TrustRoot.load(path) if path.exists() else TrustRoot(path)
+    public = public_key_of(public_key)
+    updated = root.with_key(
+        role,
+        public,
+        not_before=_time_option(not_before, "--not-before"),
+        not_after=_time_option(not_after, "--not-after"),
+        demo=demo,
+        source=public_key,
+    )
+    updated.save()
+    entry = updated.entries[-1]
+    typer.echo(
+        f"{role}: added key {entry.key_id[:16]}… (valid {entry.window.describe()}) to {path}"
+    )
+
+
+@trust_app.command("retire")
+def trust_retire(
+    role: Annotated[str, typer.Argument(help="The role or approver:NAME the key belongs to.")],
+    key_id: Annotated[str, typer.Argument(help="Its key id (or a unique prefix, 8+ chars).")],
+    at: Annotated[
+        str, typer.Option("--at", help="Last moment its signatures count (ISO 8601 or 'now').")
+    ],
+    keys: KeysOpt = None,
+) -> None:
+    """End a key's validity window: what it signed until then keeps verifying, nothing later."""
+    from secmlops.evidence.trust_root import TrustRoot
+
+    directory = _keys(keys)
+    root = TrustRoot.load(directory.trust_root_file)
+    updated = root.retire(role, key_id, at=_time_option(at, "--at"))
+    updated.save()
+    entry = next(e for e in updated.entries_for(role) if e.key_id.startswith(key_id.lower()))
+    typer.echo(f"{role}: key {entry.key_id[:16]}… now valid {entry.window.describe()}")
+
+
+def _add_policy_commands() -> None:
+    """``secmlops policy sign|show`` (:mod:`secmlops.policy_cli`; its commands import lazily)."""
+    from secmlops.policy_cli import policy_app
+
+    app.add_typer(policy_app)
+
+
+_add_policy_commands()
+
+
+@app.command()
+def revoke(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    key: Annotated[
+        Path,
+        typer.Option("--key", help="Your private key (PEM): an approver's, or the policy owner's."),
+    ],
+    reason: Annotated[str, typer.Option("--reason", help="Why; signed into the revocation.")],
+    version: Annotated[
+        str | None, typer.Option("--version", help="Revoke this version, for every stage.")
+    ] = None,
+    approval: Annotated[
+        str | None,
+        typer.Option("--approval", help="Revoke the approval stored at this registry key."),
+    ] = None,
+    key_id: Annotated[
+        str | None,
+        typer.Option("--key-id", help="Revoke this key (its sha256 key id, as bundles name it)."),
+    ] = None,
+    effective_from: Annotated[
+        str | None,
+        typer.Option(
+            "--from", help="With --key-id: refuse what it signed from then (default now)."
+        ),
+    ] = None,
+    approver: Annotated[
+        str | None,
+        typer.Option(
+            "--as",
+            help="Approver name (default: the key file's name; the owner's key signs as "
+            "policy-owner).",
+        ),
+    ] = None,
+    registry: RegistryOpt = None,
+    s3_endpoint_url: EndpointOpt = None,
+    keys: KeysOpt = None,
+) -> None:
+    """Sign and store a revocation of an approval, a version or a key; the gate then refuses
+    it (exit 1 if you may not revoke it)."""
+    from secmlops.controls.revocation import revoke as revoke_target
+    from secmlops.policy import load_gate_policy
+
+    chosen = [
+        (kind, target)
+        for kind, target in (("approval", approval), ("version", version), ("key", key_id))
+        if target
+    ]
+    if len(chosen) != 1:
+        raise InputError(
+            "say what to revoke: exactly one of --version, --approval or --key-id",
+            where="revoke",
+            fix="e.g. secmlops revoke MODEL --version v3 --reason '...' --key KEY.pem",
+        )
+    kind, target = chosen[0]
+    if effective_from and kind != "key":
+        raise InputError("--from applies to --key-id only", where="--from")
+    revocation = revoke_target(
+        _models(model, registry, s3_endpoint_url),
+        kind="approval" if kind == "approval" else "version" if kind == "version" else "key",
+        target=target,
+        reason=reason,
+        private_key=key,
+        name=approver,
+        keys=_keys(keys),
+        policy=load_gate_policy().approval,
+        effective_from=effective_from,
+    )
+    typer.echo(f"revoked {kind} {target}: {revocation.describe()}")
 
 
 def _is_validation_error(exc: Exception) -> bool:

@@ -1,15 +1,19 @@
 """Staged deploy: move a stage pointer only after the deploy gate verified everything.
 
 ``promote_to_stage`` runs :func:`secmlops.gate.verify_release`, writes a signed SLSA
-Verification Summary (VSA) for the version and stage, then moves the stage pointer by
-compare-and-swap. ``rollback_stage`` takes the stage back to the version it served before,
-through the same gate. Every outcome, refusals included, goes to the audit log.
+Verification Summary (VSA) for the version and stage, then publishes a gate-signed stage
+pointer (:mod:`secmlops.registry.pointers`): it claims the next sequence in the signed stage
+history create-only and moves the pointer by compare-and-swap. ``rollback_stage`` takes the
+stage back to a version it served before, through the same gate, with a new, higher
+sequence; ``refresh_stage`` re-verifies and re-signs an expiring pointer. Every outcome,
+refusals included, goes to the signed audit log (:mod:`secmlops.audit`): an ``intent``
+before the pointer moves and an ``outcome`` after.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import uuid
 from dataclasses import dataclass
 
 from secmlops.controls.approval import (
@@ -52,8 +56,16 @@ from secmlops.gate import (
 from secmlops.registry.models import (
     ModelRegistry,
     StagePointer,
-    canonical_json,
     stamped,
+)
+from secmlops.registry.pointers import (
+    POINTER_VALID_DAYS,
+    SeenPointers,
+    history_tip,
+    new_pointer,
+    role_signer,
+    sign_pointer,
+    verify_pointer_signature,
 )
 from secmlops.registry.stores import WriteConflict
 
@@ -84,11 +96,16 @@ class Promotion:
     vsa_key: str
 
 
+def _policy_digest(policy: GatePolicy) -> str:
+    """The digest of the (signed) policy in force, recorded in VSAs and audit entries."""
+    return policy.digest
+
+
 def vsa_statement(
     models: ModelRegistry, report: GateReport, policy: GatePolicy
 ) -> dict[str, object]:
     """SLSA Verification Summary v1 for a version that passed the gate for a stage."""
-    policy_digest = hashlib.sha256(canonical_json(policy.model_dump(mode="json"))).hexdigest()
+    policy_digest = _policy_digest(policy)
     vsa = VsaPredicate(
         verifier=Verifier(id=VERIFIER_ID),
         time_verified=utc_now(),
@@ -127,10 +144,24 @@ def promote_to_stage(
     policy: GatePolicy,
     actor: str,
     reason: str = "promote",
+    seen: SeenPointers | None = None,
 ) -> Promotion:
-    """Verify ``version`` for ``stage``, write its VSA, and move the stage pointer to it."""
+    """Verify ``version`` for ``stage``, write its VSA, and move the stage pointer to it.
+
+    The new pointer is signed by the gate, takes the next sequence of the signed stage
+    history and links to its newest entry. The audit log gets an ``intent`` (gate-signed)
+    before the pointer moves and an ``outcome`` after; a lost race is audited
+    (``race-lost``) and its VSA marked ``superseded``. ``reason``: ``promote``,
+    ``rollback`` or ``refresh``. ``seen``: where this machine remembers verified pointers
+    (default :meth:`SeenPointers.default`).
+    """
     stage = check_stage(stage)
+    gate_signer = role_signer(keys, "gate")
+    policy_digest = _policy_digest(policy)
+    # Read before the (long) gate run: a promotion that lands meanwhile takes our sequence.
     current, current_obj = models.read_pointer(stage)
+    tip, taken = history_tip(models, stage, keys.trusted("gate"))
+    sequence = max(taken, _signed_sequence(models, current, keys, stage)) + 1
     try:
         report = verify_release(models, version, stage, keys=keys, policy=policy)
     except Exception as exc:
@@ -138,60 +169,114 @@ def promote_to_stage(
         with contextlib.suppress(Exception):
             models.audit(
                 "refused" if isinstance(exc, ControlRefused) else "failed",
+                signer=gate_signer,
                 version=version,
                 stage=stage,
                 actor=actor,
-                reason=reason,
+                action=reason,
+                policyDigest=policy_digest,
                 error=str(exc),
                 details=exc.details if isinstance(exc, SecMLOpsError) else {},
             )
         raise
-    bundle = sign_statement(
-        vsa_statement(models, report, policy), load_private_key(keys.require(keys.private("gate")))
-    )
+    bundle = sign_statement(vsa_statement(models, report, policy), gate_signer)
     vsa_key, vsa_sha = models.put_evidence(version, stamped(f"vsa-{stage}"), bundle)
-    history = list(current.history) if current else []
-    if current:
-        history.append(
-            {
-                "version": current.version,
-                "modelDigest": current.model_digest,
-                "promotedAt": current.promoted_at,
-                "vsa": current.vsa,
-            }
-        )
-    pointer = StagePointer(
-        model=models.model,
-        stage=stage,
-        version=version,
-        model_digest=report.model_digest,
-        vsa=vsa_key,
-        vsa_sha256=vsa_sha,
-        promoted_at=utc_now(),
-        promoted_by=actor,
-        reason=reason,
-        history=history[-HISTORY_LIMIT:],
+    pointer = sign_pointer(
+        new_pointer(
+            model=models.model,
+            stage=stage,
+            version=version,
+            model_digest=report.model_digest,
+            vsa=vsa_key,
+            vsa_sha256=vsa_sha,
+            actor=actor,
+            reason=reason,
+            tip=tip,
+            sequence=sequence,
+            valid_days=int(getattr(policy, "pointer_valid_days", POINTER_VALID_DAYS)),
+            history_limit=HISTORY_LIMIT,
+        ),
+        gate_signer,
+    )
+    operation = uuid.uuid4().hex
+    facts = {
+        "operation": operation,
+        "version": version,
+        "stage": stage,
+        "vsa": vsa_key,
+        "vsaSha256": vsa_sha,
+        "sequence": sequence,
+    }
+    models.audit(
+        "intent",
+        signer=gate_signer,
+        action=reason,
+        actor=actor,
+        previous=tip.version if tip else None,
+        policyDigest=policy_digest,
+        **facts,
     )
     try:
         models.move_pointer(pointer, current_obj)
     except WriteConflict as exc:
+        models.audit("outcome", signer=gate_signer, result="race-lost", error=str(exc), **facts)
+        models.audit(
+            "superseded",
+            signer=gate_signer,
+            reason="lost the race to move the stage pointer; this VSA never served",
+            **facts,
+        )
         raise WriteConflict(
             f"{stage} pointer moved while promoting {version}: {exc.message}",
             where=exc.where,
             fix=exc.fix,
-            details={**exc.details, "vsa": vsa_key},
+            details={**exc.details, "vsa": vsa_key, "superseded": True},
             reason=DeployRefusal.POINTER_RACE_LOST,
             result=report,
         ) from exc
+    except Exception as exc:
+        with contextlib.suppress(Exception):
+            models.audit("outcome", signer=gate_signer, result="failed", error=str(exc), **facts)
+        raise
     models.audit(
-        "rolled-back" if reason == "rollback" else "promoted",
-        version=version,
-        stage=stage,
-        actor=actor,
-        previous=current.version if current else None,
-        vsa=vsa_key,
+        "outcome",
+        signer=gate_signer,
+        result=_DONE.get(reason, "promoted"),
+        pointerSha256=pointer.sha256,
+        **facts,
     )
+    (seen or SeenPointers.default()).remember(models, pointer, stage=stage)
     return Promotion(pointer=pointer, report=report, vsa_key=vsa_key)
+
+
+_DONE = {"promote": "promoted", "rollback": "rolled-back", "refresh": "refreshed"}
+
+
+def _signed_sequence(
+    models: ModelRegistry, current: StagePointer | None, keys: KeyDirectory, stage: str
+) -> int:
+    """The stored pointer's sequence if the gate signed it (0 otherwise): a new pointer
+    must go above it even if its history entry is gone, or readers that saw it refuse."""
+    if current is None:
+        return 0
+    try:
+        verify_pointer_signature(models, current, keys.trusted("gate"), stage=stage)
+    except ControlRefused:
+        return 0
+    return current.sequence
+
+
+def _signed_history(
+    models: ModelRegistry, stage: str, keys: KeyDirectory
+) -> tuple[StagePointer | None, list[dict[str, object]]]:
+    """The stage's newest gate-signed history entry and what it served before (newest
+    last). Without a signed history (a pointer from before issue 8): the stored pointer
+    and its unsigned history; each candidate is re-verified through the gate anyway."""
+    tip, _ = history_tip(models, stage, keys.trusted("gate"))
+    if tip is not None:
+        return tip, [*tip.history]
+    current, _ = models.read_pointer(stage)
+    return current, list(current.history) if current else []
 
 
 def rollback_stage(
@@ -202,18 +287,24 @@ def rollback_stage(
     policy: GatePolicy,
     actor: str,
     to_version: str | None = None,
+    seen: SeenPointers | None = None,
 ) -> Promotion:
-    """Move ``stage`` back to the version it served before (or ``to_version``), re-verified."""
+    """Move ``stage`` back to the version it served before (or ``to_version``), re-verified.
+
+    Candidates come from the signed stage history (what the newest gate-signed pointer
+    says the stage served before), skipping versions whose VSA was superseded; the rollback
+    writes a new pointer with a higher sequence, so it verifies like any promotion.
+    """
     stage = check_stage(stage)
-    current, _ = models.read_pointer(stage)
+    current, history = _signed_history(models, stage, keys)
     if current is None:
         raise InputError(
             f"{models.model} has nothing in {stage} to roll back", where=f"stage:{stage}"
         )
-    # The pointer's history is unsigned: only versions with a gate-signed VSA for this
-    # stage count as "served before". The target then goes through the full gate again.
+    # Only versions with a gate-signed (not superseded) VSA for this stage count as
+    # "served before". The target then goes through the full gate again.
     candidates: list[str] = []
-    for entry in reversed(current.history):
+    for entry in reversed(history):
         version = str(entry.get("version", ""))
         if version == current.version or version in candidates:
             continue
@@ -235,7 +326,50 @@ def rollback_stage(
             fix=f"earlier versions: {', '.join(candidates) or 'none'}",
         )
     return promote_to_stage(
-        models, to_version, stage, keys=keys, policy=policy, actor=actor, reason="rollback"
+        models,
+        to_version,
+        stage,
+        keys=keys,
+        policy=policy,
+        actor=actor,
+        reason="rollback",
+        seen=seen,
+    )
+
+
+def refresh_stage(
+    models: ModelRegistry,
+    stage: str,
+    *,
+    keys: KeyDirectory,
+    policy: GatePolicy,
+    actor: str,
+    seen: SeenPointers | None = None,
+) -> Promotion:
+    """Re-verify what the signed stage history says ``stage`` serves through the full gate
+    (under today's policy) and re-sign its pointer with a new expiry and a higher sequence.
+
+    The answer to an expired pointer. The version comes from the newest gate-signed
+    history entry, never from an unsigned or replayed pointer.
+    """
+    stage = check_stage(stage)
+    tip, _ = history_tip(models, stage, keys.trusted("gate"))
+    if tip is None:
+        raise ControlRefused(
+            f"{stage} has no gate-signed pointer to refresh",
+            where=models.store.describe(models.stage_key(stage)),
+            fix=f"promote a version: `secmlops promote {models.model} VERSION --stage {stage}`",
+            reason=DeployRefusal.NOTHING_DEPLOYED,
+        )
+    return promote_to_stage(
+        models,
+        tip.version,
+        stage,
+        keys=keys,
+        policy=policy,
+        actor=actor,
+        reason="refresh",
+        seen=seen,
     )
 
 

@@ -13,13 +13,19 @@ Nothing in the registry is trusted as stored. The gate downloads the model and c
                     predicate validates against the control's model, and the control's
                     check passes (about the right digest, says pass; the scan is re-judged
                     against the current scan policy, not trusted by its stored verdict);
-4. ``approval``     the policy's number of distinct valid approvers for this stage
+4. ``revocation``   no signed revocation (:mod:`secmlops.controls.revocation`) withdraws
+                    this version or its model digest, and no evidence was signed with a key
+                    revoked before it signed;
+5. ``approval``     the policy's number of distinct valid approvers for this stage
                     (``required_approvals``), each signed by an allowed approver's own key
                     (or attestor-signed where the policy lets an anonymous Prefect UI
                     decision or a dev auto-approval count), about this exact release, within
-                    separation of duties; no valid rejection newer than the newest approval;
-5. ``staged``       (production) the version passed the gate for staging and its staging
-                    smoke test passed.
+                    separation of duties, not revoked, not older than the age limit (30 days
+                    for production by default), all decided after the newest valid rejection
+                    (a rejection overrides every approval before it);
+6. ``staged``       (production) a staging VSA that still counts (none of its approvals
+                    revoked since) and a staging smoke test whose stored accuracy meets the
+                    ``min_smoke_accuracy`` in force now, not the floor it ran under.
 
 Any failure raises ``ControlRefused`` listing every failed check, with the first failed
 check's :class:`GateRefusal` as its ``reason`` and the :class:`GateReport` as its ``result``.
@@ -28,14 +34,16 @@ check's :class:`GateRefusal` as its ``reason`` and the :class:`GateReport` as it
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import functools
 import tempfile
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from secmlops._internal.digests import sha256_bytes, tree_digest
 from secmlops.catalogue import (
@@ -52,13 +60,20 @@ from secmlops.catalogue import (
 )
 from secmlops.controls.approval import ApprovalPolicy, Stage, check_stage
 from secmlops.controls.image_scan import ScanPolicy
+from secmlops.controls.revocation import (
+    Revocations,
+    load_revocations,
+    signed_time,
+    statement_digest,
+)
 from secmlops.controls.signing import verify_model_signature
 from secmlops.errors import ControlRefused, RefusalReason, SecMLOpsError
-from secmlops.evidence.keys import ROLES, KeyDirectory
+from secmlops.evidence.keys import KeyDirectory
 from secmlops.evidence.predicates import (
     VERIFIER_ID,
     ApprovalPredicate,
     ReleasePredicate,
+    ResourceDescriptor,
     VsaPredicate,
 )
 from secmlops.evidence.statements import (
@@ -66,11 +81,22 @@ from secmlops.evidence.statements import (
     EvidenceRefusal,
     TrustedKeys,
     VerifiedStatement,
-    key_id,
-    load_public_key,
+    parse_time,
     verify_bundle,
 )
-from secmlops.registry.models import ModelRegistry, StagePointer, parse_json_object
+from secmlops.registry.models import (
+    ModelRegistry,
+    StagePointer,
+    canonical_json,
+    parse_json_object,
+)
+from secmlops.registry.pointers import (
+    PointerRefusal,
+    SeenPointers,
+    check_fresh,
+    check_stage_history,
+    verify_pointer_signature,
+)
 from secmlops.site import Sources
 
 #: Build-time evidence every release must carry, and the predicate each must have (from
@@ -82,6 +108,7 @@ _FROM_EVIDENCE_REFUSAL = {
     EvidenceRefusal.NOT_A_STATEMENT: GateRefusal.MALFORMED_EVIDENCE,
     EvidenceRefusal.UNTRUSTED_SIGNER: GateRefusal.UNTRUSTED_SIGNER,
     EvidenceRefusal.BAD_SIGNATURE: GateRefusal.BAD_SIGNATURE,
+    EvidenceRefusal.KEY_NOT_VALID: GateRefusal.UNTRUSTED_SIGNER,
 }
 
 
@@ -106,10 +133,42 @@ def _with_reason(exc: SecMLOpsError, reason: RefusalReason) -> ControlRefused:
     )
 
 
+@dataclass(frozen=True)
+class PolicyRef:
+    """Which signed policy file a :class:`GatePolicy` came from (set when it is loaded and
+    verified by :func:`secmlops.policy.load_gate_policy`; never read from the YAML)."""
+
+    #: The policy file as loaded, and the sha256 of its exact bytes (what the owner signed).
+    path: str
+    sha256: str
+    #: The signature file, the trust root's name for the key that signed it and its key id.
+    signature: str
+    signer: str
+    key_id: str
+    #: The predicate's ``owner`` and ``signedAt``; the policy's ``expires`` (ISO date).
+    owner: str
+    signed_at: str
+    expires: str | None
+    #: Signed by the embedded demo's own owner key, the signature kept in its state home
+    #: (never with site keys).
+    demo_signed: bool = False
+
+
 class GatePolicy(BaseModel):
-    """What the deploy gate demands. Built from blocks; defaults are the strict ones."""
+    """What the deploy gate demands. Built from blocks; defaults are the strict ones.
+
+    Loaded from a policy file signed by a policy owner (:mod:`secmlops.policy`), whose
+    digest and signer are :attr:`source`: every VSA and audit entry records them.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: ``production`` accepts no demo key (the gate refuses evidence signed by one, see
+    #: :meth:`require_key_allowed`) and needs ``max_approval_age_days`` and
+    #: ``scan.unsafe_allow_curated_db: false``. A policy file must say which it is.
+    environment: Literal["demo", "production"] = "demo"
+    #: Last day (UTC) the policy may be used; required for a policy a site signs.
+    expires: dt.date | None = None
 
     approval: ApprovalPolicy = ApprovalPolicy()
     scan: ScanPolicy = ScanPolicy()
@@ -123,6 +182,84 @@ class GatePolicy(BaseModel):
     #: The named sources runs may select (datasets, images, registries, the Trivy DB);
     #: site configuration, never a run parameter (:mod:`secmlops.site`).
     sources: Sources = Sources()
+
+    _source: PolicyRef | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _production_is_strict(self) -> GatePolicy:
+        if self.environment == "production":
+            missing = []
+            if self.max_approval_age_days is None:
+                missing.append("max_approval_age_days (approvals must expire)")
+            if self.scan.unsafe_allow_curated_db:
+                missing.append("scan.unsafe_allow_curated_db: false (a real Trivy DB)")
+            if missing:
+                raise ValueError(f"a production policy needs {' and '.join(missing)}")
+        return self
+
+    @property
+    def source(self) -> PolicyRef | None:
+        """The signed file this policy was loaded from; ``None`` for one built in code."""
+        return self._source
+
+    def with_source(self, source: PolicyRef) -> GatePolicy:
+        """This policy, recorded as loaded from the signed file ``source``."""
+        policy = self.model_copy()
+        policy._source = source
+        return policy
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the signed policy file's bytes (of the canonical JSON of the settings
+        for a policy built in code, which no owner signed)."""
+        if self._source is not None:
+            return self._source.sha256
+        return sha256_bytes(canonical_json(self.model_dump(mode="json")))
+
+    def descriptor(self, stage: str) -> ResourceDescriptor:
+        """The VSA's ``policy``: the policy file by digest, with who signed it and until when."""
+        src = self._source
+        notes: dict[str, Any] = {"environment": self.environment}
+        if src is not None:
+            notes |= {"signer": src.signer, "signerKeyId": src.key_id, "owner": src.owner}
+            notes |= {"signedAt": src.signed_at, "demoSigned": src.demo_signed}
+            if src.expires:
+                notes["expires"] = src.expires
+        else:
+            notes["signed"] = False
+        return ResourceDescriptor(
+            uri=f"secmlops:gate-policy/{stage}",
+            name=Path(src.path).name if src else None,
+            digest={"sha256": self.digest},
+            annotations=notes,
+        )
+
+    def audit_record(self) -> dict[str, Any]:
+        """What an audit entry records about the policy in force (``policy=`` field)."""
+        src = self._source
+        return {
+            "sha256": self.digest,
+            "environment": self.environment,
+            "path": src.path if src else None,
+            "signerKeyId": src.key_id if src else None,
+            "expires": src.expires if src else None,
+        }
+
+    def require_key_allowed(self, keys: KeyDirectory, key_id: str, *, where: str) -> None:
+        """Refuse (``UNTRUSTED_SIGNER``) evidence signed by a demo key under a production
+        policy; the gate calls this for every signature it accepts."""
+        if self.environment != "production":
+            return
+        from secmlops.policy import demo_key_ids  # policy imports this module
+
+        if key_id in demo_key_ids(keys):
+            raise ControlRefused(
+                f"signed by demo key {key_id[:16]}…, which a production policy does not accept",
+                where=where,
+                fix="sign with the site's keys (SECMLOPS_KEYS / the trust root), not the "
+                "embedded demo's",
+                reason=EvidenceRefusal.UNTRUSTED_SIGNER,
+            )
 
 
 @dataclass
@@ -258,8 +395,13 @@ class _Gate:
         entry: Control[Any],
         *,
         expected_sha256: str | None = None,
+        at: dt.datetime | None = None,
     ) -> tuple[Evidence[Any], str]:
-        """Read ``key`` once; hash, verify and type those same bytes. Returns (evidence, sha)."""
+        """Read ``key`` once; hash, verify and type those same bytes. Returns (evidence, sha).
+
+        ``at``: when the evidence was signed, if the caller knows better than the statement
+        (build evidence: the release manifest's creation time), for the key's validity window.
+        """
         where = self.models.store.describe(key)
         try:
             raw = self.models.store.read(key)
@@ -276,7 +418,7 @@ class _Gate:
             bundle = parse_json_object(raw, where)
         except ControlRefused as exc:
             raise _with_reason(exc, GateRefusal.MALFORMED_EVIDENCE) from exc
-        verified = verify_bundle(bundle, trusted, where=where)
+        verified = verify_bundle(bundle, trusted, where=where, at=at)
         evidence = entry.parse(verified, key)
         self.report.input_attestations.append({"uri": key, "digest": {"sha256": digest}})
         return evidence, digest
@@ -348,6 +490,7 @@ def verify_release(
     for entry in build_controls():
         gate.check(entry.name, functools.partial(_check_build_evidence, gate, entry))
 
+    gate.check("revocation", lambda: _check_revocations(gate, version))
     gate.check("approval", lambda: _check_approval(gate, version))
     if report.stage == "production":
         gate.check("staged", lambda: _check_staged(gate, version))
@@ -384,7 +527,13 @@ def _check_build_evidence(gate: _Gate, entry: Control[Any]) -> tuple[str, list[s
             f"release manifest points {entry.name} outside this version: {ref.key}",
             reason=GateRefusal.MISPLACED_EVIDENCE,
         )
-    ev, _ = gate.load(ref.key, gate.attestor, entry, expected_sha256=ref.sha256)
+    ev, _ = gate.load(
+        ref.key,
+        gate.attestor,
+        entry,
+        expected_sha256=ref.sha256,
+        at=parse_time(gate.release.created_at),
+    )
     gate.verified[entry.name] = ev
     gate.judge(entry, ev, gate.context(verified=dict(gate.verified)))
     return f"signed by {ev.signer}", [ref.key]
@@ -399,12 +548,9 @@ def _stage_evidence(gate: _Gate, version: str, prefix: str) -> list[str]:
 
 
 def role_key_ids(keys: KeyDirectory) -> dict[str, str]:
-    """Key id of each pipeline role key present in ``keys`` (no approver may sign with one)."""
-    return {
-        role: key_id(load_public_key(keys.public(role)))
-        for role in ROLES
-        if keys.public(role).is_file()
-    }
+    """Key id -> role of every pipeline role key the trust root lists (every key of a role,
+    rotated ones too): no approver may sign with one."""
+    return keys.role_key_ids()
 
 
 @dataclass
@@ -420,20 +566,94 @@ def _approval_trust(gate: _Gate, stage: Stage) -> TrustedKeys:
     """The allowed approvers' keys, plus the attestor (for auto and anonymous UI decisions;
     the catalogue check refuses those where the policy does not allow them)."""
     trusted = TrustedKeys()
-    for _, public in gate.attestor.keys.values():
-        trusted.add(ATTESTOR_SIGNER, public)
-    for kid, entry in gate.keys.trusted_approvers(gate.policy.approval.allowed(stage)).keys.items():
-        trusted.keys[kid] = entry  # an approver holding the attestor key: a role conflict
+    trusted.extend(gate.attestor, name=ATTESTOR_SIGNER)  # each key with its validity window
+    # An approver holding the attestor key: a role conflict (the catalogue check says so).
+    trusted.extend(gate.keys.trusted_approvers(gate.policy.approval.allowed(stage)))
     return trusted
+
+
+_REVOCATIONS: weakref.WeakKeyDictionary[_Gate, Revocations] = weakref.WeakKeyDictionary()
+
+
+def _revocations(gate: _Gate) -> Revocations:
+    """The signed revocations that count under the gate's policy (read once per gate run)."""
+    found = _REVOCATIONS.get(gate)
+    if found is None:
+        found = load_revocations(gate.models, keys=gate.keys, policy=gate.policy.approval)
+        _REVOCATIONS[gate] = found
+    return found
+
+
+def _check_revocations(gate: _Gate, version: str) -> tuple[str, list[str]]:
+    """No signed revocation withdraws this version (or its model digest), and no release or
+    build evidence was signed (by its own signed time) with a key revoked by then. Approvals
+    and staging evidence are checked where they are counted."""
+    revocations = _revocations(gate)
+    report = gate.report
+    revoked = revocations.of_version(version, report.model_digest or None)
+    if revoked is not None:
+        raise ControlRefused(
+            f"{gate.models.model} {version} is {revoked.describe()}",
+            where=revoked.key,
+            reason=GateRefusal.VERSION_REVOKED,
+        )
+    key = f"{gate.models.evidence_prefix(version)}/release.json"
+    raw = gate.models.store.read(key)
+    if sha256_bytes(raw) != report.release_sha256:
+        raise ControlRefused(
+            f"{key} changed while the gate ran", where=key, reason=GateRefusal.EVIDENCE_CHANGED
+        )
+    release = verify_bundle(parse_json_object(raw, key), gate.attestor, where=key)
+    # Build evidence without a time of its own was made before the manifest that names it.
+    created = signed_time(release.statement)
+    signed = [(key, release), *((ev.key, ev.statement) for ev in gate.verified.values())]
+    for what, st in signed:
+        by = revocations.signed_with_revoked_key(st, fallback=created)
+        if by is not None:
+            raise ControlRefused(
+                f"{what} was signed with a key {by.describe()}",
+                where=what,
+                reason=GateRefusal.KEY_REVOKED,
+            )
+    ignored = f", {len(revocations.ignored)} ignored" if revocations.ignored else ""
+    return f"no revocation applies ({len(revocations.items)} on record{ignored})", []
+
+
+def _not_revoked(ev: Evidence[ApprovalPredicate], sha256: str, revocations: Revocations) -> None:
+    """``ControlRefused`` if a decision was signed with a revoked key, or an approval revoked."""
+    pred = ev.predicate
+    by = revocations.signed_with_revoked_key(ev.statement)
+    if by is not None:
+        raise ControlRefused(
+            f"{ev.key}: {pred.approver}'s decision was signed with a key {by.describe()}",
+            where=ev.key,
+            reason=GateRefusal.KEY_REVOKED,
+        )
+    if pred.decision != "approved":
+        return
+    by = revocations.of_approval(
+        version=pred.version,
+        stage=pred.stage,
+        key=ev.key,
+        sha256=sha256,
+        statement_sha256=statement_digest(ev.statement.statement),
+    )
+    if by is not None:
+        raise ControlRefused(
+            f"{pred.approver}'s approval {ev.key} was {by.describe()}",
+            where=ev.key,
+            reason=GateRefusal.APPROVAL_REVOKED,
+        )
 
 
 def _sort_decisions(gate: _Gate, keys: list[str], ctx: GateContext) -> _Decisions:
     found = _Decisions()
     trusted = _approval_trust(gate, ctx.stage)
     entry = control("approval")
+    revocations = _revocations(gate)
     for key in keys:
         try:
-            ev, _ = gate.load(key, trusted, entry)
+            ev, sha256 = gate.load(key, trusted, entry)
             failed = [r for r in approval_authenticity(ev, ctx) if not r.passed]
             if not failed and ev.predicate.decision == "approved":
                 failed = [r for r in approval_conditions(ev, ctx) if not r.passed]
@@ -441,6 +661,7 @@ def _sort_decisions(gate: _Gate, keys: list[str], ctx: GateContext) -> _Decision
                 raise ControlRefused(
                     "; ".join(r.detail for r in failed), where=key, reason=failed[0].reason
                 )
+            _not_revoked(ev, sha256, revocations)
         except SecMLOpsError as exc:
             found.problems.append(exc)
             continue
@@ -452,8 +673,9 @@ def _sort_decisions(gate: _Gate, keys: list[str], ctx: GateContext) -> _Decision
 
 
 def _check_approval(gate: _Gate, version: str) -> tuple[str, list[str]]:
-    """Enough distinct valid approvers for this stage, for exactly this release, and no valid
-    rejection newer than the newest of them."""
+    """Enough distinct valid approvers for this stage, for exactly this release, none revoked,
+    all decided after the newest valid rejection: a rejection overrides every approval
+    decided before it (or in the same second: fail closed)."""
     report = gate.report
     stage = report.stage
     keys = _stage_evidence(gate, version, f"approval-{stage}")
@@ -464,38 +686,56 @@ def _check_approval(gate: _Gate, version: str) -> tuple[str, list[str]]:
     staging_approvers = _staging_approvers(gate, version) if stage == "production" else set()
     ctx = gate.context(
         staging_approvers=frozenset(staging_approvers),
-        role_key_ids=tuple(sorted(role_key_ids(gate.keys).items())),
+        role_key_ids=tuple(sorted(role_key_ids(gate.keys).items())),  # (key id, role)
     )
     found = _sort_decisions(gate, keys, ctx)
+    rejection = max(found.rejections, key=lambda r: r[1].predicate.decided_at, default=None)
+    cutoff = rejection[1].predicate.decided_at if rejection else None
+    standing = [
+        (k, ev) for k, ev in found.approvals if cutoff is None or ev.predicate.decided_at > cutoff
+    ]
+    overridden = sorted(
+        {ev.predicate.approver for k, ev in found.approvals if (k, ev) not in standing}
+    )
     counted: list[tuple[str, Evidence[ApprovalPredicate]]] = []
     names: set[str] = set()
     key_ids: set[str] = set()
     # Newest first: each person (or key) counts once, with their latest approval.
-    for key, ev in sorted(found.approvals, key=lambda a: a[1].predicate.decided_at, reverse=True):
+    for key, ev in sorted(standing, key=lambda a: a[1].predicate.decided_at, reverse=True):
         kid = "" if ev.signer == ATTESTOR_SIGNER else ev.statement.key_id
         if ev.predicate.approver in names or (kid and kid in key_ids):
             continue
         names.add(ev.predicate.approver)
         key_ids.add(kid)
         counted.insert(0, (key, ev))
-    newest = max((ev.predicate.decided_at for _, ev in counted), default="")
-    # A rejection decided in the same second as the newest approval still blocks: fail closed.
-    blocking = [(k, ev) for k, ev in found.rejections if ev.predicate.decided_at >= newest]
-    if blocking:
-        key, ev = max(blocking, key=lambda r: r[1].predicate.decided_at)
-        raise ControlRefused(
-            f"{ev.predicate.approver} rejected {version} for {stage} at "
-            f"{ev.predicate.decided_at}: {ev.predicate.comment or 'no reason given'}",
-            where=key,
-            reason=GateRefusal.APPROVAL_REJECTED,
-        )
     needed = gate.policy.approval.needed(stage)
     if len(counted) >= needed:
         report.approvals = [(ev.predicate.approver, ev.predicate.method) for _, ev in counted]
         report.approver, report.approval_method = report.approvals[0]
         who = ", ".join(f"{a} ({m})" for a, m in report.approvals)
         return f"approved by {who}", [k for k, _ in counted]
+    if rejection is not None:
+        key, ev = rejection
+        earlier = f"; it overrides the earlier approval of {', '.join(overridden)}"
+        raise ControlRefused(
+            f"{ev.predicate.approver} rejected {version} for {stage} at "
+            f"{ev.predicate.decided_at}: {ev.predicate.comment or 'no reason given'}"
+            + (earlier if overridden else "")
+            + f"; {len(counted)} of {needed} required approvals decided since",
+            where=key,
+            reason=GateRefusal.APPROVAL_REJECTED,
+        )
     problems = "; ".join(str(p) for p in found.problems)
+    revoked = [
+        p
+        for p in found.problems
+        if p.reason in (GateRefusal.APPROVAL_REVOKED, GateRefusal.KEY_REVOKED)
+    ]
+    if revoked:
+        raise ControlRefused(
+            f"{len(counted)} of {needed} required approvals for {stage}; not counted: {problems}",
+            reason=gate_reason(revoked[0]),
+        )
     if not counted and found.problems:
         # Several candidates may each fail differently; the first one's reason stands for all.
         raise ControlRefused(
@@ -551,36 +791,113 @@ def _release_digests(gate: _Gate, version: str) -> tuple[str, str]:
     return manifest.model_digest.sha256, sha
 
 
+def _vsa_revoked(
+    ev: Evidence[VsaPredicate], version: str, revocations: Revocations
+) -> ControlRefused | None:
+    """Why a staging VSA no longer counts: signed with a key revoked by then, or it counted
+    an approval revoked since (``None``: it still counts)."""
+    by = revocations.signed_with_revoked_key(ev.statement)
+    if by is not None:
+        return ControlRefused(
+            f"staging VSA {ev.key} was signed with a key {by.describe()}",
+            where=ev.key,
+            reason=GateRefusal.KEY_REVOKED,
+        )
+    counted = {e for c in ev.predicate.secmlops.checks if c.name == "approval" for e in c.evidence}
+    for attestation in ev.predicate.input_attestations:
+        if attestation.uri not in counted:
+            continue
+        by = revocations.of_approval(
+            version=version,
+            stage="staging",
+            key=attestation.uri,
+            sha256=(attestation.digest or {}).get("sha256", ""),
+            statement_sha256="",
+        )
+        if by is not None:
+            return ControlRefused(
+                f"staging VSA {ev.key} counted the approval {attestation.uri}, which was "
+                f"{by.describe()}",
+                where=ev.key,
+                reason=GateRefusal.APPROVAL_REVOKED,
+            )
+    return None
+
+
 def _check_staged(gate: _Gate, version: str) -> tuple[str, list[str]]:
-    """Production needs a passing staging gate (VSA) and a passing staging smoke test."""
-    vsas = _staging_vsas(gate, version)
+    """Production needs a passing staging gate (VSA) and a passing staging smoke test, both
+    re-judged now: a VSA that counted a since-revoked approval and evidence signed with a
+    revoked key do not count, and the smoke test's stored accuracy must meet the
+    ``min_smoke_accuracy`` of the policy in force (whatever floor it was run under)."""
+    revocations = _revocations(gate)
+    vsas: list[tuple[str, Evidence[VsaPredicate]]] = []
+    dropped: list[ControlRefused] = []
+    for key, ev in _staging_vsas(gate, version):
+        problem = _vsa_revoked(ev, version, revocations)
+        if problem is None:
+            vsas.append((key, ev))
+        else:
+            dropped.append(problem)
     if not vsas:
+        if dropped:
+            raise ControlRefused(
+                f"{version} has no staging VSA that still counts: "
+                + "; ".join(p.message for p in dropped),
+                reason=gate_reason(dropped[0]),
+            )
         raise ControlRefused(
             f"{version} never passed the gate for staging; promote it to staging first",
             reason=GateRefusal.NOT_STAGED,
         )
     entry = control("smoke-test")
     ctx = gate.context(stage="staging")
+    failures: list[SecMLOpsError] = []
     for key in _stage_evidence(gate, version, "smoke-test-staging"):
         try:
-            ev, _ = gate.load(key, gate.attestor, entry)
-            gate.judge(entry, ev, ctx)
-        except SecMLOpsError:
+            smoke, _ = gate.load(key, gate.attestor, entry)
+            by = revocations.signed_with_revoked_key(smoke.statement)
+            if by is not None:
+                raise ControlRefused(
+                    f"{key} was signed with a key {by.describe()}",
+                    where=key,
+                    reason=GateRefusal.KEY_REVOKED,
+                )
+            gate.judge(entry, smoke, ctx)
+        except SecMLOpsError as exc:
+            failures.append(exc)
             continue
-        return "passed the staging gate and the staging smoke test", [vsas[0][0], key]
+        floor = gate.policy.min_smoke_accuracy
+        return (
+            f"passed the staging gate and the staging smoke test (accuracy "
+            f"{smoke.predicate.accuracy:.4f} >= min_smoke_accuracy {floor:g})",
+            [vsas[0][0], key],
+        )
+    if not failures:
+        raise ControlRefused(
+            f"{version} has no staging smoke test", reason=GateRefusal.SMOKE_TEST_FAILED
+        )
+    reasons = [gate_reason(f, GateRefusal.SMOKE_TEST_FAILED) for f in failures]
+    reason = GateRefusal.first_of(
+        r for r in reasons if r in (GateRefusal.SMOKE_BELOW_FLOOR, GateRefusal.KEY_REVOKED)
+    )
     raise ControlRefused(
-        f"{version} has no passing staging smoke test", reason=GateRefusal.SMOKE_TEST_FAILED
+        f"{version} has no passing staging smoke test: " + "; ".join(f.message for f in failures),
+        reason=reason or reasons[0],
     )
 
 
 def passed_gate_before(models: ModelRegistry, version: str, stage: str, keys: KeyDirectory) -> bool:
     """True if a gate-signed VSA says ``version`` passed the gate for ``stage`` before.
 
-    Rollback targets come from the stage pointer's history, which is not signed; this is
-    what makes a history entry count.
+    Rollback targets come from the signed stage history; this is what makes a history
+    entry count. A VSA the audit log marks ``superseded`` (it lost a promotion race and
+    never served) does not.
     """
+    from secmlops.audit import superseded_vsas
+
     trusted = keys.trusted("gate")
     prefix = f"vsa-{check_stage(stage)}-"
+    superseded: frozenset[str] | None = None
     for key in models.evidence_keys(version):
         if not key.rsplit("/", 1)[-1].startswith(prefix):
             continue
@@ -590,22 +907,51 @@ def passed_gate_before(models: ModelRegistry, version: str, stage: str, keys: Ke
             continue
         if (
             vsa_problem(st, model=models.model, version=version, stage=stage, model_digest=None)
-            is None
+            is not None
         ):
+            continue
+        if superseded is None:
+            superseded = superseded_vsas(models, keys)
+        if key not in superseded:
             return True
     return False
 
 
 def verify_pointer_vsa(
-    models: ModelRegistry, stage: str, pointer: StagePointer, keys: KeyDirectory
+    models: ModelRegistry,
+    stage: str,
+    pointer: StagePointer,
+    keys: KeyDirectory,
+    *,
+    seen: SeenPointers | None = None,
+    now: dt.datetime | None = None,
+    allow_expired: bool = False,
 ) -> None:
-    """Check what a stage pointer names is vouched for by its VSA; ``ControlRefused`` if not.
+    """Check a stage pointer and what it names; ``ControlRefused`` if anything is off.
 
-    Stage pointers are not signed; their VSA is. It must be the one the pointer names (same
-    bytes), signed by the gate key, written by this gate, PASSED, and about exactly the
-    pointer's model, version, stage and digest.
+    The pointer must be signed by the gate key (:class:`PointerRefusal` ``POINTER_UNSIGNED``
+    / ``POINTER_BAD_SIGNATURE`` / ``POINTER_MISMATCH``), be the newest entry of the signed
+    stage history and not older than the last pointer this machine verified
+    (``POINTER_ROLLED_BACK`` / ``POINTER_FORKED``), and not be expired (``POINTER_EXPIRED``,
+    unless ``allow_expired``). Its VSA must be the one it names (same bytes), signed by the
+    gate key, written by this gate, PASSED, and about exactly the pointer's model, version,
+    stage and digest (``GateRefusal.POINTER_NOT_VOUCHED``). Once all that holds, the
+    pointer is remembered in ``seen`` (default :meth:`SeenPointers.default`, the state
+    home's ``trusted-pointers.json``).
     """
     where = f"stage:{stage}"
+    trusted_gate = keys.trusted("gate")
+    seen = seen or SeenPointers.default()
+    verify_pointer_signature(models, pointer, trusted_gate, stage=stage)
+    check_stage_history(models, pointer, trusted_gate, stage=stage)
+    seen.check(models, pointer, stage=stage)
+    expiry: ControlRefused | None = None
+    try:
+        check_fresh(pointer, where=models.store.describe(models.stage_key(stage)), now=now)
+    except ControlRefused as exc:
+        if not allow_expired:
+            raise
+        expiry = exc
     expected_prefix = models.evidence_prefix(pointer.version) + f"/vsa-{stage}-"
     if not pointer.vsa.startswith(expected_prefix):
         raise ControlRefused(
@@ -620,9 +966,7 @@ def verify_pointer_vsa(
             where=where,
             reason=GateRefusal.POINTER_NOT_VOUCHED,
         )
-    vsa = verify_bundle(
-        parse_json_object(raw, pointer.vsa), keys.trusted("gate"), where=pointer.vsa
-    )
+    vsa = verify_bundle(parse_json_object(raw, pointer.vsa), trusted_gate, where=pointer.vsa)
     problem = vsa_problem(
         vsa,
         model=models.model,
@@ -636,6 +980,8 @@ def verify_pointer_vsa(
             where=where,
             reason=GateRefusal.POINTER_NOT_VOUCHED,
         )
+    if expiry is None:
+        seen.remember(models, pointer, stage=stage)
 
 
 __all__ = [
@@ -645,6 +991,8 @@ __all__ = [
     "GatePolicy",
     "GateRefusal",
     "GateReport",
+    "PointerRefusal",
+    "PolicyRef",
     "gate_reason",
     "passed_gate_before",
     "role_key_ids",

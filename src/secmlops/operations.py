@@ -8,12 +8,19 @@ the ``secmlops`` CLI both call these.
 from __future__ import annotations
 
 from secmlops.controls.approval import check_stage
-from secmlops.deploy import DeployRefusal, promote_to_stage, record_approval, rollback_stage
+from secmlops.deploy import (
+    DeployRefusal,
+    promote_to_stage,
+    record_approval,
+    refresh_stage,
+    rollback_stage,
+)
 from secmlops.errors import ControlRefused
 from secmlops.evidence.keys import KeyDirectory
 from secmlops.gate import GatePolicy, GateReport, verify_pointer_vsa, verify_release
 from secmlops.policy import load_gate_policy
 from secmlops.registry.models import ModelRegistry, StagePointer
+from secmlops.registry.pointers import SeenPointers
 
 
 def promote_version(
@@ -50,9 +57,15 @@ def rollback_version(
 
 
 def verify_stage(
-    models: ModelRegistry, stage: str, *, keys: KeyDirectory, policy: GatePolicy | None = None
+    models: ModelRegistry,
+    stage: str,
+    *,
+    keys: KeyDirectory,
+    policy: GatePolicy | None = None,
+    seen: SeenPointers | None = None,
 ) -> tuple[StagePointer, GateReport]:
-    """Re-verify what ``stage`` serves now: its pointer's VSA, then the full deploy gate."""
+    """Re-verify what ``stage`` serves now: its signed pointer (fresh, not rolled back) and
+    its VSA, then the full deploy gate. ``ControlRefused`` on any problem."""
     pointer, _ = models.read_pointer(check_stage(stage))
     if pointer is None:
         raise ControlRefused(
@@ -60,8 +73,29 @@ def verify_stage(
             where=f"{models.model}:{stage}",
             reason=DeployRefusal.NOTHING_DEPLOYED,
         )
-    verify_pointer_vsa(models, stage, pointer, keys)
+    verify_pointer_vsa(models, stage, pointer, keys, seen=seen)
     report = verify_release(
         models, pointer.version, stage, keys=keys, policy=policy or load_gate_policy()
     )
     return pointer, report
+
+
+def refresh_stage_pointer(
+    models: ModelRegistry,
+    stage: str,
+    *,
+    keys: KeyDirectory,
+    policy: GatePolicy | None = None,
+    seen: SeenPointers | None = None,
+) -> tuple[StagePointer, GateReport]:
+    """``verify-stage --refresh``: re-verify what the signed stage history says ``stage``
+    serves through the full gate and re-sign its pointer (new expiry, higher sequence)."""
+    promotion = refresh_stage(
+        models,
+        check_stage(stage),
+        keys=keys,
+        policy=policy or load_gate_policy(),
+        actor="operator",
+        seen=seen,
+    )
+    return promotion.pointer, promotion.report

@@ -29,7 +29,7 @@ from secmlops.evidence.predicates import (
 )
 from secmlops.evidence.statements import (
     PREDICATE_RELEASE,
-    PrivateKey,
+    SigningKey,
     Subject,
     make_statement,
     sign_statement,
@@ -99,7 +99,7 @@ class ReleaseEvidence:
         register_release(models, model_dir, sig, evidence.bundles, inputs, attestor=evidence.key)
     """
 
-    key: PrivateKey
+    key: SigningKey
     bundles: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def add(self, name: str, statement: Mapping[str, Any]) -> None:
@@ -129,7 +129,7 @@ def register_release(
     evidence: Mapping[str, dict[str, Any]],
     inputs: ReleaseInputs,
     *,
-    attestor: PrivateKey,
+    attestor: SigningKey,
 ) -> Registration:
     """Claim the next version, upload model + signature + evidence, then the signed manifest.
 

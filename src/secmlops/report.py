@@ -7,12 +7,11 @@ from typing import Any
 
 from secmlops.catalogue import Control, Evidence, control_for_evidence, evidence_order
 from secmlops.errors import ControlRefused, RefusalReason, SecMLOpsError
-from secmlops.evidence.keys import ROLES, KeyDirectory
+from secmlops.evidence.keys import KeyDirectory
 from secmlops.evidence.predicates import ApprovalPredicate
 from secmlops.evidence.statements import (
     TrustedKeys,
     VerifiedStatement,
-    load_public_key,
     verify_bundle,
 )
 from secmlops.gate import verify_pointer_vsa
@@ -54,15 +53,8 @@ class EvidenceItem:
 
 
 def _all_trusted(keys: KeyDirectory) -> TrustedKeys:
-    trusted = TrustedKeys()
-    for role in ROLES:
-        if keys.public(role).is_file():
-            trusted.add(role, load_public_key(keys.public(role)))
-    approvers = keys.root / "approvers"
-    if approvers.is_dir():
-        for pub in sorted(approvers.glob("*.pub")):
-            trusted.add(f"approver:{pub.stem}", load_public_key(pub))
-    return trusted
+    """Every key the trust root lists (roles and approvers, rotated ones with their windows)."""
+    return keys.trusted_all()
 
 
 def _rank(name: str) -> tuple[int, str]:

@@ -16,6 +16,18 @@ environment is also how the CLI hands its options on.
 - ``SECMLOPS_POLICY``: the gate policy file; default ``<project>/secmlops-policy.yaml``.
 - ``SECMLOPS_TRIVY``, ``SECMLOPS_DVC``: path of the ``trivy`` / ``dvc`` binary; default the
   venv's, then ``PATH``.
+- ``SECMLOPS_TRUST_ROOT``: the trust root file (which public keys each role and approver may
+  sign with, and when); default ``<keys>/trust-root.yaml`` (written by the embedded default
+  from its demo keys; a site provides its own).
+- ``SECMLOPS_<ROLE>_SIGNER``: where role ``<ROLE>`` signs (ROLE upper-cased, ``-``/``.`` ->
+  ``_``: ``POLICY_OWNER``, ``ATTESTOR``, ``GATE``, ``MODEL_SIGNER``; an approver ``alice`` is
+  ``APPROVER_ALICE``): ``file:PATH`` (or a bare path) for a PEM key, ``kms:KEY_ID_OR_ARN``
+  for an AWS KMS key; default the key directory's ``<role>.pem``.
+- ``SECMLOPS_<ROLE>_KEY_PASSPHRASE`` / ``SECMLOPS_<ROLE>_KEY_PASSPHRASE_FILE``, then
+  ``SECMLOPS_KEY_PASSPHRASE`` / ``SECMLOPS_KEY_PASSPHRASE_FILE``: the passphrase of an
+  encrypted PEM key (else a prompt when stdin is a terminal).
+- ``SECMLOPS_KMS_ENDPOINT_URL``: AWS KMS API endpoint (moto, LocalStack, a VPC endpoint);
+  default AWS. Region and credentials: the usual ``AWS_*`` variables.
 
 Example::
 
@@ -28,8 +40,9 @@ Example::
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 _PROJECT_MARKERS = ("dvc.yaml", "secmlops-policy.yaml")
@@ -37,6 +50,44 @@ POLICY_FILE = "secmlops-policy.yaml"
 
 #: Binaries whose location a site may pin, and the variable that pins each.
 TOOL_VARIABLES: Mapping[str, str] = {"trivy": "SECMLOPS_TRIVY", "dvc": "SECMLOPS_DVC"}
+
+#: Per-signer variables: ``SECMLOPS_<SUBJECT>_SIGNER`` and ``..._KEY_PASSPHRASE[_FILE]``.
+_KEY_VARIABLE = re.compile(
+    r"^SECMLOPS_(?:[A-Z0-9_]+_)?(?:SIGNER|KEY_PASSPHRASE|KEY_PASSPHRASE_FILE)$"
+)
+
+
+def signer_variable_prefix(subject: str) -> str:
+    """``SECMLOPS_<SUBJECT>``: a role (``gate`` -> ``SECMLOPS_GATE``) or an approver
+    (``approver:alice`` -> ``SECMLOPS_APPROVER_ALICE``)."""
+    name = subject.upper().replace(":", "_").replace("-", "_").replace(".", "_")
+    return f"SECMLOPS_{name}"
+
+
+@dataclass(frozen=True)
+class KeySettings:
+    """Where each role and approver signs, and the passphrases of encrypted PEM keys."""
+
+    variables: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    def signer_spec(self, subject: str) -> tuple[str, str] | None:
+        """(variable, signer spec) set for ``subject`` (a role or ``approver:NAME``), if any."""
+        var = f"{signer_variable_prefix(subject)}_SIGNER"
+        value = self.variables.get(var)
+        return (var, value) if value else None
+
+    def passphrase(self, subject: str | None) -> tuple[str, str, bool] | None:
+        """(variable, value, is_file) of the first passphrase setting for ``subject``: its own
+        ``_KEY_PASSPHRASE`` / ``_KEY_PASSPHRASE_FILE``, then the shared ones."""
+        prefixes = [signer_variable_prefix(subject)] if subject else []
+        for prefix in (*prefixes, "SECMLOPS"):
+            for var, is_file in (
+                (f"{prefix}_KEY_PASSPHRASE", False),
+                (f"{prefix}_KEY_PASSPHRASE_FILE", True),
+            ):
+                if self.variables.get(var):
+                    return var, self.variables[var], is_file
+        return None
 
 
 def _is_project(path: Path) -> bool:
@@ -108,6 +159,10 @@ class Settings:
     s3_endpoint_url: str | None
     policy_file: Path
     tools: Mapping[str, Path]
+    #: ``SECMLOPS_TRUST_ROOT``, if set (else the key directory's ``trust-root.yaml``).
+    trust_root: Path | None = None
+    kms_endpoint_url: str | None = None
+    keys: KeySettings = field(default_factory=KeySettings)
 
     def registry_uri(self, given: str | None = None) -> str:
         """The registry to use: ``given``, else ``SECMLOPS_REGISTRY``, else the local one."""
@@ -133,6 +188,9 @@ def current_settings(env: Mapping[str, str] | None = None) -> Settings:
         if env.get("SECMLOPS_POLICY")
         else project / POLICY_FILE,
         tools={name: Path(env[var]) for name, var in TOOL_VARIABLES.items() if env.get(var)},
+        trust_root=Path(env["SECMLOPS_TRUST_ROOT"]) if env.get("SECMLOPS_TRUST_ROOT") else None,
+        kms_endpoint_url=env.get("SECMLOPS_KMS_ENDPOINT_URL") or None,
+        keys=KeySettings({k: v for k, v in env.items() if _KEY_VARIABLE.match(k)}),
     )
 
 

@@ -354,7 +354,8 @@ def select(catalogue: Mapping[str, E], name: str | None, kind: SourceKind) -> tu
             fix=f"pick one of: {allowed}; a site adds entries under sources.{kind}s in the "
             "policy file",
         )
-    return name, catalogue[name]
+    key = next(k for k in catalogue if k == name)  # the catalogue's own str, not a subclass
+    return key, catalogue[key]
 
 
 # --- what a training run's provenance records (issue 12) ------------------------------------
@@ -388,4 +389,5 @@ def is_data_rev(rev: object) -> bool:
         and DATA_REV_RE.fullmatch(rev) is not None
         and ".." not in rev
         and not rev.endswith((".", "/", ".lock"))
+        and not rev.startswith("refs/")  # a tag by its own name; full ref names are refused
     )

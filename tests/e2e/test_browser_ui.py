@@ -118,6 +118,8 @@ def _start_custom_run(
     page.get_by_text("Custom run", exact=True).click()
     expect(page).to_have_url(re.compile(r"/run(\?|$)"))
 
+    expect(page.get_by_text("Validate parameters")).to_be_visible()
+    page.screenshot(path=shots / "0-custom-run-form-open.png", full_page=True)
     field = page.locator(".schema-form-property").filter(
         has=page.get_by_text(re.compile(r"^registry\b"))
     )

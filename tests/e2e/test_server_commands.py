@@ -143,7 +143,7 @@ def test_start_serves_the_ui_blocks_deployments_and_a_worker(local_server: Local
     assert str(PROJECT) not in json.dumps(deployments)
 
     block_types = {b["name"] for b in local_server.call("/block_types/filter", {})}
-    assert {"SecMLOps Data Source", "SecMLOps Registry Target"} <= block_types
+    assert "SecMLOps Git Credentials" in block_types
 
     workers = local_server.call(f"/work_pools/{WORK_POOL}/workers/filter", {})
     assert any(w["status"] == "ONLINE" for w in workers), workers

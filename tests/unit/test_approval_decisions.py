@@ -14,6 +14,7 @@ from typing import Any
 import pydantic
 import pytest
 
+from secmlops.audit import verify_audit_log
 from secmlops.controls.approval import (
     ApprovalDecision,
     ApprovalPolicy,
@@ -278,21 +279,25 @@ def test_anonymous_ui_decisions_count_for_staging_only_by_default(site: Setup) -
 
 
 def test_decisions_and_ignored_decisions_are_stored_and_audited(site: Setup) -> None:
-    models, keys, tmp_path = site
+    models, keys, _ = site
     request = _request(site)
     bundle = _signed(site, request, "alice", approve=False)
     decision = verify_decision(bundle, request, keys=keys, policy=POLICY, counted=[])
-    key = store_decision(models, request, bundle, decision)
+    attestor = keys.signer("attestor")  # the pipeline signs its audit entries
+    key = store_decision(models, request, bundle, decision, audit_signer=attestor)
     assert key.rsplit("/", 1)[-1].startswith("approval-staging-")
     audit_ignored_decision(
-        models, request, ControlRefused("x", reason=ApprovalRefusal.BAD_SIGNATURE)
+        models,
+        request,
+        ControlRefused("x", reason=ApprovalRefusal.BAD_SIGNATURE),
+        audit_signer=attestor,
     )
-    events = [
-        json.loads(p.read_text()) for p in (tmp_path / "reg" / "churn" / "audit").glob("*.json")
-    ]
-    assert {e["event"] for e in events} >= {"rejected", "decision-ignored"}
-    ignored = next(e for e in events if e["event"] == "decision-ignored")
-    assert ignored["reason"] == "bad_signature"
+    report = verify_audit_log(models, keys)
+    # Both entries verify as attestor-signed (the registration before them is release.py's).
+    assert not [p for p in report.problems if p.sequence is not None and p.sequence > 1]
+    assert {e.event for e in report.entries} >= {"rejected", "decision-ignored"}
+    ignored = next(e for e in report.entries if e.event == "decision-ignored")
+    assert ignored.fields["reason"] == "bad_signature"
 
 
 def test_approval_policy_knobs_are_validated(caplog: pytest.LogCaptureFixture) -> None:

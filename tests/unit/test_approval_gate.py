@@ -5,6 +5,7 @@ model's signature is fake, so the gate always refuses and we read its ``approval
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,9 @@ from secmlops.controls.approval import (
 )
 from secmlops.controls.approval_decisions import approval_request, store_decision
 from secmlops.deploy import record_approval, vsa_statement
-from secmlops.errors import ControlRefused
+from secmlops.errors import ControlRefused, InputError
 from secmlops.evidence.keys import KeyDirectory
-from secmlops.evidence.statements import load_private_key, sign_statement
+from secmlops.evidence.statements import load_private_key, load_public_key, sign_statement
 from secmlops.gate import GateCheck, GatePolicy, GateReport, verify_release
 from secmlops.registry.models import ModelRegistry, stamped
 from tests.unit.test_catalogue import registered  # noqa: F401 - the fixture
@@ -66,6 +67,12 @@ def _decide(
     private = keys.private("attestor") if anonymous else keys.approver_private(approver)
     bundle = sign_statement(approval_statement(request, decision), load_private_key(private))
     return store_decision(models, request, bundle, decision)
+
+
+def _ago(**delta: float) -> str:
+    """A decision time ``delta`` (timedelta arguments) before now, as statements write it."""
+    when = dt.datetime.now(dt.UTC) - dt.timedelta(**delta)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _approval(site: Setup, policy: GatePolicy, stage: str = "staging") -> GateCheck:
@@ -130,17 +137,13 @@ def test_separation_of_duties_at_the_gate(site: Setup) -> None:
     assert _approval(site, sod).reason is GateRefusal.SELF_APPROVAL
 
 
-def test_an_approval_signed_with_the_model_signer_key_is_a_role_conflict(site: Setup) -> None:
+def test_an_approval_key_that_is_the_model_signer_key_is_refused(site: Setup) -> None:
+    """An approver holding a pipeline role key (bob = the model-signer key): the trust root
+    refuses to list one key for two subjects, so such a key never verifies an approval."""
     _, keys, _ = site
-    sod = _policy(separation_of_duties=True)
-    # bob holds the model-signer key.
-    for suffix in ("pem", "pub"):
-        src = keys.root / f"model-signer.{suffix}"
-        (keys.root / "approvers" / f"bob.{suffix}").write_bytes(src.read_bytes())
-    _decide(site, _request(site), "bob", "2024-01-01T00:00:02Z")
-    assert _approval(site, _policy()).passed
-    check = _approval(site, sod)
-    assert check.reason is GateRefusal.SIGNER_ROLE_CONFLICT, check.detail
+    model_signer = load_public_key(keys.public("model-signer"))
+    with pytest.raises(InputError, match="model-signer"):
+        keys.trust_root().with_key("approver:bob", model_signer)
 
 
 def test_production_approver_must_differ_from_the_staging_approvers(site: Setup) -> None:
@@ -163,9 +166,10 @@ def test_production_approver_must_differ_from_the_staging_approvers(site: Setup)
     models.put_evidence("v1", stamped("vsa-staging"), vsa)
     production = _request(site, "production")
     assert set(production.staging_approvers) == {"alice", "bob"}
-    _decide(site, production, "bob", "2024-01-01T00:00:01Z")
+    # Recent: production approvals expire after 30 days unless the policy says otherwise.
+    _decide(site, production, "bob", _ago(seconds=2))
     assert _approval(site, sod, "production").reason is GateRefusal.SEPARATION_OF_DUTIES
-    _decide(site, production, "carol", "2024-01-01T00:00:02Z")
+    _decide(site, production, "carol", _ago(seconds=1))
     assert _approval(site, sod, "production").passed
 
 

@@ -225,7 +225,7 @@ def duty_conflict(
     *,
     request: ApprovalRequest,
     policy: ApprovalPolicy,
-    role_key_ids: Mapping[str, str],
+    role_key_ids: Mapping[str, str],  # key id -> role
     staging_approvers: frozenset[str] | set[str] = frozenset(),
 ) -> tuple[ApprovalRefusal, str] | None:
     """Why ``approver`` (signing with ``key_id``; "" for attestor-signed decisions) may not
@@ -236,7 +236,7 @@ def duty_conflict(
     and the production approver may not have approved staging.
     """
     sod = policy.separation_of_duties
-    for role, role_kid in role_key_ids.items():
+    for role_kid, role in role_key_ids.items():  # key id -> role
         if key_id and key_id == role_kid and (role != "model-signer" or sod):
             return (
                 ApprovalRefusal.SIGNER_ROLE_CONFLICT,

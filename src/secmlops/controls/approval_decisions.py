@@ -50,10 +50,10 @@ from secmlops.evidence.predicates import ApprovalPredicate, ReleasePredicate
 from secmlops.evidence.statements import (
     PREDICATE_APPROVAL,
     EvidenceRefusal,
+    SigningKey,
     TrustedKeys,
     VerifiedStatement,
     has_subject,
-    key_id,
     load_private_key,
     load_public_key,
     sign_statement,
@@ -124,9 +124,15 @@ def approvals_needed(policy: GatePolicy | ApprovalPolicy, stage: str) -> int:
 
 
 def sign_decision(
-    request: ApprovalRequest, *, approver: str, approve: bool, reason: str, private_key: Path
+    request: ApprovalRequest,
+    *,
+    approver: str,
+    approve: bool,
+    reason: str,
+    private_key: Path | SigningKey,
 ) -> dict[str, Any]:
-    """``approver``'s decision on ``request``, signed with their key: a Sigstore bundle."""
+    """``approver``'s decision on ``request``, signed with their key (a PEM file, or any
+    signer, e.g. ``keys.approver_signer(approver)`` or a KMS key): a Sigstore bundle."""
     check_approver_name(approver)
     if approver in RESERVED_APPROVERS:
         raise InputError(
@@ -141,7 +147,8 @@ def sign_decision(
         comment=reason,
         decided_at=utc_now(),
     )
-    return sign_statement(approval_statement(request, decision), load_private_key(private_key))
+    key = load_private_key(private_key) if isinstance(private_key, Path) else private_key
+    return sign_statement(approval_statement(request, decision), key)
 
 
 def _refuse(
@@ -340,14 +347,14 @@ def anonymous_ui_decision(
     _check_counted(PREFECT_UI_APPROVER, "", request, counted)
     if approve:
         _check_duties(PREFECT_UI_APPROVER, "", request, keys, policy)
-    signer = load_private_key(keys.require(keys.private("attestor")))
+    signer = keys.signer("attestor")
     decision = ApprovalDecision(
         approver=PREFECT_UI_APPROVER,
         approved=approve,
         method="prefect-ui",
         comment=reason or "decided anonymously in the Prefect UI",
         decided_at=utc_now(),
-        key_id=key_id(signer.public_key()),
+        key_id=signer.key_id,
     )
     return sign_statement(approval_statement(request, decision), signer), decision
 
@@ -357,12 +364,16 @@ def store_decision(
     request: ApprovalRequest,
     bundle: dict[str, Any],
     decision: ApprovalDecision,
+    *,
+    audit_signer: SigningKey | None = None,
 ) -> str:
     """Store a counted decision as evidence ``approval-<stage>-<stamp>`` (a rejection too,
-    with decision ``rejected``) and audit it; return its key."""
+    with decision ``rejected``) and audit it (the entry signed by ``audit_signer``, the
+    pipeline's attestor; ``None`` writes an unsigned entry); return its key."""
     key, _ = models.put_evidence(request.version, stamped(f"approval-{request.stage}"), bundle)
     models.audit(
         "approved" if decision.approved else "rejected",
+        signer=audit_signer,
         version=request.version,
         stage=request.stage,
         approver=decision.approver,
@@ -374,11 +385,16 @@ def store_decision(
 
 
 def audit_ignored_decision(
-    models: ModelRegistry, request: ApprovalRequest, refusal: SecMLOpsError
+    models: ModelRegistry,
+    request: ApprovalRequest,
+    refusal: SecMLOpsError,
+    *,
+    audit_signer: SigningKey | None = None,
 ) -> str:
     """Audit a decision the run refused to count, with its reason; return the audit key."""
     return models.audit(
         "decision-ignored",
+        signer=audit_signer,
         version=request.version,
         stage=request.stage,
         reason=refusal.reason.value if refusal.reason is not None else "",

@@ -472,6 +472,45 @@ class ApprovalPredicate(_Camel):
     request: ApprovalRequestRecord
 
 
+# --- revocation (ours) ---------------------------------------------------------------------
+
+
+class RevokedApproval(_Camel):
+    """The approval a revocation withdraws: where it was stored and what was signed."""
+
+    key: str
+    #: sha256 of the bundle's bytes as stored, and of the signed statement (canonical JSON,
+    #: so a copy of the same signed decision under another key or formatting is revoked too).
+    sha256: str
+    statement_sha256: str
+    stage: StageName
+    approver: str
+
+
+class RevokedKey(_Camel):
+    """A key no longer trusted: what it signed (by the statement's own time) from then on."""
+
+    key_id: str
+    effective_from: str
+
+
+class RevocationPredicate(_Camel):
+    """``revocation/v1``: a signed withdrawal of an approval, a model version (every stage)
+    or a key, by an allowed approver or the policy owner. Revocations only ever take trust
+    away; ``kind`` says which of ``approval``/``model_digest``/``key`` is set."""
+
+    kind: Literal["approval", "version", "key"]
+    model: str
+    version: str | None = None
+    model_digest: Sha256Ref | None = None
+    approval: RevokedApproval | None = None
+    key: RevokedKey | None = None
+    reason: str
+    revoked_by: str
+    revoker_role: Literal["approver", "policy-owner"]
+    revoked_at: str
+
+
 # --- smoke test (ours) ---------------------------------------------------------------------
 
 

@@ -104,6 +104,20 @@ class Registry(ABC):
     def exists(self, key: str) -> bool:
         return self.get(key) is not None
 
+    def rewritten_keys(self, prefix: str) -> list[str]:
+        """Keys under ``prefix`` that were deleted or overwritten at some time, where the
+        store keeps old versions (S3 versioning / Object Lock); always empty elsewhere.
+
+        For write-once folders (the audit log, the signed stage history) any such key is
+        tampering: its earlier versions are still there to compare.
+        """
+        return []
+
+    def retention(self) -> str | None:
+        """The store's write-once protection in words (S3 Object Lock: mode and default
+        retention), or ``None`` when objects can be deleted or replaced by whoever can write."""
+        return None
+
     def describe(self, key: str) -> str:
         """A location a person can paste: path or s3:// URI."""
         return f"{self.uri.rstrip('/')}/{key}"
@@ -242,8 +256,9 @@ class S3Registry(Registry):
         from botocore.config import Config
 
         config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10)
-        if session is None:
-            return boto3.client("s3", endpoint_url=self.endpoint_url, config=config)
+        # A session of its own: boto3's module-level default session caches the credentials
+        # it found first, so a registry opened later would sign with stale ones.
+        session = session or boto3.session.Session()
         return session.client("s3", endpoint_url=self.endpoint_url, config=config)
 
     def use_session(self, session: Any) -> None:
@@ -316,6 +331,53 @@ class S3Registry(Registry):
         except (ClientError, BotoCoreError) as exc:
             raise self._fail("list", prefix, exc) from exc
         return sorted(keys)
+
+    def rewritten_keys(self, prefix: str) -> list[str]:
+        """Keys under ``prefix`` with a delete marker or more than one version.
+
+        Object Lock (compliance mode) keeps every version, but anyone who can write may
+        still hide an object behind a delete marker or put a new version over it; readers
+        of write-once folders report such keys instead of trusting the latest version.
+        """
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        full = self._key(prefix.rstrip("/")) + "/"
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        versions: dict[str, int] = {}
+        marked: set[str] = set()
+        try:
+            paginator = self._client.get_paginator("list_object_versions")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+                for v in page.get("Versions", []):
+                    versions[v["Key"]] = versions.get(v["Key"], 0) + 1
+                marked.update(m["Key"] for m in page.get("DeleteMarkers", []))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NotImplemented", "AccessDenied"):
+                return []  # an S3 API without versions (or no right to list them)
+            raise self._fail("list versions", prefix, exc) from exc
+        except BotoCoreError as exc:
+            raise self._fail("list versions", prefix, exc) from exc
+        rewritten = marked | {k for k, n in versions.items() if n > 1}
+        return sorted(k[strip:] for k in rewritten)
+
+    def retention(self) -> str | None:
+        """``"COMPLIANCE, 30 days default retention"`` for an Object Lock bucket, else None."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            conf = self._client.get_object_lock_configuration(Bucket=self.bucket)
+        except ClientError:
+            return None  # no Object Lock configuration (or no right to read it)
+        except BotoCoreError as exc:
+            raise self._fail("read Object Lock configuration of", "", exc) from exc
+        lock = conf.get("ObjectLockConfiguration", {})
+        if lock.get("ObjectLockEnabled") != "Enabled":
+            return None
+        rule = lock.get("Rule", {}).get("DefaultRetention", {})
+        if not rule:
+            return "Object Lock enabled, no default retention"
+        period = f"{rule['Days']} days" if rule.get("Days") else f"{rule.get('Years')} years"
+        return f"Object Lock {rule.get('Mode')}, {period} default retention"
 
 
 def open_registry(
