@@ -144,7 +144,7 @@ def await_approval(
                 received, request, keys=keys, policy=policy, counted=counted
             )
         except ControlRefused as exc:
-            audit_ignored_decision(models, request, exc)
+            audit_ignored_decision(models, request, exc, audit_signer=keys.signer("attestor"))
             _publish_outcome(
                 pause_key(stage, attempt),
                 accepted=False,
@@ -152,7 +152,9 @@ def await_approval(
             )
             logger.warning("ignored a decision for %s: %s", stage, exc.diagnostics())
             continue
-        evidence_key = store_decision(models, request, bundle, decision)
+        evidence_key = store_decision(
+            models, request, bundle, decision, audit_signer=keys.signer("attestor")
+        )
         verb = "approved" if decision.approved else "rejected"
         _publish_outcome(
             pause_key(stage, attempt),

@@ -5,7 +5,8 @@ A flow parameter only *selects* an entry of the site configuration (the policy f
 the run form as a drop-down of the entries the site allows (a string enum in the
 deployment's parameter schema), and Prefect refuses any other value before the run starts
 (``validate_parameters``). The choices are read from the policy file when this module is
-imported (on ``prefect deploy``, and on the worker): add an entry to the policy, redeploy,
+imported (on ``prefect deploy``, and on the worker; read, not verified: the flow
+verifies the policy's signature when it runs): add an entry to the policy, redeploy,
 and it appears in the form. The flow resolves the name against the policy again when it
 runs, so an entry removed since the deployment is refused there.
 
@@ -19,13 +20,14 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from secmlops.errors import SecMLOpsError
-from secmlops.policy import load_gate_policy
+from secmlops.policy import policy_path, read_policy
 from secmlops.site import DEFAULT_REGISTRY, DEMO_DATASET, DEMO_IMAGE
 
 
 def _names(kind: str) -> tuple[str, ...]:
     try:
-        return tuple(getattr(load_gate_policy().sources, kind))
+        # Names only, for the run form: the flow checks the policy's signature when it runs.
+        return tuple(getattr(read_policy(policy_path()).policy.sources, kind))
     except SecMLOpsError:
         return ()
 

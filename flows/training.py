@@ -76,7 +76,7 @@ BUILDER_ID = "https://secmlops.dev/builders/prefect-secure-training/v1"
 def secure_training(
     model_name: str = "churn-classifier",
     dataset: DatasetName = DEFAULT_DATASET,
-    data_rev: str | None = None,
+    data_rev: str = "",
     image: ImageName = DEFAULT_IMAGE,
     registry: RegistryName = DEFAULT_REGISTRY_NAME,
     promote_to_production: bool = True,
@@ -109,7 +109,7 @@ def secure_training(
         policy.sources,
         model_name=model_name,
         dataset=dataset,
-        data_rev=data_rev,
+        data_rev=data_rev or None,
         image=image,
         registry=registry,
         promote_to_production=promote_to_production,

@@ -59,6 +59,9 @@ PREDICATE_AUDIT_ENTRY = "https://secmlops.dev/attestation/audit-entry/v1"
 GATE_EVENTS = frozenset({"intent", "outcome", "superseded", "refused", "failed"})
 #: Roles whose signatures an audit entry may carry.
 AUDIT_ROLES = ("gate", "attestor")
+#: Events a person signs with their own key: a revocation, and their own approval or
+#: rejection recorded from their machine (``promote --approve-as``).
+PERSON_EVENTS = frozenset({"revoked", "approved", "rejected"})
 
 _ENTRY = re.compile(r"^([0-9]{10})\.json$")
 _GENESIS = "0" * 64
@@ -228,11 +231,11 @@ class AuditLog:
 
 
 def audit_trust(keys: Any) -> TrustedKeys:
-    """The keys audit entries may be signed with, each labelled with its role."""
+    """The keys audit entries may be signed with, each labelled with its role (approvers as
+    ``approver:NAME``): the pipeline's gate and attestor, and for ``revoked`` entries only,
+    the revoker's own key (an approver or the policy owner)."""
     trusted = TrustedKeys()
-    for role in AUDIT_ROLES:
-        for kid, (_, public) in keys.trusted(role).keys.items():
-            trusted.keys[kid] = (role, public)
+    trusted.extend(keys.trusted_all())  # labels: role names and approver:NAME, with windows
     return trusted
 
 
@@ -291,7 +294,20 @@ def _read_entry(
         previous_sha256=previous.get("sha256") if isinstance(previous, dict) else None,
         signer=signer,
     )
-    if entry.event in GATE_EVENTS and signer and signer != "gate":
+    own_decision = entry.event in ("approved", "rejected") and signer == (
+        f"approver:{entry.fields.get('approver')}"
+    )
+    person_ok = entry.event == "revoked" or own_decision
+    if signer and signer not in AUDIT_ROLES and not (entry.event in PERSON_EVENTS and person_ok):
+        problems.append(
+            AuditProblem(
+                AuditRefusal.WRONG_SIGNER,
+                sequence,
+                f"{key}: a {entry.event} entry signed by the {signer} key; a person's key "
+                "signs only revocations and that person's own decisions",
+            )
+        )
+    elif entry.event in GATE_EVENTS and signer and signer != "gate":
         problems.append(
             AuditProblem(
                 AuditRefusal.WRONG_SIGNER,

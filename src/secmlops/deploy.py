@@ -24,6 +24,7 @@ from secmlops.controls.approval import (
     duty_conflict,
 )
 from secmlops.controls.approval_decisions import approval_request, store_decision
+from secmlops.controls.revocation import load_revocations
 from secmlops.errors import ControlRefused, InputError, RefusalReason, SecMLOpsError
 from secmlops.evidence.keys import KeyDirectory
 from secmlops.evidence.predicates import (
@@ -105,14 +106,12 @@ def vsa_statement(
     models: ModelRegistry, report: GateReport, policy: GatePolicy
 ) -> dict[str, object]:
     """SLSA Verification Summary v1 for a version that passed the gate for a stage."""
-    policy_digest = _policy_digest(policy)
     vsa = VsaPredicate(
         verifier=Verifier(id=VERIFIER_ID),
         time_verified=utc_now(),
         resource_uri=models.store.describe(models.version_prefix(report.version)),
-        policy=ResourceDescriptor(
-            uri=f"secmlops:gate-policy/{report.stage}", digest={"sha256": policy_digest}
-        ),
+        # The signed policy in force: its file digest, signer and expiry.
+        policy=policy.descriptor(report.stage),
         input_attestations=[ResourceDescriptor(**a) for a in report.input_attestations],
         verification_result="PASSED",
         verified_levels=[f"SECMLOPS_GATE_{report.stage.upper()}"],
@@ -175,6 +174,7 @@ def promote_to_stage(
                 actor=actor,
                 action=reason,
                 policyDigest=policy_digest,
+                policy=policy.audit_record(),
                 error=str(exc),
                 details=exc.details if isinstance(exc, SecMLOpsError) else {},
             )
@@ -214,6 +214,7 @@ def promote_to_stage(
         actor=actor,
         previous=tip.version if tip else None,
         policyDigest=policy_digest,
+        policy=policy.audit_record(),
         **facts,
     )
     try:
@@ -303,10 +304,14 @@ def rollback_stage(
         )
     # Only versions with a gate-signed (not superseded) VSA for this stage count as
     # "served before". The target then goes through the full gate again.
+    # A revoked version is skipped: rolling back to it would only be refused by the gate.
+    revoked = load_revocations(models, keys=keys, policy=policy.approval)
     candidates: list[str] = []
     for entry in reversed(history):
         version = str(entry.get("version", ""))
         if version == current.version or version in candidates:
+            continue
+        if revoked.of_version(version, str(entry.get("modelDigest") or "") or None):
             continue
         if passed_gate_before(models, version, stage, keys):
             candidates.append(version)
@@ -417,7 +422,9 @@ def record_approval(
         decision = decide_automatically(request, policy.approval)
         signer = load_private_key(keys.require(keys.private("attestor")))
     bundle = sign_statement(approval_statement(request, decision), signer)
-    return store_decision(models, request, bundle, decision)
+    # The audit entry is signed by whoever signed the decision: the approver (on their own
+    # machine, with no pipeline key there), or the attestor for an automatic one.
+    return store_decision(models, request, bundle, decision, audit_signer=signer)
 
 
 # --- Prefect -------------------------------------------------------------------------------

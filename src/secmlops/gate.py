@@ -155,7 +155,7 @@ class PolicyRef:
 
 
 class GatePolicy(BaseModel):
-    """What the deploy gate demands. Built from blocks; defaults are the strict ones.
+    """What the deploy gate demands; defaults are the strict ones.
 
     Loaded from a policy file signed by a policy owner (:mod:`secmlops.policy`), whose
     digest and signer are :attr:`source`: every VSA and audit entry records them.
@@ -164,7 +164,8 @@ class GatePolicy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     #: ``production`` accepts no demo key (the gate refuses evidence signed by one, see
-    #: :meth:`require_key_allowed`) and needs ``max_approval_age_days`` and
+    #: :meth:`require_key_allowed`), expires approvals after 30 days unless
+    #: ``max_approval_age_days`` says otherwise, and needs
     #: ``scan.unsafe_allow_curated_db: false``. A policy file must say which it is.
     environment: Literal["demo", "production"] = "demo"
     #: Last day (UTC) the policy may be used; required for a policy a site signs.
@@ -173,9 +174,13 @@ class GatePolicy(BaseModel):
     approval: ApprovalPolicy = ApprovalPolicy()
     scan: ScanPolicy = ScanPolicy()
     min_smoke_accuracy: float = Field(default=0.6, ge=0, le=1)
-    #: Approvals older than this no longer count (None: no limit). Rollbacks then need a
-    #: fresh approval, so an old approval cannot be replayed forever.
+    #: Approvals older than this no longer count. None: 30 days for production approvals
+    #: (every stage under ``environment: production``), no limit for staging. Rollbacks then
+    #: need a fresh approval, so an old approval cannot be replayed forever.
     max_approval_age_days: int | None = Field(default=None, ge=1)
+    #: How long a gate-signed stage pointer stays fresh; an older one is refused until
+    #: ``secmlops verify-stage --refresh`` re-runs the gate and signs a new one.
+    pointer_valid_days: int = Field(default=30, ge=1, le=3660)
     #: sha256 digests of the pandera schemas data may be validated against (empty: any
     #: schema, as recorded in the evidence). Pin them so a weaker schema cannot be swapped in.
     required_schema_digests: tuple[str, ...] = ()
@@ -189,8 +194,6 @@ class GatePolicy(BaseModel):
     def _production_is_strict(self) -> GatePolicy:
         if self.environment == "production":
             missing = []
-            if self.max_approval_age_days is None:
-                missing.append("max_approval_age_days (approvals must expire)")
             if self.scan.unsafe_allow_curated_db:
                 missing.append("scan.unsafe_allow_curated_db: false (a real Trivy DB)")
             if missing:
@@ -419,6 +422,8 @@ class _Gate:
         except ControlRefused as exc:
             raise _with_reason(exc, GateRefusal.MALFORMED_EVIDENCE) from exc
         verified = verify_bundle(bundle, trusted, where=where, at=at)
+        # A production policy counts no signature by a demo key.
+        self.policy.require_key_allowed(self.keys, verified.key_id, where=where)
         evidence = entry.parse(verified, key)
         self.report.input_attestations.append({"uri": key, "digest": {"sha256": digest}})
         return evidence, digest
@@ -752,7 +757,12 @@ def _staging_vsas(gate: _Gate, version: str) -> list[tuple[str, Evidence[VsaPred
     """Gate-signed staging VSAs that passed, for exactly this model, version and digest."""
     found = []
     entry = control("vsa")
+    from secmlops.audit import superseded_vsas  # audit imports the gate
+
+    superseded = superseded_vsas(gate.models, gate.keys)  # lost a pointer race: never served
     for key in _stage_evidence(gate, version, "vsa-staging"):
+        if key in superseded:
+            continue
         try:
             ev, _ = gate.load(key, gate.keys.trusted("gate"), entry)
         except SecMLOpsError:

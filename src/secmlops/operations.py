@@ -7,6 +7,8 @@ the ``secmlops`` CLI both call these.
 
 from __future__ import annotations
 
+import logging
+
 from secmlops.controls.approval import check_stage
 from secmlops.deploy import (
     DeployRefusal,
@@ -18,9 +20,11 @@ from secmlops.deploy import (
 from secmlops.errors import ControlRefused
 from secmlops.evidence.keys import KeyDirectory
 from secmlops.gate import GatePolicy, GateReport, verify_pointer_vsa, verify_release
-from secmlops.policy import load_gate_policy
+from secmlops.policy import load_gate_policy, policy_drift
 from secmlops.registry.models import ModelRegistry, StagePointer
 from secmlops.registry.pointers import SeenPointers
+
+log = logging.getLogger(__name__)
 
 
 def promote_version(
@@ -65,7 +69,13 @@ def verify_stage(
     seen: SeenPointers | None = None,
 ) -> tuple[StagePointer, GateReport]:
     """Re-verify what ``stage`` serves now: its signed pointer (fresh, not rolled back) and
-    its VSA, then the full deploy gate. ``ControlRefused`` on any problem."""
+    its VSA, then the full deploy gate. ``ControlRefused`` on any problem.
+
+    The policy is loaded (and its signature checked) first: no verdict under a policy that
+    does not verify. A VSA issued under another policy is logged as a warning; the gate
+    re-judges everything under the policy in force.
+    """
+    policy = policy or load_gate_policy()
     pointer, _ = models.read_pointer(check_stage(stage))
     if pointer is None:
         raise ControlRefused(
@@ -74,9 +84,10 @@ def verify_stage(
             reason=DeployRefusal.NOTHING_DEPLOYED,
         )
     verify_pointer_vsa(models, stage, pointer, keys, seen=seen)
-    report = verify_release(
-        models, pointer.version, stage, keys=keys, policy=policy or load_gate_policy()
-    )
+    drift = policy_drift(models, pointer, policy)
+    if drift:
+        log.warning("%s", drift)
+    report = verify_release(models, pointer.version, stage, keys=keys, policy=policy)
     return pointer, report
 
 

@@ -165,7 +165,8 @@ def show(
             f"sha256:      {status.sha256}",
             f"environment: {status.environment}",
             f"expires:     {status.expires or 'never (demo only)'}",
-            f"signature:   {status.signature}",
+            f"signature:   {status.signature}"
+            + (" (the embedded demo's, in its state home)" if src and src.demo_signed else ""),
         ]
         if src:
             lines.append(

@@ -178,7 +178,9 @@ def register_release(
         [Subject("model", model_digest)], PREDICATE_RELEASE, dump_predicate(manifest)
     )
     release_key, _ = models.put_evidence(version, "release", sign_statement(release, attestor))
-    models.audit("registered", version=version, model_digest=model_digest, run=inputs.run)
+    models.audit(
+        "registered", signer=attestor, version=version, model_digest=model_digest, run=inputs.run
+    )
     return Registration(
         version=version,
         model_digest=model_digest,

@@ -386,7 +386,6 @@ def test_production_policy_refuses_demo_keys(
 @pytest.mark.parametrize(
     ("change", "field"),
     [
-        (("max_approval_age_days: 30", "max_approval_age_days: null"), "max_approval_age_days"),
         (
             ("unsafe_allow_curated_db: false", "unsafe_allow_curated_db: true"),
             "unsafe_allow_curated_db",
