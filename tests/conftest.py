@@ -60,6 +60,22 @@ def sign_site_policy(path: Path, keys: Path, *, days: int = 30) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _private_state_home(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A test that names no state home gets its own, so nothing it does lands in the
+    checkout's ``.secmlops`` (e.g. ``trusted-pointers.json``, the pointers this machine
+    verified, written by every reader of a stage pointer).
+
+    Only when ``SECMLOPS_HOME`` is unset: session fixtures (``pipeline_world``) set it in
+    ``os.environ`` themselves, and are set up before this function-scoped fixture runs.
+    A test that sets it with ``monkeypatch.setenv`` overrides this one.
+    """
+    if not os.environ.get("SECMLOPS_HOME"):
+        monkeypatch.setenv("SECMLOPS_HOME", str(tmp_path_factory.mktemp("secmlops-home")))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

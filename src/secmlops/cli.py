@@ -82,10 +82,187 @@ def _use_options(
             os.environ[var] = str(value)
 
 
+# --- option validation: bad input is exit 2 and one sentence naming the option, before any
+# command runs. Parsers get the raw text (typer would turn '' into Path('.')); a
+# ``typer.BadParameter`` is reported by ``main`` as "bad input: Invalid value for '--x': ...".
+
+
+def _items(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def _text_option(value: Any) -> Any:
+    """A text option that is given must say something: '' is refused, never read as "not
+    given" (which would silently fall back to a default)."""
+    for item in _items(value):
+        if isinstance(item, str) and not item.strip():
+            raise typer.BadParameter("is empty; give a value or leave the option out")
+        if isinstance(item, str) and "\0" in item:
+            raise typer.BadParameter("contains a NUL character")
+    return value
+
+
+def _approver_option(value: Any) -> Any:
+    """An approver name (``--approve-as``, ``--as``, ``--approver``): the full-match name
+    check, so '' and ``eve\\n`` are refused (exit 2) instead of ignored or written to disk."""
+    from secmlops.evidence.keys import check_approver_name
+
+    for item in _items(value):
+        if item is not None:
+            check_approver_name(item)
+    return value
+
+
+def _version_option(value: str) -> str:
+    """A model version option (``v1``, ``v2``, ...), checked whole: ``v1\\n`` is refused."""
+    from secmlops.registry.models import check_version
+
+    return check_version(value)
+
+
+def _path_text(value: str) -> Path:
+    if not value or not value.strip():
+        raise typer.BadParameter("is an empty path")
+    if "\0" in value:
+        raise typer.BadParameter("contains a NUL character")
+    return Path(value).expanduser()
+
+
+def _path_kind(path: Path) -> str:
+    """``missing``, ``dir``, ``file`` or ``other`` (a fifo, a device, ...); a path the OS
+    cannot even look up (too long, a loop of symlinks) is bad input."""
+    import errno
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return "missing"
+    except OSError as exc:
+        reason = exc.strerror or errno.errorcode.get(exc.errno or 0, "unusable")
+        shown = str(path) if len(str(path)) <= 80 else f"{str(path)[:60]}…"
+        raise typer.BadParameter(f"{shown} is not a usable path ({reason})") from None
+    if stat.S_ISDIR(mode):
+        return "dir"
+    return "file" if stat.S_ISREG(mode) else "other"
+
+
+def _existing_file(value: str) -> Path:
+    """A file the command reads: it must exist and be a regular file."""
+    path = _path_text(value)
+    kind = _path_kind(path)
+    if kind == "dir":
+        raise typer.BadParameter(f"{path} is a directory, not a file")
+    if kind == "missing":
+        raise typer.BadParameter(f"{path} does not exist")
+    if kind != "file":
+        raise typer.BadParameter(f"{path} is not a regular file")
+    return path
+
+
+def _existing_dir(value: str) -> Path:
+    """A directory the command reads: it must exist and be a directory."""
+    path = _path_text(value)
+    kind = _path_kind(path)
+    if kind == "missing":
+        raise typer.BadParameter(f"{path} does not exist")
+    if kind != "dir":
+        raise typer.BadParameter(f"{path} is a file, not a directory")
+    return path
+
+
+def _dir_or_new(value: str) -> Path:
+    """A directory the command may create: if it exists it must be a directory."""
+    path = _path_text(value)
+    if _path_kind(path) not in ("missing", "dir"):
+        raise typer.BadParameter(f"{path} is a file, not a directory")
+    return path
+
+
+def _file_or_new(value: str) -> Path:
+    """A file the command writes: it must not be a directory."""
+    path = _path_text(value)
+    if _path_kind(path) == "dir":
+        raise typer.BadParameter(f"{path} is a directory, not a file")
+    return path
+
+
+def _image_target(value: str) -> str:
+    """``scan-image TARGET``: a local archive or layout is handed on as an absolute path
+    (Trivy runs in an empty temporary directory); anything else is an image reference, which
+    must be one word (the scanner refuses it unless registry access is on)."""
+    _text_option(value)
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise typer.BadParameter(f"{value!r} is neither a local path nor an image reference")
+    if _path_kind(Path(value).expanduser()) != "missing":
+        return str(Path(value).expanduser().resolve())
+    if value.startswith(("/", "./", "../", "~")) or value.endswith((".tar", ".tar.gz")):
+        raise typer.BadParameter(f"{value} does not exist")
+    return value
+
+
+_POLICY_MAX_BYTES = 1 << 20
+
+
+def _policy_file(value: str) -> Path:
+    """``--policy``: a text (UTF-8 YAML) file if it exists; a missing one is reported by the
+    command that needs the policy (``load_gate_policy`` names it)."""
+    path = _path_text(value)
+    kind = _path_kind(path)
+    if kind == "dir":
+        raise typer.BadParameter(f"{path} is a directory, not a policy file")
+    if kind != "missing":
+        if kind != "file":
+            raise typer.BadParameter(f"{path} is not a regular file")
+        if path.stat().st_size > _POLICY_MAX_BYTES:
+            raise typer.BadParameter(f"{path} is larger than 1 MiB: not a policy file")
+        try:
+            path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            raise typer.BadParameter(f"{path} is not a text (UTF-8 YAML) file") from None
+    return path
+
+
+def _local_registry_path(uri: str) -> Path | None:
+    """The directory a registry URI names, or ``None`` for a remote (s3://) one."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(parsed.path)
+    if parsed.scheme in ("", None) or len(parsed.scheme) == 1:
+        return Path(uri).expanduser()
+    return None
+
+
+def _registry_option(value: str | None) -> str | None:
+    """``--registry``: not empty; a local one that exists must be a directory."""
+    if value is None:
+        return None
+    _text_option(value)
+    path = _local_registry_path(value)
+    if path is not None and _path_kind(path) not in ("missing", "dir"):
+        raise typer.BadParameter(f"{path} is a file, not a registry directory")
+    return value
+
+
+def _severity_option(value: list[str] | None) -> list[str] | None:
+    """``--fail-on``: each one of the scan policy's severities (case-insensitive)."""
+    from secmlops.controls.image_scan.policy import SEVERITIES
+
+    for item in value or []:
+        if item.upper() not in SEVERITIES:
+            raise typer.BadParameter(
+                f"{item!r} is not a severity; use one of {', '.join(SEVERITIES)}"
+            )
+    return value
+
+
 RegistryOpt = Annotated[
     str | None,
     typer.Option(
         "--registry",
+        parser=_registry_option,
         help="Registry: directory, file:///path or s3://bucket/prefix [env SECMLOPS_REGISTRY].",
     ),
 ]
@@ -93,12 +270,17 @@ EndpointOpt = Annotated[
     str | None,
     typer.Option(
         "--s3-endpoint-url",
+        parser=_text_option,
         help="S3 API endpoint (MinIO, moto, ...) [env SECMLOPS_S3_ENDPOINT_URL].",
     ),
 ]
 KeysOpt = Annotated[
     Path | None,
-    typer.Option("--keys", help="Key directory (default .secmlops/keys) [env SECMLOPS_KEYS]."),
+    typer.Option(
+        "--keys",
+        parser=_dir_or_new,
+        help="Key directory (default .secmlops/keys) [env SECMLOPS_KEYS].",
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
@@ -114,7 +296,9 @@ def _common(
     policy: Annotated[
         Path | None,
         typer.Option(
-            "--policy", help="Policy file (default secmlops-policy.yaml) [env SECMLOPS_POLICY]."
+            "--policy",
+            parser=_policy_file,
+            help="Policy file (default secmlops-policy.yaml) [env SECMLOPS_POLICY].",
         ),
     ] = None,
 ) -> None:
@@ -170,7 +354,14 @@ def _keys(keys: Path | None) -> KeyDirectory:
     from secmlops.settings import current_settings
 
     _use_options(keys=keys)
-    return KeyDirectory(current_settings().paths.keys)
+    root = current_settings().paths.keys
+    if root.exists() and not root.is_dir():  # also SECMLOPS_KEYS, which no option parser saw
+        raise InputError(
+            f"the key directory {root} is a file, not a directory",
+            where="--keys / SECMLOPS_KEYS",
+            fix="point --keys (or SECMLOPS_KEYS) at a key directory",
+        )
+    return KeyDirectory(root)
 
 
 def _models(model: str, registry: str | None, endpoint: str | None) -> ModelRegistry:
@@ -180,9 +371,23 @@ def _models(model: str, registry: str | None, endpoint: str | None) -> ModelRegi
 
     _use_options(registry=registry, s3_endpoint_url=endpoint)
     settings = current_settings()
-    return ModelRegistry(
-        open_registry(settings.registry_uri(), s3_endpoint_url=settings.s3_endpoint_url), model
-    )
+    uri = settings.registry_uri()
+    local = _local_registry_path(uri)
+    if local is not None and (settings.registry is not None or local.exists()):
+        # A registry someone named must exist: a typo'd path is bad input, not "nothing is
+        # deployed" (the default local registry may not exist yet: it is just empty).
+        what = "--registry / SECMLOPS_REGISTRY"
+        if not local.exists():
+            raise InputError(
+                f"the registry {local} does not exist",
+                where=what,
+                fix="check the path, or use the registry the pipeline registered to",
+            )
+        if not local.is_dir():
+            raise InputError(
+                f"the registry {local} is a file, not a directory", where=what, fix="check the path"
+            )
+    return ModelRegistry(open_registry(uri, s3_endpoint_url=settings.s3_endpoint_url), model)
 
 
 def _import_project_code(*, need_flow: bool = True) -> None:
@@ -219,6 +424,7 @@ def run(
         str | None,
         typer.Option(
             "--approve-as",
+            callback=_approver_option,
             help="Decide up front: answer each approval pause with a decision signed by "
             "NAME's key (an allowed approver), as `secmlops approve` would. Without it, "
             "the run waits for a decision (policy approval.timeout_seconds).",
@@ -226,20 +432,29 @@ def run(
     ] = None,
     dataset: Annotated[
         str | None,
-        typer.Option(help="Dataset: a name of the policy's sources.datasets (default: the first)."),
+        typer.Option(
+            parser=_text_option,
+            help="Dataset: a name of the policy's sources.datasets (default: the first).",
+        ),
     ] = None,
     data_rev: Annotated[
         str | None,
-        typer.Option(help="Data version: a git tag or full commit (default: the entry's rev)."),
+        typer.Option(
+            parser=_text_option,
+            help="Data version: a git tag or full commit (default: the entry's rev).",
+        ),
     ] = None,
     image: Annotated[
         str | None,
-        typer.Option(help="Serving image: a name of the policy's sources.images."),
+        typer.Option(
+            parser=_text_option, help="Serving image: a name of the policy's sources.images."
+        ),
     ] = None,
     registry_name: Annotated[
         str | None,
         typer.Option(
             "--registry-name",
+            parser=_text_option,
             help="Registry: a name of the policy's sources.registries (default: the first; "
             "an entry with no uri uses --registry / SECMLOPS_REGISTRY).",
         ),
@@ -257,6 +472,8 @@ def run(
     from secmlops.local_prefect import start_local_api
 
     _use_options(registry=registry, s3_endpoint_url=s3_endpoint_url)
+    # The approver's key first: a missing one is bad input before anything else happens.
+    approver_key = _approver_key(approve_as) if approve_as else None
     # Names only: what each name points at is the site's (the policy file's sources:). They
     # are resolved here first, so a wrong one is bad input (exit 2) naming the allowed ones;
     # the flow resolves them again on its own.
@@ -283,7 +500,7 @@ def run(
     agent = ApprovalAgent(
         run_name,
         approver=approve_as,
-        private_key=_approver_key(approve_as) if approve_as else None,
+        private_key=approver_key,
         reason=f"decided up front: secmlops run --approve-as {approve_as}",
         say=lambda text: typer.echo(text, err=True),
     )
@@ -302,6 +519,8 @@ def _approver_key(name: str) -> Path:
     check_approver_name(name)
     paths = current_settings().paths
     keys = _keys(None)
+    if not paths.demo_keys:  # a site's key: only ever looked up, before anything else
+        return keys.require(keys.approver_private(name))
     policy = load_gate_policy()
     allowed = {n for stage in ("staging", "production") for n in policy.approval.allowed(stage)}
     if paths.demo_keys and name in allowed:
@@ -311,8 +530,13 @@ def _approver_key(name: str) -> Path:
 
 @app.command()
 def approve(
-    flow_run_id: Annotated[str, typer.Argument(help="The paused run's id (from the UI).")],
-    key: Annotated[Path, typer.Option("--key", help="Your approver private key (PEM).")],
+    flow_run_id: Annotated[
+        str, typer.Argument(parser=_text_option, help="The paused run's id (from the UI).")
+    ],
+    key: Annotated[
+        Path,
+        typer.Option("--key", parser=_existing_file, help="Your approver private key (PEM)."),
+    ],
     approve_run: Annotated[
         bool | None,
         typer.Option("--approve/--reject", help="Approve, or reject, what the run waits for."),
@@ -320,7 +544,11 @@ def approve(
     reason: Annotated[str, typer.Option(help="Why; recorded in the signed evidence.")] = "",
     approver: Annotated[
         str | None,
-        typer.Option("--as", help="Approver name (default: the key file's name)."),
+        typer.Option(
+            "--as",
+            callback=_approver_option,
+            help="Approver name (default: the key file's name).",
+        ),
     ] = None,
 ) -> None:
     """Sign a decision on a paused run's approval and resume it (needs PREFECT_API_URL)."""
@@ -353,8 +581,13 @@ def _render_run(result: dict[str, Any]) -> str:
 
 @app.command()
 def validate(
-    data: Annotated[Path, typer.Argument(help="Dataset file (CSV or parquet).")],
-    schema: Annotated[str, typer.Option(help="pandera schema 'module:Class' or 'file.py:Class'.")],
+    data: Annotated[
+        Path, typer.Argument(parser=_existing_file, help="Dataset file (CSV or parquet).")
+    ],
+    schema: Annotated[
+        str,
+        typer.Option(parser=_text_option, help="pandera schema 'module:Class' or 'file.py:Class'."),
+    ],
     as_json: JsonOpt = False,
 ) -> None:
     """Validate a dataset against a pandera schema."""
@@ -373,16 +606,21 @@ def validate(
 @app.command("scan-image")
 def scan_image(
     target: Annotated[
-        str, typer.Argument(help="Image reference, docker-archive tar or OCI layout dir.")
+        str,
+        typer.Argument(
+            parser=_image_target, help="Image reference, docker-archive tar or OCI layout dir."
+        ),
     ],
     trivy_cache: Annotated[
-        Path | None, typer.Option(help="Trivy cache dir holding db/trivy.db.")
+        Path | None,
+        typer.Option(parser=_dir_or_new, help="Trivy cache dir holding db/trivy.db."),
     ] = None,
     seed_demo_db: Annotated[
         bool, typer.Option(help="Seed the cache with the offline demo DB if empty.")
     ] = False,
     fail_on: Annotated[
-        list[str] | None, typer.Option(help="Blocking severity (repeatable).")
+        list[str] | None,
+        typer.Option(callback=_severity_option, help="Blocking severity (repeatable)."),
     ] = None,
     ignore_unfixed: Annotated[
         bool, typer.Option(help="Ignore vulnerabilities with no fix.")
@@ -432,7 +670,7 @@ def scan_image(
 
 @app.command("scan-model")
 def scan_model(
-    path: Annotated[Path, typer.Argument(help="Model directory.")],
+    path: Annotated[Path, typer.Argument(parser=_existing_dir, help="Model directory.")],
     as_json: JsonOpt = False,
 ) -> None:
     """Scan model files for unsafe serialization (pickle, unknown formats)."""
@@ -449,10 +687,13 @@ def scan_model(
 
 @app.command()
 def sign(
-    model_dir: Annotated[Path, typer.Argument(help="Model directory to sign.")],
-    key: Annotated[Path, typer.Option("--key", help="PEM EC private key.")],
+    model_dir: Annotated[
+        Path, typer.Argument(parser=_existing_dir, help="Model directory to sign.")
+    ],
+    key: Annotated[Path, typer.Option("--key", parser=_existing_file, help="PEM EC private key.")],
     signature: Annotated[
-        Path | None, typer.Option(help="Signature file (default MODEL_DIR.sig).")
+        Path | None,
+        typer.Option(parser=_file_or_new, help="Signature file (default MODEL_DIR.sig)."),
     ] = None,
 ) -> None:
     """Sign a model directory with OpenSSF model-signing and a local key."""
@@ -465,9 +706,13 @@ def sign(
 
 @app.command()
 def verify(
-    model_dir: Annotated[Path, typer.Argument(help="Model directory.")],
-    signature: Annotated[Path, typer.Option(help="model-signing signature bundle.")],
-    public_key: Annotated[Path, typer.Option(help="PEM EC public key of the signer.")],
+    model_dir: Annotated[Path, typer.Argument(parser=_existing_dir, help="Model directory.")],
+    signature: Annotated[
+        Path, typer.Option(parser=_existing_file, help="model-signing signature bundle.")
+    ],
+    public_key: Annotated[
+        Path, typer.Option(parser=_existing_file, help="PEM EC public key of the signer.")
+    ],
 ) -> None:
     """Verify a model directory's model-signing signature."""
     from secmlops.controls.signing import verify_model_signature
@@ -482,7 +727,8 @@ def promote(
     version: Annotated[str, typer.Argument(help="Version, e.g. v2.")],
     stage: Annotated[str, typer.Option(help="staging or production.")],
     approve_as: Annotated[
-        str | None, typer.Option(help="Record your approval first as NAME.")
+        str | None,
+        typer.Option(callback=_approver_option, help="Record your approval first as NAME."),
     ] = None,
     registry: RegistryOpt = None,
     s3_endpoint_url: EndpointOpt = None,
@@ -555,7 +801,8 @@ def rollback(
     model: Annotated[str, typer.Argument(help="Model name.")],
     stage: Annotated[str, typer.Option(help="staging or production.")],
     to_version: Annotated[
-        str | None, typer.Option(help="Earlier version (default: the previous).")
+        str | None,
+        typer.Option(parser=_version_option, help="Earlier version (default: the previous)."),
     ] = None,
     registry: RegistryOpt = None,
     s3_endpoint_url: EndpointOpt = None,
@@ -610,7 +857,8 @@ def evidence(
     keys: KeysOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show a version's evidence, every bundle re-verified (exit 1 if any does not verify)."""
+    """Judge a version with the deploy gate (the full gate for each stage serving it, else
+    its build checks) and show every evidence bundle; exit 1 unless all of it verifies."""
     from secmlops.report import evidence_report, render_report, require_all_verified
 
     report = evidence_report(_models(model, registry, s3_endpoint_url), version, _keys(keys))
@@ -622,7 +870,11 @@ def evidence(
 def keygen(
     approver: Annotated[
         list[str] | None,
-        typer.Option("--approver", help="Also create a key for NAME (repeatable)."),
+        typer.Option(
+            "--approver",
+            callback=_approver_option,
+            help="Also create a key for NAME (repeatable).",
+        ),
     ] = None,
     keys: KeysOpt = None,
 ) -> None:
@@ -835,30 +1087,51 @@ def revoke(
     model: Annotated[str, typer.Argument(help="Model name.")],
     key: Annotated[
         Path,
-        typer.Option("--key", help="Your private key (PEM): an approver's, or the policy owner's."),
+        typer.Option(
+            "--key",
+            parser=_existing_file,
+            help="Your private key (PEM): an approver's, or the policy owner's.",
+        ),
     ],
-    reason: Annotated[str, typer.Option("--reason", help="Why; signed into the revocation.")],
+    reason: Annotated[
+        str,
+        typer.Option("--reason", parser=_text_option, help="Why; signed into the revocation."),
+    ],
     version: Annotated[
-        str | None, typer.Option("--version", help="Revoke this version, for every stage.")
+        str | None,
+        typer.Option(
+            "--version", parser=_text_option, help="Revoke this version, for every stage."
+        ),
     ] = None,
     approval: Annotated[
         str | None,
-        typer.Option("--approval", help="Revoke the approval stored at this registry key."),
+        typer.Option(
+            "--approval",
+            parser=_text_option,
+            help="Revoke the approval stored at this registry key.",
+        ),
     ] = None,
     key_id: Annotated[
         str | None,
-        typer.Option("--key-id", help="Revoke this key (its sha256 key id, as bundles name it)."),
+        typer.Option(
+            "--key-id",
+            parser=_text_option,
+            help="Revoke this key (its sha256 key id, as bundles name it).",
+        ),
     ] = None,
     effective_from: Annotated[
         str | None,
         typer.Option(
-            "--from", help="With --key-id: refuse what it signed from then (default now)."
+            "--from",
+            parser=_text_option,
+            help="With --key-id: refuse what it signed from then (default now).",
         ),
     ] = None,
     approver: Annotated[
         str | None,
         typer.Option(
             "--as",
+            callback=_approver_option,
             help="Approver name (default: the key file's name; the owner's key signs as "
             "policy-owner).",
         ),
@@ -900,11 +1173,67 @@ def revoke(
     typer.echo(f"revoked {kind} {target}: {revocation.describe()}")
 
 
+@app.command()
+def fetch(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    dest: Annotated[
+        Path, typer.Argument(help="New or empty directory to put the verified model files in.")
+    ],
+    stage: Annotated[str, typer.Option(help="staging or production.")] = "production",
+    registry: RegistryOpt = None,
+    s3_endpoint_url: EndpointOpt = None,
+    keys: KeysOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Verify what a stage serves (signed, fresh pointer, its VSA, the full deploy gate) and
+    move the model into DEST only if all of it passed; exit 1 (DEST untouched) if not."""
+    from secmlops.consume import fetch as fetch_model
+
+    got = fetch_model(_models(model, registry, s3_endpoint_url), stage, dest, keys=_keys(keys))
+    _emit(
+        got.to_json(),
+        as_json,
+        f"FETCHED: {model} {stage} {got.version} sha256:{got.model_digest} -> {got.dest} "
+        f"({len(got.files)} files, {len(got.report.checks)} gate checks pass)",
+    )
+
+
 def _is_validation_error(exc: Exception) -> bool:
     """A pydantic ``ValidationError``, without importing pydantic (~50 ms) for commands
     that never load it: if it is not loaded, nothing raised one."""
     pydantic = sys.modules.get("pydantic")
     return pydantic is not None and isinstance(exc, pydantic.ValidationError)
+
+
+def _one_line(text: str) -> str:
+    """``text`` on one line (runs of whitespace, newlines included, become one space)."""
+    return " ".join(str(text).split())
+
+
+def _validation_error_line(exc: Any) -> str:
+    """A pydantic ``ValidationError`` as one sentence: the model, then each error's field and
+    message (never the multi-line dump with its input values and documentation links)."""
+    try:
+        errors = exc.errors(include_url=False, include_input=False)
+        title = exc.title
+    except Exception:  # not the pydantic we know: fall back to its text, on one line
+        return _one_line(str(exc))
+    parts = []
+    for err in errors[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "(top level)"
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    return _one_line(f"{title}: " + "; ".join(parts) + more)
+
+
+def _usage_error_line(exc: Any, argv: list[str] | None) -> str:
+    """A click usage error (unknown command or option, bad or missing value) as one line
+    naming the command's ``--help``, instead of click's usage block."""
+    fmt = getattr(exc, "format_message", None)
+    message = _one_line(fmt() if callable(fmt) else str(exc))
+    ctx = getattr(exc, "ctx", None)
+    path = getattr(ctx, "command_path", None) or "secmlops"
+    return f"bad input: {message}\n  what to do: see `{path} --help`"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -920,23 +1249,25 @@ def main(argv: list[str] | None = None) -> int:
     except SecMLOpsError as exc:
         if _state["verbose"]:
             traceback.print_exc()
+        if not isinstance(exc, ControlRefused):
+            # One sentence: a message built from a parser's text (YAML, pydantic) may span
+            # lines. (A refusal's message may be a report, kept as written.)
+            exc.message = _one_line(exc.message)
+            exc.fix = _one_line(exc.fix) if exc.fix else exc.fix
+        exc.where = _one_line(exc.where) if exc.where else exc.where
         typer.echo(exc.diagnostics(), err=True)
         return exc.exit_code
     except typer.Abort:
         typer.echo("aborted", err=True)
         return 2
     except typer.TyperException as exc:  # click usage errors: unknown command, bad option
-        show = getattr(exc, "show", None)
-        if callable(show):
-            show()
-        else:
-            typer.echo(f"bad usage: {exc}", err=True)
+        typer.echo(_usage_error_line(exc, argv), err=True)
         return 2
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
         if _is_validation_error(exc):
-            typer.echo(f"bad input: {exc}", err=True)
+            typer.echo(f"bad input: {_validation_error_line(exc)}", err=True)
             return 2
         if _state["verbose"]:
             traceback.print_exc()

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from secmlops.audit import verify_audit_log
 from secmlops.controls.approval import ApprovalPolicy, ApprovalRefusal
 from secmlops.errors import ControlRefused
 from secmlops.evidence.keys import KeyDirectory
@@ -197,8 +198,14 @@ def _signed(
     )
 
 
-def _audit(registry: Path) -> str:
-    return "".join(p.read_text() for p in sorted((registry / MODEL / "audit").iterdir()))
+def _ignored(registry: Path, keys: KeyDirectory) -> list[str]:
+    """The reasons of the ``decision-ignored`` entries of the model's (verified) audit log."""
+    models = ModelRegistry(open_registry(str(registry)), MODEL)
+    return [
+        str(e.fields.get("reason"))
+        for e in verify_audit_log(models, keys).entries
+        if e.event == "decision-ignored"
+    ]
 
 
 def test_approval_in_the_form_approves_staging(start: Any) -> None:
@@ -233,7 +240,7 @@ def test_approval_signed_decision_required_for_production(
     probe.wait_paused(1)
     probe.form("approve", "anonymous")  # production needs a signed decision: ignored
     probe.wait_paused(2)
-    assert "anonymous_not_allowed" in _audit(registry)
+    assert "anonymous_not_allowed" in _ignored(registry, keys)
     outcome = _signed(probe, keys, "alice")
     assert outcome.accepted and "alice approved v1 for production" in outcome.detail
     assert probe.finish() == ["alice"]
@@ -319,7 +326,7 @@ def test_approval_garbage_then_a_valid_decision(
     probe.wait_paused(2)
     probe.form("approve", "x", signed='{"dsseEnvelope": 7}')
     probe.wait_paused(3)
-    assert "malformed_decision" in _audit(registry)
+    assert "malformed_decision" in _ignored(registry, keys)
     assert _signed(probe, keys, "carol").accepted
     assert probe.finish() == ["carol"]
 
@@ -423,5 +430,5 @@ def test_approval_operator_promote_waits_for_an_approval(
         drain_prefect_workers()
     assert probe.error is None, probe.error
     assert result["version"] == "v2"
-    pointer = (registry / MODEL / "stages" / "staging.json").read_text()
-    assert '"version": "v2"' in pointer or '"version":"v2"' in pointer
+    pointer, _ = ModelRegistry(open_registry(str(registry)), MODEL).read_pointer("staging")
+    assert pointer is not None and pointer.version == "v2"

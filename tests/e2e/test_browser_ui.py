@@ -6,7 +6,6 @@ Screenshots go to ``tests/.artifacts/browser/`` (git-ignored); each test prints 
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import tempfile
@@ -17,6 +16,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
 
+from secmlops.registry.models import ModelRegistry
+from secmlops.registry.stores import LocalRegistry
 from tests.e2e.conftest import PROJECT, SITE_REGISTRIES, TERMINAL, PrefectServer
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -236,8 +237,8 @@ def test_browser_approve_in_the_resume_form_deploys_to_staging(
             page, prefect_server, run["id"], shots, decision="approve", reason="looks good"
         )
         resumed = prefect_server.wait_for_run(run["id"], _past_staging, "past staging")
-        pointer = json.loads((registry / MODEL / "stages" / "staging.json").read_text())
-        assert pointer["version"] == "v1", pointer
+        pointer, _ = ModelRegistry(LocalRegistry(registry), MODEL).read_pointer("staging")
+        assert pointer is not None and pointer.version == "v1", pointer
         _screenshot_run(page, prefect_server, resumed, shots / "4-run-after-approval.png")
     finally:
         _cancel(prefect_server, run["id"])

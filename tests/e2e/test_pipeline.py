@@ -4,8 +4,13 @@ model-signing, signed evidence, approvals, the deploy gate, staged deploy, rollb
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
+from secmlops.audit import AuditReport, verify_audit_log
+from secmlops.evidence.keys import KeyDirectory
+from secmlops.registry.models import ModelRegistry, StagePointer
+from secmlops.registry.stores import LocalRegistry
 from tests.conftest import write_site_policy
 from tests.e2e.conftest import PROJECT, PipelineWorld
 
@@ -19,8 +24,20 @@ def _evidence_names(registry: Path, version: str) -> list[str]:
     )
 
 
-def _pointer(registry: Path, stage: str) -> dict:
-    return json.loads((registry / MODEL / "stages" / f"{stage}.json").read_text())
+def _models(registry: Path) -> ModelRegistry:
+    return ModelRegistry(LocalRegistry(registry), MODEL)
+
+
+def _pointer(registry: Path, stage: str) -> StagePointer:
+    """The stage pointer as stored (parsed from its signed bundle, not verified)."""
+    pointer, _ = _models(registry).read_pointer(stage)
+    assert pointer is not None, f"nothing is deployed in {stage}"
+    return pointer
+
+
+def _audit(world: PipelineWorld) -> AuditReport:
+    """The model's audit log, walked and verified with the world's keys."""
+    return verify_audit_log(_models(world.registry), KeyDirectory(world.home / "keys"))
 
 
 def test_two_runs_register_two_versions_with_full_evidence(pipeline_world: PipelineWorld) -> None:
@@ -44,13 +61,16 @@ def test_two_runs_register_two_versions_with_full_evidence(pipeline_world: Pipel
         ):
             assert any(n.startswith(prefix) for n in names), (prefix, names)
     production = _pointer(reg, "production")
-    assert production["version"] == "v2"
-    assert [h["version"] for h in production["history"]] == ["v1"]
-    assert _pointer(reg, "staging")["version"] == "v2"
-    events = [
-        json.loads(p.read_text())["event"] for p in sorted((reg / MODEL / "audit").glob("*.json"))
+    assert production.version == "v2"
+    assert [h["version"] for h in production.history] == ["v1"]
+    assert _pointer(reg, "staging").version == "v2"
+    audit = _audit(pipeline_world)
+    assert audit.clean, audit.problems
+    events = [e.event for e in audit.entries]
+    promoted = [
+        e for e in audit.entries if e.event == "outcome" and e.fields["result"] == "promoted"
     ]
-    assert events.count("registered") == 2 and events.count("promoted") == 4
+    assert events.count("registered") == 2 and len(promoted) == 4
 
 
 def test_evidence_command_shows_every_stage_verified(pipeline_world: PipelineWorld) -> None:
@@ -71,10 +91,10 @@ def test_evidence_command_shows_every_stage_verified(pipeline_world: PipelineWor
 def test_rollback_then_forward_again_through_the_gate(world_copy: PipelineWorld) -> None:
     proc = world_copy.cli("rollback", MODEL, "--stage", "production")
     assert proc.returncode == 0, proc.stderr
-    assert _pointer(world_copy.registry, "production")["version"] == "v1"
+    assert _pointer(world_copy.registry, "production").version == "v1"
     proc = world_copy.cli("promote", MODEL, "v2", "--stage", "production")
     assert proc.returncode == 0, proc.stderr
-    assert _pointer(world_copy.registry, "production")["version"] == "v2"
+    assert _pointer(world_copy.registry, "production").version == "v2"
 
 
 def test_verify_stage_notices_tampering_after_deploy(world_copy: PipelineWorld) -> None:
@@ -100,7 +120,7 @@ def test_tampered_model_file_makes_promotion_refuse(world_copy: PipelineWorld) -
     assert proc.returncode == 1, (proc.returncode, proc.stderr)
     assert "model-signature" in proc.stderr
     assert (reg / MODEL / "stages" / "production.json").read_bytes() == before
-    refused = [json.loads(p.read_text()) for p in (reg / MODEL / "audit").glob("*-refused.json")]
+    refused = [e.fields for e in _audit(world_copy).entries if e.event == "refused"]
     assert any(e["version"] == "v2" and e["stage"] == "production" for e in refused)
 
 
@@ -116,7 +136,7 @@ def test_tampered_evidence_makes_promotion_refuse(world_copy: PipelineWorld) -> 
     proc = world_copy.cli("promote", MODEL, "v2", "--stage", "production")
     assert proc.returncode == 1
     assert "image-scan" in proc.stderr
-    assert _pointer(reg, "production")["version"] == "v1"
+    assert _pointer(reg, "production").version == "v1"
     assert world_copy.cli("evidence", MODEL, "v2").returncode == 1
 
 
@@ -151,7 +171,7 @@ def test_separation_of_duties_refuses_the_staging_approver(world_copy: PipelineW
     proc = world.cli("rollback", MODEL, "--stage", "production")
     assert proc.returncode == 1
     assert "separation of duties" in proc.stderr
-    assert _pointer(world_copy.registry, "production")["version"] == "v2"
+    assert _pointer(world_copy.registry, "production").version == "v2"
 
 
 def test_approval_signed_by_an_unlisted_key_is_refused(world_copy: PipelineWorld) -> None:
@@ -163,7 +183,7 @@ def test_approval_signed_by_an_unlisted_key_is_refused(world_copy: PipelineWorld
     evidence = reg / MODEL / "versions" / "v2" / "evidence"
     for approval in evidence.glob("approval-production-*.json"):
         approval.unlink()
-    digest = _pointer(reg, "staging")["modelDigest"]["sha256"]
+    digest = _pointer(reg, "staging").model_digest
     generate_keypair(world_copy.home / "mallory.pem", world_copy.home / "mallory.pub")
     request = ApprovalRequest(MODEL, "v2", digest, "production", "c" * 64)
     forged = approval_statement(
@@ -175,7 +195,7 @@ def test_approval_signed_by_an_unlisted_key_is_refused(world_copy: PipelineWorld
     proc = world_copy.cli("promote", MODEL, "v2", "--stage", "production")
     assert proc.returncode == 1
     assert "untrusted key" in proc.stderr
-    assert _pointer(reg, "production")["version"] == "v1"
+    assert _pointer(reg, "production").version == "v1"
 
 
 def test_run_without_an_approver_stops_before_staging(
@@ -245,40 +265,65 @@ def test_evidence_copied_from_another_version_is_refused(world_copy: PipelineWor
     proc = world_copy.cli("promote", MODEL, "v2", "--stage", "production")
     assert proc.returncode == 1
     assert "is for version='v1'" in proc.stderr
-    assert _pointer(reg, "production")["version"] == "v1"
+    assert _pointer(reg, "production").version == "v1"
     report = world_copy.cli("evidence", MODEL, "v2")
     assert report.returncode == 1 and "copied?" in report.stdout
 
 
 def test_forged_stage_pointer_fails_the_smoke_test(world_copy: PipelineWorld) -> None:
+    """A production pointer naming a genuine gate-signed VSA, but staging's: edited in the
+    registry (the signature no longer verifies), or even signed by the gate (the VSA does
+    not vouch for production), the smoke test refuses it."""
+    import base64
+
     import pytest
 
     from ml.model import load_model
     from secmlops.controls.smoke_test import smoke_test_stage
+    from secmlops.demo.data_registry import generate_churn_dataset, write_dataset_csv
     from secmlops.errors import ControlRefused
-    from secmlops.evidence.keys import KeyDirectory
-    from secmlops.registry.models import ModelRegistry
-    from secmlops.registry.stores import LocalRegistry
+    from secmlops.evidence.statements import load_private_key
+    from secmlops.gate import GateRefusal
+    from secmlops.registry.pointers import PointerRefusal, publish_pointer
 
     reg = world_copy.registry
-    production = reg / MODEL / "stages" / "production.json"
-    staging = json.loads((reg / MODEL / "stages" / "staging.json").read_text())
-    forged = json.loads(production.read_text())
-    forged["vsa"] = staging["vsa"]  # a genuine gate-signed VSA, but for staging
-    production.write_text(json.dumps(forged))
+    models = _models(reg)
+    keys = KeyDirectory(world_copy.home / "keys")
+    production, staging = _pointer(reg, "production"), _pointer(reg, "staging")
     sample = world_copy.home / "sample.csv"
-    from secmlops.demo.data_registry import generate_churn_dataset, write_dataset_csv
-
     write_dataset_csv(generate_churn_dataset("v1.1"), sample)
-    with pytest.raises(ControlRefused, match="VSA"):
-        smoke_test_stage(
-            ModelRegistry(LocalRegistry(reg), MODEL),
-            "production",
-            sample,
-            keys=KeyDirectory(world_copy.home / "keys"),
-            loader=load_model,
-            min_accuracy=0.5,
-        )
+
+    def smoke() -> ControlRefused:
+        with pytest.raises(ControlRefused) as err:
+            smoke_test_stage(
+                models, "production", sample, keys=keys, loader=load_model, min_accuracy=0.5
+            )
+        return err.value
+
+    # Someone with write access to the registry edits the stored pointer's statement.
+    stored = reg / MODEL / "stages" / "production.json"
+    bundle = json.loads(stored.read_text())
+    statement = json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"]))
+    statement["predicate"]["vsa"] = {"key": staging.vsa, "sha256": staging.vsa_sha256}
+    bundle["dsseEnvelope"]["payload"] = base64.b64encode(json.dumps(statement).encode()).decode()
+    stored.write_text(json.dumps(bundle))
+    assert _pointer(reg, "production").vsa == staging.vsa
+    assert smoke().reason is PointerRefusal.POINTER_BAD_SIGNATURE
+
+    # A gate-signed pointer (next in the signed stage history) naming staging's VSA.
+    publish_pointer(
+        models,
+        stage="production",
+        version=production.version,
+        model_digest=production.model_digest,
+        vsa=staging.vsa,  # a genuine gate-signed VSA, but for staging
+        vsa_sha256=staging.vsa_sha256,
+        signer=load_private_key(keys.private("gate")),
+        actor="test",
+    )
+    refused = smoke()
+    assert "VSA" in refused.message
+    assert refused.reason is GateRefusal.POINTER_NOT_VOUCHED
 
 
 def test_stale_approval_is_refused_when_policy_limits_age(world_copy: PipelineWorld) -> None:
@@ -291,7 +336,7 @@ def test_stale_approval_is_refused_when_policy_limits_age(world_copy: PipelineWo
     evidence = reg / MODEL / "versions" / "v2" / "evidence"
     for approval in evidence.glob("approval-production-*.json"):
         approval.unlink()
-    digest = _pointer(reg, "staging")["modelDigest"]["sha256"]
+    digest = _pointer(reg, "staging").model_digest
     request = ApprovalRequest(
         MODEL, "v2", digest, "production", sha256_file(evidence / "release.json")
     )
@@ -301,14 +346,20 @@ def test_stale_approval_is_refused_when_policy_limits_age(world_copy: PipelineWo
     )
     key = load_private_key(world_copy.home / "keys" / "approvers" / "demo-approver.pem")
     (evidence / "approval-production-old.json").write_text(json.dumps(sign_statement(old, key)))
-    assert world_copy.cli("promote", MODEL, "v2", "--stage", "production").returncode == 0
-    assert world_copy.cli("rollback", MODEL, "--stage", "production").returncode == 0
-    policy = world_copy.home / "aged-policy.yaml"
     text = (Path(__file__).resolve().parents[2] / "secmlops-policy.yaml").read_text()
-    policy.write_text(text + "max_approval_age_days: 30\n")
-    env = {**world_copy.env, "SECMLOPS_POLICY": str(policy)}
-    world = PipelineWorld(world_copy.home, reg, env, world_copy.runs)
-    proc = world.cli("promote", MODEL, "v2", "--stage", "production")
+
+    def promote_with_age_limit(days: int) -> subprocess.CompletedProcess[str]:
+        # One file per policy: a signed policy file is never rewritten (issue 8).
+        policy = world_copy.home / f"aged-policy-{days}.yaml"
+        policy.write_text(text + f"max_approval_age_days: {days}\n")
+        env = {**world_copy.env, "SECMLOPS_POLICY": str(policy)}
+        world = PipelineWorld(world_copy.home, reg, env, world_copy.runs)
+        return world.cli("promote", MODEL, "v2", "--stage", "production")
+
+    # A policy that allows old approvals counts it (production's default limit would not).
+    assert promote_with_age_limit(100_000).returncode == 0
+    assert world_copy.cli("rollback", MODEL, "--stage", "production").returncode == 0
+    proc = promote_with_age_limit(30)
     assert proc.returncode == 1
     assert "older than 30 days" in proc.stderr
 
@@ -326,16 +377,17 @@ def test_pinned_schema_digest_is_enforced(world_copy: PipelineWorld) -> None:
     text = (Path(__file__).resolve().parents[2] / "secmlops-policy.yaml").read_text()
 
     def promote_with_pins(*digests: str) -> int:
-        policy = world_copy.home / "pinned-policy.yaml"
+        # One file per policy: a signed policy file is never rewritten (issue 8).
+        policy = world_copy.home / f"pinned-policy-{len(digests)}.yaml"
         policy.write_text(text + f"required_schema_digests: {list(digests)}\n")
         env = {**world_copy.env, "SECMLOPS_POLICY": str(policy)}
         world = PipelineWorld(world_copy.home, reg, env, world_copy.runs)
         return world.cli("promote", MODEL, "v2", "--stage", "production").returncode
 
     assert promote_with_pins("0" * 64) == 1
-    assert _pointer(reg, "production")["version"] == "v1"
+    assert _pointer(reg, "production").version == "v1"
     assert promote_with_pins("0" * 64, used) == 0
-    assert _pointer(reg, "production")["version"] == "v2"
+    assert _pointer(reg, "production").version == "v2"
 
 
 def test_site_key_directory_is_never_filled_with_generated_keys(
@@ -364,22 +416,28 @@ def test_gate_rejudges_the_scan_under_todays_policy(world_copy: PipelineWorld) -
     reg = world_copy.registry
     assert world_copy.cli("rollback", MODEL, "--stage", "production").returncode == 0
     text = (Path(__file__).resolve().parents[2] / "secmlops-policy.yaml").read_text()
-    policy = world_copy.home / "strict-policy.yaml"
-    env = {**world_copy.env, "SECMLOPS_POLICY": str(policy)}
-    world = PipelineWorld(world_copy.home, reg, env, world_copy.runs)
 
-    policy.write_text(text.replace("fail_on: [CRITICAL, HIGH]", "fail_on: [CRITICAL, HIGH, LOW]"))
-    proc = world.cli("promote", MODEL, "v2", "--stage", "production")
+    def promote_under(name: str, policy_text: str) -> subprocess.CompletedProcess[str]:
+        # One file per policy: a signed policy file is never rewritten (issue 8).
+        policy = world_copy.home / f"{name}-policy.yaml"
+        policy.write_text(policy_text)
+        env = {**world_copy.env, "SECMLOPS_POLICY": str(policy)}
+        world = PipelineWorld(world_copy.home, reg, env, world_copy.runs)
+        return world.cli("promote", MODEL, "v2", "--stage", "production")
+
+    proc = promote_under(
+        "strict", text.replace("fail_on: [CRITICAL, HIGH]", "fail_on: [CRITICAL, HIGH, LOW]")
+    )
     assert proc.returncode == 1
     assert "image-scan" in proc.stderr and "CVE-2010-4756" in proc.stderr
 
-    policy.write_text(
-        text.replace("unsafe_allow_curated_db: true", "unsafe_allow_curated_db: false")
+    proc = promote_under(
+        "no-curated-db",
+        text.replace("unsafe_allow_curated_db: true", "unsafe_allow_curated_db: false"),
     )
-    proc = world.cli("promote", MODEL, "v2", "--stage", "production")
     assert proc.returncode == 1
     assert "image-scan" in proc.stderr
-    assert _pointer(reg, "production")["version"] == "v1"
+    assert _pointer(reg, "production").version == "v1"
 
 
 def test_approval_cli_promote_waits_and_is_approved_from_another_shell(

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import boto3
 
+from secmlops.registry.models import StagePointer, parse_pointer
+
 SECMLOPS = Path(sys.executable).parent / "secmlops"
 MODEL = "churn-classifier"
 
@@ -35,11 +37,11 @@ def test_pipeline_on_s3_then_gate_refuses_a_tampered_object(
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
     prefix = f"registry/{MODEL}"
 
-    def pointer(stage: str) -> dict:
-        body = s3.get_object(Bucket=s3_bucket, Key=f"{prefix}/stages/{stage}.json")["Body"]
-        return json.loads(body.read())
+    def pointer(stage: str) -> StagePointer:
+        key = f"{prefix}/stages/{stage}.json"
+        return parse_pointer(s3.get_object(Bucket=s3_bucket, Key=key)["Body"].read(), key)
 
-    assert pointer("staging")["version"] == "v1"
+    assert pointer("staging").version == "v1"
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket, Prefix=prefix)["Contents"]]
     assert f"{prefix}/versions/v1/model.sig" in keys
     assert f"{prefix}/versions/v1/evidence/release.json" in keys
@@ -49,7 +51,7 @@ def test_pipeline_on_s3_then_gate_refuses_a_tampered_object(
         env, "promote", MODEL, "v1", "--stage", "production", "--approve-as", "demo-approver"
     )
     assert promote.returncode == 0, promote.stderr
-    assert pointer("production")["version"] == "v1"
+    assert pointer("production").version == "v1"
     report = _cli(env, "evidence", MODEL, "v1", "--json")
     assert report.returncode == 0 and json.loads(report.stdout)["all_verified"] is True
 
@@ -62,4 +64,5 @@ def test_pipeline_on_s3_then_gate_refuses_a_tampered_object(
     again = _cli(env, "promote", MODEL, "v1", "--stage", "production")
     assert again.returncode == 1, again.stderr
     assert "model-signature" in again.stderr
-    assert pointer("production") == before
+    after = pointer("production")
+    assert after == before and after.sha256 == before.sha256  # the same stored bytes

@@ -3,7 +3,6 @@ worker, as an operator would from the UI (the API calls the UI makes)."""
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
@@ -12,6 +11,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from secmlops.audit import verify_audit_log
+from secmlops.evidence.keys import KeyDirectory
+from secmlops.registry.models import ModelRegistry
+from secmlops.registry.stores import LocalRegistry
 from tests.e2e.conftest import TERMINAL, PrefectServer
 
 SECMLOPS = Path(sys.executable).parent / "secmlops"
@@ -96,10 +99,15 @@ def test_approval_in_the_form_and_signed_on_a_deployed_run(
     assert "demo-approver approved v1 for production (signed-decision)" in signed.stdout
     run = wait_for(prefect_server, run_id, TERMINAL)
     assert run["state_type"] == "COMPLETED", run["state"]
-    registry = prefect_server.home / "secmlops" / "registry" / "churn-classifier"
-    assert json.loads((registry / "stages" / "production.json").read_text())["version"] == "v1"
-    audit = "".join(p.read_text() for p in (registry / "audit").iterdir())
-    assert "decision-ignored" in audit and "anonymous_not_allowed" in audit
+    state = prefect_server.home / "secmlops"
+    models = ModelRegistry(LocalRegistry(state / "registry"), "churn-classifier")
+    pointer, _ = models.read_pointer("production")
+    assert pointer is not None and pointer.version == "v1"
+    audit = verify_audit_log(models, KeyDirectory(state / "keys")).entries
+    assert any(
+        e.event == "decision-ignored" and e.fields.get("reason") == "anonymous_not_allowed"
+        for e in audit
+    ), [(e.event, e.fields) for e in audit]
 
     verified = prefect_server.run_deployment("verify/verify", "model=churn-classifier")
     assert verified["state_type"] == "COMPLETED", verified["state"]

@@ -12,9 +12,11 @@ from secmlops import deploy
 from secmlops.deploy import DeployRefusal, promote_to_stage, rollback_stage
 from secmlops.errors import ControlRefused
 from secmlops.evidence.keys import KeyDirectory
+from secmlops.evidence.statements import load_private_key
 from secmlops.gate import GateCheck, GatePolicy, GateReport
 from secmlops.operations import verify_stage
 from secmlops.registry.models import ModelRegistry, StagePointer, parse_json_object
+from secmlops.registry.pointers import publish_pointer
 from secmlops.registry.stores import LocalRegistry, RegistryRefusal, WriteConflict
 from secmlops.report import EvidenceReportRefusal, require_all_verified
 
@@ -94,9 +96,18 @@ def _report(version: str) -> GateReport:
     )
 
 
-def _pointer(version: str) -> StagePointer:
-    vsa = f"{MODEL}/versions/{version}/evidence/vsa-staging-x.json"
-    return StagePointer(MODEL, "staging", version, "a" * 64, vsa, "b" * 64, "now", "test")
+def _pointer(models: ModelRegistry, keys: KeyDirectory, version: str) -> StagePointer:
+    """Publish a gate-signed staging pointer to ``version`` (as a promotion would)."""
+    return publish_pointer(
+        models,
+        stage="staging",
+        version=version,
+        model_digest="a" * 64,
+        vsa=f"{MODEL}/versions/{version}/evidence/vsa-staging-x.json",
+        vsa_sha256="b" * 64,
+        signer=load_private_key(keys.private("gate")),
+        actor="test",
+    )
 
 
 def test_a_promotion_that_loses_the_pointer_race_is_refused(
@@ -105,8 +116,10 @@ def test_a_promotion_that_loses_the_pointer_race_is_refused(
     models, keys = world
     report = _report("v1")
 
+    winner: list[StagePointer] = []
+
     def verify_while_another_promotes(*_args: object, **_kwargs: object) -> GateReport:
-        models.move_pointer(_pointer("v2"), None)  # someone else wins meanwhile
+        winner.append(_pointer(models, keys, "v2"))  # someone else wins meanwhile
         return report
 
     monkeypatch.setattr(deploy, "verify_release", verify_while_another_promotes)
@@ -114,14 +127,15 @@ def test_a_promotion_that_loses_the_pointer_race_is_refused(
         promote_to_stage(models, "v1", "staging", keys=keys, policy=GatePolicy(), actor="t")
     assert info.value.reason is DeployRefusal.POINTER_RACE_LOST
     assert info.value.result is report
-    assert models.read_pointer("staging")[0] == _pointer("v2")
+    served = models.read_pointer("staging")[0]
+    assert served is not None and served == winner[0] and served.sha256 == winner[0].sha256
 
 
 def test_rollback_without_an_earlier_vouched_version_is_refused(
     world: tuple[ModelRegistry, KeyDirectory],
 ) -> None:
     models, keys = world
-    models.move_pointer(_pointer("v1"), None)
+    _pointer(models, keys, "v1")
     with pytest.raises(ControlRefused, match="no earlier version") as info:
         rollback_stage(models, "staging", keys=keys, policy=GatePolicy(), actor="t")
     assert info.value.reason is DeployRefusal.NOTHING_TO_ROLL_BACK

@@ -21,10 +21,11 @@ from secmlops.controls.smoke_test import SmokeTestRefusal, smoke_test_stage
 from secmlops.deploy import vsa_statement
 from secmlops.errors import ControlRefused, InputError
 from secmlops.evidence.keys import KeyDirectory
-from secmlops.evidence.statements import load_private_key, sign_statement, utc_now
+from secmlops.evidence.statements import load_private_key, sign_statement
 from secmlops.gate import GateCheck, GatePolicy, GateReport
 from secmlops.model import LoadedModel
-from secmlops.registry.models import ModelRegistry, StagePointer, stamped
+from secmlops.registry.models import ModelRegistry, stamped
+from secmlops.registry.pointers import publish_pointer
 from secmlops.registry.stores import LocalRegistry
 from tests.unit.test_model_format import SPEC, churn_frame
 
@@ -40,7 +41,8 @@ class Deployed:
 
 
 def _deploy(models: ModelRegistry, keys: KeyDirectory, model_dir: Path, version: str) -> None:
-    """What the deploy gate leaves behind: model + signature, a gate-signed VSA, a pointer."""
+    """What the deploy gate leaves behind: model + signature, a gate-signed VSA, a
+    gate-signed pointer."""
     signature = model_dir.parent / f"{version}.sig"
     sign_model(model_dir, private_key=keys.private("model-signer"), signature=signature)
     models.store.upload_tree(model_dir, models.model_prefix(version))
@@ -62,9 +64,16 @@ def _deploy(models: ModelRegistry, keys: KeyDirectory, model_dir: Path, version:
     vsa = vsa_statement(models, report, GatePolicy())
     bundle = sign_statement(vsa, load_private_key(keys.private("gate")))
     key, sha = models.put_evidence(version, stamped("vsa-staging"), bundle)
-    previous = models.read_pointer("staging")[1]
-    pointer = StagePointer(MODEL, "staging", version, digest, key, sha, utc_now(), "test")
-    models.move_pointer(pointer, previous)
+    publish_pointer(
+        models,
+        stage="staging",
+        version=version,
+        model_digest=digest,
+        vsa=key,
+        vsa_sha256=sha,
+        signer=load_private_key(keys.private("gate")),
+        actor="test",
+    )
 
 
 @pytest.fixture(scope="module")
