@@ -40,7 +40,7 @@ def test_s3_versions_and_trees(s3_bucket: str, s3_endpoint: str, tmp_path: Path)
 
 def test_unreachable_s3_is_a_tool_error(aws_env: None) -> None:
     reg = open_registry("s3://bucket", s3_endpoint_url="http://127.0.0.1:9")
-    with pytest.raises(ToolError, match="S3 read"):
+    with pytest.raises(ToolError, match="S3 GET"):
         reg.get("x.json")
 
 

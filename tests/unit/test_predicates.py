@@ -28,6 +28,7 @@ from secmlops.controls.image_scan import (
     ScanPolicy,
     evaluate_scan_policy,
     image_scan_statement,
+    pinned_trivy_sha256,
 )
 from secmlops.controls.image_scan.db import UPSTREAM_SOURCE_LABEL, TrivyDbInfo
 from secmlops.controls.model_scan import model_scan_statement, scan_model_files
@@ -144,6 +145,7 @@ def _image_scan() -> dict[str, Any]:
         os_eosl=False,
         packages_scanned=10,
         trivy_version="0.76.0",
+        trivy_sha256=pinned_trivy_sha256(),
         db=db,
         scanners=("vuln", "secret"),
         findings=(finding,),

@@ -25,6 +25,7 @@ from secmlops.controls.image_scan import (
     enforce_scan_predicate,
     evaluate_scan_policy,
     image_scan_statement,
+    pinned_trivy_sha256,
     scan_predicate_verdict,
     trivy_invocation,
 )
@@ -79,6 +80,7 @@ def _result(*findings: Finding, db: TrivyDbInfo | None = None, **kw: Any) -> Ima
         "os_eosl": False,
         "packages_scanned": 10,
         "trivy_version": "0.76.0",
+        "trivy_sha256": pinned_trivy_sha256(),
         "db": db or _db(),
         "scanners": ("vuln", "secret"),
         "findings": tuple(findings),

@@ -174,11 +174,19 @@ class VulnsDb(_Camel):
     cache_dir: str | None = None
     #: Why the DB counted: ``secmlops-demo`` (pinned in code) or ``site-pinned``.
     origin: str | None = None
+    #: metadata.json ``DownloadedAt`` (``lastUpdate`` is its ``UpdatedAt``: the DB build
+    #: time); absent in evidence before issue 9.
+    downloaded_at: str | None = None
 
 
 class VulnsScanner(_Strict):
     uri: str
     version: str
+    #: sha256 of the trivy binary that ran, symlinks resolved (ours; absent before issue 9:
+    #: such evidence is refused, see controls/image_scan/binary.py).
+    digest: Sha256Ref | None = None
+    #: The path of that binary (ours; informative only, the digest decides).
+    path: str | None = None
     db: VulnsDb
     result: list[VulnsResult]
 

