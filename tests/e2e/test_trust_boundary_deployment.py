@@ -93,9 +93,7 @@ def test_finding4_a_registry_endpoint_named_by_a_run_gets_no_request(
     """Issue 12 finding 4: a RegistryTarget naming an endpoint on 127.0.0.1 received
     requests signed with the worker's AWS credentials. Now a run can only name one of the
     site's registries: the endpoint it names is never called."""
-    old_shape = {
-        "registry": {"uri": "s3://stolen/creds", "s3_endpoint_url": request_logger.url}
-    }
+    old_shape = {"registry": {"uri": "s3://stolen/creds", "s3_endpoint_url": request_logger.url}}
     as_a_name = {"registry": request_logger.url}
     refused = _create_run(prefect_server, as_a_name, enforce=True)
     assert isinstance(refused, HTTPError) and refused.code in (409, 422), refused

@@ -85,8 +85,7 @@ def binary_refusal(
     if sha256 is None:
         return (
             ImageScanRefusal.SCANNER_NOT_PINNED,
-            "the scan does not record the sha256 of the trivy binary that ran; "
-            "rescan the image",
+            "the scan does not record the sha256 of the trivy binary that ran; rescan the image",
         )
     if sha256 == pinned_trivy_sha256() or sha256 in policy.allowed_trivy_sha256:
         return None
