@@ -184,7 +184,7 @@ class AuditLog:
         chained: dict[int, str] = {}
         other: list[str] = []
         for key in self.models.store.list_keys(self.prefix):
-            match = _ENTRY.match(key.rsplit("/", 1)[-1])
+            match = _ENTRY.fullmatch(key.rsplit("/", 1)[-1])
             if match and key == self.key(int(match.group(1))):
                 chained[int(match.group(1))] = key
             else:

@@ -91,14 +91,36 @@ def _items(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list | tuple) else [value]
 
 
-def _text_option(value: Any) -> Any:
-    """A text option that is given must say something: '' is refused, never read as "not
+def _free_text_option(value: Any) -> Any:
+    """Free text (a reason): given, it must say something; '' is refused, never read as "not
     given" (which would silently fall back to a default)."""
     for item in _items(value):
         if isinstance(item, str) and not item.strip():
             raise typer.BadParameter("is empty; give a value or leave the option out")
         if isinstance(item, str) and "\0" in item:
             raise typer.BadParameter("contains a NUL character")
+    return value
+
+
+def _text_option(value: Any) -> Any:
+    """A one-word value (a name, a reference, a URI): not empty, and no control characters
+    (a trailing newline would name a different object than the one shown)."""
+    _free_text_option(value)
+    for item in _items(value):
+        if isinstance(item, str) and not item.isprintable():
+            raise typer.BadParameter(f"{item[:60]!r} contains a control character")
+    return value
+
+
+def _key_id_option(value: str) -> str:
+    """``--key-id``: a whole sha256 key id (64 lowercase hex; no trailing newline)."""
+    import re
+
+    _text_option(value)
+    if not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise typer.BadParameter(
+            f"{value[:80]!r} is not a key id (the sha256, 64 lowercase hex, of the public key)"
+        )
     return value
 
 
@@ -1095,7 +1117,7 @@ def revoke(
     ],
     reason: Annotated[
         str,
-        typer.Option("--reason", parser=_text_option, help="Why; signed into the revocation."),
+        typer.Option("--reason", parser=_free_text_option, help="Why; signed into the revocation."),
     ],
     version: Annotated[
         str | None,
@@ -1115,7 +1137,7 @@ def revoke(
         str | None,
         typer.Option(
             "--key-id",
-            parser=_text_option,
+            parser=_key_id_option,
             help="Revoke this key (its sha256 key id, as bundles name it).",
         ),
     ] = None,

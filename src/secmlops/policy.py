@@ -156,6 +156,14 @@ def read_policy(path: Path) -> PolicyFile:
         )
     raw = path.read_bytes()
     try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(
+            f"policy file {path} is not a UTF-8 text file",
+            where=str(path),
+            fix="point --policy / SECMLOPS_POLICY at the YAML policy file",
+        ) from None
+    try:
         data = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
         raise InputError(f"{path} is not valid YAML: {exc}", where=str(path)) from exc

@@ -254,7 +254,7 @@ def _resolve_rev(
     refused as bad input if there is no such tag.
     """
     run_git("init", "-q", "--bare", str(meta), cwd=meta.parent, timeout=60, env=env)
-    ref = rev if _SHA_RE.match(rev) else f"refs/tags/{rev}"
+    ref = rev if _SHA_RE.fullmatch(rev) else f"refs/tags/{rev}"
     try:
         run_tool(
             [
@@ -296,7 +296,7 @@ def _resolve_rev(
         extra_env=env,
         what="git rev-parse",
     ).stdout.strip()
-    if not _SHA_RE.match(out):
+    if not _SHA_RE.fullmatch(out):
         raise ToolError(f"git rev-parse returned {out!r}, not a commit sha", where="git rev-parse")
     return out
 

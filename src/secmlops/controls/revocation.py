@@ -267,7 +267,7 @@ def _check_shape(st: VerifiedStatement, p: RevocationPredicate, where: str) -> N
         except InputError as exc:
             raise _refuse(where, bad, exc.message) from exc
     if p.key is not None and (
-        not _HEX64.match(p.key.key_id) or _time(p.key.effective_from) is None
+        not _HEX64.fullmatch(p.key.key_id) or _time(p.key.effective_from) is None
     ):
         raise _refuse(where, bad, "a key revocation needs a key id and an effectiveFrom time")
 
@@ -417,9 +417,9 @@ def _payload(bundle: Mapping[str, Any], where: str) -> dict[str, Any]:
 def approval_target(models: ModelRegistry, evidence_key: str) -> tuple[str, RevokedApproval]:
     """(version, what to revoke) for the approval stored at registry key ``evidence_key``."""
     where = "--approval"
-    found = re.match(
-        rf"^{re.escape(models.model)}/versions/(v[0-9]+)/evidence/"
-        r"approval-(staging|production)-[a-z0-9._-]+\.json$",
+    found = re.fullmatch(
+        rf"{re.escape(models.model)}/versions/(v[0-9]+)/evidence/"
+        r"approval-(staging|production)-[a-z0-9._-]+\.json",
         evidence_key,
     )
     if not found:
@@ -502,7 +502,7 @@ def revocation_statement(
         )
         subject = Subject("model", digest)
     else:
-        if not _HEX64.match(target):
+        if not _HEX64.fullmatch(target):
             raise InputError(
                 f"{target!r} is not a key id",
                 where="--key-id",

@@ -582,7 +582,7 @@ def provenance_statement(
         "digest": {"sha256": dataset_sha256},
         "annotations": {"commit": dataset_commit},
     }
-    if _COMMIT.match(dataset_commit):
+    if _COMMIT.fullmatch(dataset_commit):
         dataset_dep["digest"]["gitCommit"] = dataset_commit
     dependencies = [dataset_dep]
     dependencies += [

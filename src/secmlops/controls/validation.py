@@ -258,7 +258,7 @@ def _import_schema_file(spec: str, file_part: str) -> ModuleType:
 
 
 def _import_schema_module(spec: str, module_part: str) -> ModuleType:
-    if not _MODULE_RE.match(module_part):
+    if not _MODULE_RE.fullmatch(module_part):
         raise InputError(
             f"{module_part!r} is neither a .py file nor a module name (spec {spec!r})",
             where=spec,

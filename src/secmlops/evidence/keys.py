@@ -44,15 +44,26 @@ if TYPE_CHECKING:
 
 #: The pipeline roles, each with its own key (see :data:`trust_root.TRUST_ROLES`).
 ROLES = ("policy-owner", "model-signer", "attestor", "gate")
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 
 
 def check_name(name: str, what: str) -> str:
     """Names that become file names and registry keys (approvers, models) are short
-    lowercase identifiers; anything else is ``InputError``."""
-    if not _NAME.match(name):
+    lowercase identifiers; anything else is ``InputError``.
+
+    The whole name must match (``fullmatch``: ``$`` would accept a trailing newline, and
+    ``eve\n`` would become a key file ``approvers/eve\n.pem``); an empty name is refused,
+    never taken as "no name"."""
+    if not isinstance(name, str) or not name:
         raise InputError(
-            f"invalid {what} name {name!r}",
+            f"the {what} name is empty",
+            where=what,
+            fix="give a name: lowercase letters, digits, '.', '_' or '-' (e.g. alice)",
+        )
+    if not _NAME.fullmatch(name):
+        shown = repr(name) if len(name) <= 80 else f"{name[:60]!r}… ({len(name)} characters)"
+        raise InputError(
+            f"invalid {what} name {shown}",
             where=what,
             fix="use lowercase letters, digits, '.', '_' or '-' (e.g. alice or churn-model)",
         )

@@ -147,7 +147,7 @@ def scan_result_from_predicate(predicate: Mapping[str, Any]) -> ImageScanResult:
             for ann in entry["annotations"]
         ]
         image_digest = str(image["imageId"]).removeprefix("sha256:")
-        if not SHA256_HEX.match(image_digest):
+        if not SHA256_HEX.fullmatch(image_digest):
             raise ValueError(f"imageId {image['imageId']!r} is not a sha256 digest")
         return ImageScanResult(
             target=str(image["name"]),
@@ -196,7 +196,7 @@ def _recorded_trivy_sha256(scanner: Mapping[str, Any]) -> str | None:
     if digest is None:
         return None
     sha = digest["sha256"] if isinstance(digest, Mapping) else None
-    if not isinstance(sha, str) or not SHA256_HEX.match(sha):
+    if not isinstance(sha, str) or not SHA256_HEX.fullmatch(sha):
         raise ValueError(f"scanner.digest {digest!r} is not a sha256 digest")
     return sha
 

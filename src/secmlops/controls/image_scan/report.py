@@ -107,6 +107,6 @@ def report_image_digest(raw: Mapping[str, Any]) -> str:
             "Metadata.ImageID is missing; cannot bind the scan to an image digest"
         )
     digest = image_id.removeprefix("sha256:")
-    if not SHA256_HEX.match(digest):
+    if not SHA256_HEX.fullmatch(digest):
         raise unusable_report(f"Metadata.ImageID {image_id!r} is not a sha256 digest")
     return digest
