@@ -340,6 +340,7 @@ def _run(
             loader=load_model,
             min_accuracy=policy.min_smoke_accuracy,
             expect_version=version,
+            policy=policy,
         )
         key, _ = models.put_evidence(
             version,

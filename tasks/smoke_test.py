@@ -9,6 +9,7 @@ from prefect.cache_policies import NO_CACHE
 
 from secmlops.controls.smoke_test import SmokeTestResult, smoke_test_stage
 from secmlops.evidence.keys import KeyDirectory
+from secmlops.gate import GatePolicy
 from secmlops.model import ModelLoader
 from secmlops.registry.models import ModelRegistry
 
@@ -29,6 +30,7 @@ def smoke_test_stage_task(
     loader: ModelLoader,
     min_accuracy: float,
     expect_version: str | None = None,
+    policy: GatePolicy | None = None,
 ) -> SmokeTestResult:
     """Prefect wrapper for :func:`smoke_test_stage` (a verification: never cached).
 
@@ -42,4 +44,5 @@ def smoke_test_stage_task(
         loader=loader,
         min_accuracy=min_accuracy,
         expect_version=expect_version,
+        policy=policy,
     )

@@ -71,6 +71,7 @@ _LAZY: dict[str, str] = {
     "rollback_version": "secmlops.operations",
     "verify_stage": "secmlops.operations",
     "evidence_report": "secmlops.report",
+    "fetch": "secmlops.consume",
 }
 
 __all__ = [
@@ -90,6 +91,7 @@ __all__ = [
     "enforce_scan_policy",
     "evaluate_scan_policy",
     "evidence_report",
+    "fetch",
     "load_gate_policy",
     "open_registry",
     "promote_version",
@@ -121,6 +123,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # the names the lazy loader serves, for type checkers and IDEs
+    from secmlops.consume import fetch
     from secmlops.controls.data import pull_dataset
     from secmlops.controls.image_scan import (
         ScanPolicy,

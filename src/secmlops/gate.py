@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from cryptography.hazmat.primitives import serialization
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from secmlops._internal.digests import sha256_bytes, tree_digest
@@ -474,8 +475,8 @@ def verify_release(
                     "model.sig is not the signature named in the release manifest",
                     reason=GateRefusal.MODEL_SIGNATURE_INVALID,
                 )
-            verify_model_signature(
-                model_dir, signature=signature, public_key=keys.require(keys.public("model-signer"))
+            signer_kid = _verify_with_model_signer_keys(
+                gate, model_dir, signature, Path(tmp) / "model-signer-keys"
             )
             digest = tree_digest(model_dir)
         if digest != report.model_digest:
@@ -484,7 +485,7 @@ def verify_release(
                 f"release manifest says {report.model_digest[:12]}…",
                 reason=GateRefusal.MODEL_SIGNATURE_INVALID,
             )
-        return "model-signing signature verifies with the model-signer key", [
+        return f"model-signing signature verifies with model-signer key {signer_kid[:12]}…", [
             models.signature_key(version)
         ]
 
@@ -502,6 +503,46 @@ def verify_release(
     if not report.passed:
         _refuse(report)
     return report
+
+
+def _verify_with_model_signer_keys(
+    gate: _Gate, model_dir: Path, signature: Path, scratch: Path
+) -> str:
+    """Verify the model signature with the trust root's model-signer keys valid when the
+    release was made (rotated keys keep their old versions verifiable); the key id that
+    verified. A production policy accepts no demo key here either."""
+    assert gate.release is not None  # noqa: S101 - the release check passed
+    trusted = gate.keys.trusted("model-signer")
+    made = parse_time(gate.release.created_at)
+    candidates = [
+        (kid, key)
+        for kid, (_, key) in trusted.keys.items()
+        if made is None or trusted.window(kid).contains(made)
+    ]
+    if not candidates:
+        raise ControlRefused(
+            "no model-signer key in the trust root was valid when this release was made",
+            reason=GateRefusal.MODEL_SIGNATURE_INVALID,
+            fix="check the model-signer keys and windows: `secmlops trust show`",
+        )
+    scratch.mkdir()
+    refusal: ControlRefused | None = None
+    for kid, key in candidates:
+        pem = scratch / f"{kid}.pub"
+        pem.write_bytes(
+            key.public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+        try:
+            verify_model_signature(model_dir, signature=signature, public_key=pem)
+        except ControlRefused as exc:
+            refusal = exc
+            continue
+        gate.policy.require_key_allowed(gate.keys, kid, where="model.sig")
+        return kid
+    assert refusal is not None  # noqa: S101 - at least one candidate was tried
+    raise refusal
 
 
 def _refuse(report: GateReport) -> None:

@@ -1,11 +1,25 @@
-"""Human-readable (and JSON) report of a model version's evidence, every bundle re-verified."""
+"""Human-readable (and JSON) report of a model version's evidence, judged by the deploy gate.
+
+The verdict is the gate's own (:func:`secmlops.gate.verify_release`, one verifier for every
+reader): for each stage whose pointer names the version, the full gate for that stage; for a
+version in no stage, the gate's build-evidence checks (release manifest, model signature and
+bytes, every build control, revocation). ``all_verified`` is true only when those checks pass
+and every bundle listed verifies (approvals only with a key the policy lists for the stage).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-from secmlops.catalogue import Control, Evidence, control_for_evidence, evidence_order
+from secmlops.catalogue import (
+    ATTESTOR_SIGNER,
+    Control,
+    Evidence,
+    build_controls,
+    control_for_evidence,
+    evidence_order,
+)
 from secmlops.errors import ControlRefused, RefusalReason, SecMLOpsError
 from secmlops.evidence.keys import KeyDirectory
 from secmlops.evidence.predicates import ApprovalPredicate
@@ -14,8 +28,17 @@ from secmlops.evidence.statements import (
     VerifiedStatement,
     verify_bundle,
 )
-from secmlops.gate import verify_pointer_vsa
+from secmlops.gate import GateCheck, GatePolicy, GateReport, verify_pointer_vsa, verify_release
 from secmlops.registry.models import ModelRegistry
+from secmlops.registry.pointers import SeenPointers
+
+#: The gate checks about the build itself: what ``evidence`` judges a version in no stage by.
+BUILD_CHECKS: tuple[str, ...] = (
+    "release",
+    "model-signature",
+    *(c.name for c in build_controls()),
+    "revocation",
+)
 
 
 class EvidenceReportRefusal(RefusalReason):
@@ -33,6 +56,8 @@ class EvidenceReportRefusal(RefusalReason):
     """The predicate names another model or version (copied evidence?)."""
     NOT_ALL_VERIFIED = "not_all_verified"
     """At least one bundle of the version does not verify (or there are none)."""
+    APPROVER_NOT_IN_POLICY = "approver_not_in_policy"
+    """An approval signed by a key the policy does not list as an approver for its stage."""
 
 
 @dataclass
@@ -55,6 +80,63 @@ class EvidenceItem:
 def _all_trusted(keys: KeyDirectory) -> TrustedKeys:
     """Every key the trust root lists (roles and approvers, rotated ones with their windows)."""
     return keys.trusted_all()
+
+
+def _approval_stage(name: str) -> str | None:
+    for stage in ("staging", "production"):
+        if name.startswith(f"approval-{stage}-"):
+            return stage
+    return None
+
+
+def _approval_trusted(keys: KeyDirectory, policy: GatePolicy, stage: str) -> TrustedKeys:
+    """What the gate trusts for a ``stage`` approval: the approvers the policy lists for it
+    and the attestor (auto/anonymous UI decisions; the catalogue judges whether they count)."""
+    trusted = TrustedKeys()
+    trusted.extend(keys.trusted("attestor"), name=ATTESTOR_SIGNER)
+    trusted.extend(keys.trusted_approvers(policy.approval.allowed(stage)))
+    return trusted
+
+
+def gate_report_json(report: GateReport, checks: list[GateCheck] | None = None) -> dict[str, Any]:
+    """A :class:`GateReport` as JSON (what ``evidence --json`` and ``fetch --json`` carry):
+    ``checks`` restricts it to some of its checks (default all)."""
+    checks = report.checks if checks is None else checks
+    return {
+        "model": report.model,
+        "version": report.version,
+        "stage": report.stage,
+        "passed": bool(checks) and all(c.passed for c in checks),
+        "modelDigest": report.model_digest,
+        "datasetDigest": report.dataset_digest,
+        "imageDigest": report.image_digest,
+        "releaseSha256": report.release_sha256,
+        "approvals": [{"approver": a, "method": m} for a, m in report.approvals],
+        "checks": [c.to_json() for c in checks],
+        "failed": [c.name for c in checks if not c.passed],
+    }
+
+
+def gate_verdict(
+    models: ModelRegistry,
+    version: str,
+    stage: str | None,
+    *,
+    keys: KeyDirectory,
+    policy: GatePolicy,
+) -> dict[str, Any]:
+    """Run the deploy gate on ``version`` for ``stage`` (``None``: a version in no stage,
+    judged by the gate's :data:`BUILD_CHECKS` only, run as for staging)."""
+    try:
+        report = verify_release(models, version, stage or "staging", keys=keys, policy=policy)
+    except ControlRefused as exc:
+        if not isinstance(exc.result, GateReport):
+            raise
+        report = exc.result
+    checks = report.checks if stage else [c for c in report.checks if c.name in BUILD_CHECKS]
+    out = gate_report_json(report, checks)
+    out["scope"] = stage or "build"
+    return out
 
 
 def _rank(name: str) -> tuple[int, str]:
@@ -113,8 +195,20 @@ def _typed(
     return entry, ev
 
 
-def evidence_report(models: ModelRegistry, version: str, keys: KeyDirectory) -> dict[str, Any]:
-    """Collect and verify every evidence bundle of ``version``; note which stages serve it."""
+def evidence_report(
+    models: ModelRegistry,
+    version: str,
+    keys: KeyDirectory,
+    *,
+    policy: GatePolicy | None = None,
+    seen: SeenPointers | None = None,
+) -> dict[str, Any]:
+    """Run the deploy gate on ``version`` (for each stage whose pointer names it, else its
+    build checks) under ``policy`` (default the signed policy in force) and list every
+    evidence bundle, each re-verified; note which stages serve it."""
+    from secmlops.policy import load_gate_policy
+
+    policy = policy or load_gate_policy()
     models.require_version(version)
     trusted = _all_trusted(keys)
     items: list[EvidenceItem] = []
@@ -124,7 +218,11 @@ def evidence_report(models: ModelRegistry, version: str, keys: KeyDirectory) -> 
     ):
         name = key.rsplit("/", 1)[-1].removesuffix(".json")
         try:
-            st = verify_bundle(models.read_json(key), trusted, where=key)
+            approval_stage = _approval_stage(name)
+            if approval_stage is None:
+                st = verify_bundle(models.read_json(key), trusted, where=key)
+            else:
+                st = _verify_approval(models, key, keys, policy, approval_stage)
             entry, ev = _typed(st, name, models.model, version, key)
         except SecMLOpsError as exc:
             items.append(
@@ -155,7 +253,7 @@ def evidence_report(models: ModelRegistry, version: str, keys: KeyDirectory) -> 
         pointer, _ = models.read_pointer(stage)
         if pointer is not None:
             try:
-                verify_pointer_vsa(models, stage, pointer, keys)
+                verify_pointer_vsa(models, stage, pointer, keys, seen=seen)
                 vsa_problem = ""
             except SecMLOpsError as exc:
                 vsa_problem = str(exc)
@@ -167,26 +265,75 @@ def evidence_report(models: ModelRegistry, version: str, keys: KeyDirectory) -> 
                 "vsa_verified": not vsa_problem,
                 "problem": vsa_problem,
             }
+    in_stages = [stage for stage, info in stages.items() if info["version"] == version]
+    gate = {
+        scope: gate_verdict(
+            models, version, None if scope == "build" else scope, keys=keys, policy=policy
+        )
+        for scope in (in_stages or ["build"])
+    }
     return {
         "model": models.model,
         "version": version,
         "location": models.store.describe(models.version_prefix(version)),
-        "all_verified": bool(items) and all(i.verified for i in items),
+        "all_verified": bool(items)
+        and all(i.verified for i in items)
+        and all(g["passed"] for g in gate.values()),
+        "policy": policy.digest,
+        "gate": gate,
         "evidence": [i.to_json() for i in items],
         "stages": stages,
     }
+
+
+def _verify_approval(
+    models: ModelRegistry, key: str, keys: KeyDirectory, policy: GatePolicy, stage: str
+) -> VerifiedStatement:
+    """An approval bundle verified as the gate trusts it: by a key the policy lists for
+    ``stage`` (or the attestor); one signed by any other trusted key is refused."""
+    bundle = models.read_json(key)
+    try:
+        verify_bundle(bundle, _approval_trusted(keys, policy, stage), where=key)
+        # Verified as the gate trusts it; named as every other bundle (``approver:NAME``).
+        return verify_bundle(bundle, _all_trusted(keys), where=key)
+    except ControlRefused:
+        try:
+            other = verify_bundle(bundle, _all_trusted(keys), where=key)
+        except ControlRefused:
+            other = None
+        if other is None:
+            raise
+        listed = ", ".join(policy.approval.allowed(stage)) or "none"
+        raise ControlRefused(
+            f"approval signed by {other.signer}, which the policy does not list as an "
+            f"approver for {stage} (listed: {listed})",
+            where=key,
+            reason=EvidenceReportRefusal.APPROVER_NOT_IN_POLICY,
+        ) from None
 
 
 def require_all_verified(report: dict[str, Any]) -> None:
     """Enforce an :func:`evidence_report`: ``ControlRefused`` unless every bundle verified."""
     if report["all_verified"]:
         return
+    from secmlops.catalogue import GateRefusal
+
     failed = [item["name"] for item in report["evidence"] if not item["verified"]]
+    gate_failed = [
+        (scope, check)
+        for scope, verdict in report.get("gate", {}).items()
+        for check in verdict["checks"]
+        if not check["passed"]
+    ]
+    reason: RefusalReason = EvidenceReportRefusal.NOT_ALL_VERIFIED
+    if gate_failed and gate_failed[0][1].get("reason"):
+        reason = GateRefusal(gate_failed[0][1]["reason"])
+    what = [f"gate ({scope}) {c['name']}" for scope, c in gate_failed] + failed
     raise ControlRefused(
-        f"evidence of {report['model']} {report['version']} does not all verify",
+        f"evidence of {report['model']} {report['version']} does not verify: " + ", ".join(what),
         where=report["location"],
-        details={"not_verified": failed},
-        reason=EvidenceReportRefusal.NOT_ALL_VERIFIED,
+        details={"not_verified": failed, "gate_failed": [c["name"] for _, c in gate_failed]},
+        reason=reason,
         result=report,
     )
 
@@ -198,6 +345,13 @@ def render_report(report: dict[str, Any]) -> str:
         if not info["vsa_verified"]:
             mark = f"(POINTER NOT VOUCHED FOR: {info['problem']})"
         lines.append(f"  stage {stage:<10} serves {info['version']} {mark}")
+    lines.append("")
+    for scope, verdict in report["gate"].items():
+        title = "build checks" if scope == "build" else f"gate for {scope}"
+        lines.append(f"Deploy {title}: {'PASSED' if verdict['passed'] else 'REFUSED'}")
+        for check in verdict["checks"]:
+            mark = "ok  " if check["passed"] else "FAIL"
+            lines.append(f"  {mark} {check['name']}: {check['detail']}")
     lines.append("")
     for item in report["evidence"]:
         status = (

@@ -5,6 +5,7 @@ garbage is a refusal, never a crash. Real keys, a real local registry."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 import shutil
@@ -13,6 +14,7 @@ from typing import Any
 
 import pydantic
 import pytest
+import yaml
 
 from secmlops.audit import verify_audit_log
 from secmlops.controls.approval import (
@@ -33,7 +35,7 @@ from secmlops.controls.approval_decisions import (
 )
 from secmlops.errors import ControlRefused, InputError
 from secmlops.evidence.keys import KeyDirectory
-from secmlops.evidence.statements import verify_bundle
+from secmlops.evidence.statements import key_id, load_public_key, verify_bundle
 from secmlops.gate import GatePolicy
 from secmlops.registry.models import ModelRegistry
 from tests.unit.test_catalogue import registered  # noqa: F401 - the fixture
@@ -204,6 +206,9 @@ def test_a_decision_about_another_request_is_refused(site: Setup, change: dict[s
 
 
 def test_each_person_and_key_counts_once(site: Setup) -> None:
+    """Each approver counts once, and so does each key: the trust root never lists one key
+    for two approvers, and a run that counted a key does not count it again for someone
+    else after the trust root moved it (alice's key re-listed for bob meanwhile)."""
     _, keys, _ = site
     request = _request(site)
     first = verify_decision(
@@ -211,10 +216,25 @@ def test_each_person_and_key_counts_once(site: Setup) -> None:
     )
     again = _signed(site, request, "alice")
     assert _refused(again, request, keys, counted=[first]) is ApprovalRefusal.DUPLICATE_APPROVER
-    # bob holding alice's key is alice again.
-    shutil.copy(keys.approver_private("alice"), keys.approver_private("bob"))
-    shutil.copy(keys.approver_public("alice"), keys.approver_public("bob"))
-    bob = _signed(site, request, "bob")
+    # bob holding alice's key is alice again: the trust root refuses to list it for bob too.
+    alice_key = load_public_key(keys.approver_public("alice"))
+    with pytest.raises(InputError, match="approver alice"):
+        keys.trust_root().with_key("approver:bob", alice_key)
+    # The trust root changes while the run waits: alice's key is now bob's (and only bob's).
+    root = keys.trust_root()
+    moved = dataclasses.replace(
+        root, entries=tuple(e for e in root.entries if e.subject != "approver:alice")
+    )
+    moved.with_key("approver:bob", alice_key).save()
+    bob = sign_decision(
+        request,
+        approver="bob",
+        approve=True,
+        reason="metrics look right",
+        private_key=keys.approver_private("alice"),
+    )
+    alone = verify_decision(bob, request, keys=keys, policy=POLICY, counted=[])
+    assert (alone.approver, alone.key_id) == ("bob", first.key_id)  # verifies as bob's key
     assert _refused(bob, request, keys, counted=[first]) is ApprovalRefusal.DUPLICATE_APPROVER
 
 
@@ -230,17 +250,35 @@ def test_separation_of_duties_refuses_the_runs_starter(site: Setup) -> None:
 
 
 def test_an_approver_holding_a_pipeline_key_is_a_role_conflict(site: Setup) -> None:
+    """One key for a pipeline role and an approver is one person or machine holding two
+    duties: the trust root refuses to list it (added, or written into the file by hand), and
+    a key file under ``approvers/`` is not what a run trusts, so bob signing with the
+    model-signer or attestor key copied there never counts, separation of duties or not."""
     _, keys, _ = site
     request = _request(site)
-    for suffix in ("pem", "pub"):
-        shutil.copy(keys.root / f"model-signer.{suffix}", keys.root / "approvers" / f"bob.{suffix}")
-    bundle = _signed(site, request, "bob")
-    assert _refused(bundle, request, keys, policy=SOD) is ApprovalRefusal.SIGNER_ROLE_CONFLICT
-    assert verify_decision(bundle, request, keys=keys, policy=POLICY, counted=[]).approved
-    for suffix in ("pem", "pub"):
-        shutil.copy(keys.root / f"attestor.{suffix}", keys.root / "approvers" / f"bob.{suffix}")
-    bundle = _signed(site, request, "bob")
-    assert _refused(bundle, request, keys) is ApprovalRefusal.SIGNER_ROLE_CONFLICT
+    for role in ("model-signer", "attestor"):
+        role_key = load_public_key(keys.public(role))
+        with pytest.raises(InputError, match=role):
+            keys.trust_root().with_key("approver:bob", role_key)
+        for suffix in ("pem", "pub"):
+            shutil.copy(keys.root / f"{role}.{suffix}", keys.root / "approvers" / f"bob.{suffix}")
+        keys.ensure(approvers=APPROVERS)  # lists no key a role already holds
+        bobs = [e.key_id for e in keys.trust_root().entries_for("approver:bob")]
+        assert len(bobs) == 1 and key_id(role_key) not in bobs
+        bundle = _signed(site, request, "bob")
+        for policy in (SOD, POLICY):
+            assert _refused(bundle, request, keys, policy=policy) is ApprovalRefusal.BAD_SIGNATURE
+    # Hand-written into the trust root file: it is refused when read, so nothing verifies.
+    path = keys.trust_root_file
+    raw = yaml.safe_load(path.read_text())
+    raw["approvers"]["bob"].append({"public_key": keys.public("model-signer").read_text()})
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(InputError, match="model-signer and for approver bob"):
+        keys.trust_root()
+    # Refused, never counted (today as UNKNOWN_APPROVER: the unreadable trust root lists no
+    # key for bob; InputError naming the file would be as good).
+    with pytest.raises((InputError, ControlRefused)):
+        verify_decision(_signed(site, request, "bob"), request, keys=keys, policy=SOD, counted=[])
 
 
 def test_the_staging_approver_may_not_approve_production(site: Setup) -> None:

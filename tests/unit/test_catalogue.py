@@ -333,18 +333,36 @@ def test_gate_refuses_tampered_and_missing_evidence_with_reasons(
 def test_report_shows_catalogue_facts_and_flags_unknown_files(
     registered: tuple[ModelRegistry, KeyDirectory, Path],
 ) -> None:
-    models, keys, _ = registered
-    report = report_module.evidence_report(models, "v1", keys)
+    """The report is the gate's verdict: the ``registered`` fixture's fake model signature
+    is refused even though every bundle verifies; a version that really passes the gate
+    (:mod:`tests.integration.deploy_world`) is all verified, with the catalogue's facts,
+    until a file the catalogue does not know turns up."""
+    from tests.integration.deploy_world import make_world
+
+    models, keys, tmp_path = registered
+    policy = GatePolicy(sources=SITE)
+    fake = report_module.evidence_report(models, "v1", keys, policy=policy)
+    assert all(e["verified"] for e in fake["evidence"])
+    assert fake["all_verified"] is False
+    assert fake["gate"]["build"]["failed"] == ["model-signature"]
+    signature = {c["name"]: c for c in fake["gate"]["build"]["checks"]}["model-signature"]
+    assert signature["reason"] == GateRefusal.MODEL_SIGNATURE_INVALID.value
+
+    world = make_world(tmp_path / "world", LocalRegistry(tmp_path / "world-registry"))
+    version = world.register()
+    report = report_module.evidence_report(world.models, version, world.keys, policy=policy)
     assert report["all_verified"] is True
+    assert report["gate"]["build"]["passed"] is True
     names = [e["name"] for e in report["evidence"]]
     assert names == [*gate_module.REQUIRED_EVIDENCE, "release"]
     facts = {e["name"]: e["facts"] for e in report["evidence"]}
     assert facts["validation"]["result"] == "PASSED"
     assert facts["release"]["dataset"]["sha256"] == D
-    stray = sign_statement(writers._data_pull(), load_private_key(keys.private("attestor")))
-    models.put_evidence("v1", "surprise", stray)
-    report = report_module.evidence_report(models, "v1", keys)
+    attestor = load_private_key(world.keys.private("attestor"))
+    world.models.put_evidence(version, "surprise", sign_statement(writers._data_pull(), attestor))
+    report = report_module.evidence_report(world.models, version, world.keys, policy=policy)
     assert report["all_verified"] is False
+    assert report["gate"]["build"]["passed"] is True  # only the stray file is at fault
     assert "catalogue" in report["evidence"][-1]["error"]
     assert report["evidence"][-1]["reason"] == report_module.EvidenceReportRefusal.UNKNOWN_EVIDENCE
 

@@ -1,10 +1,15 @@
-"""The staging smoke test: a real registry directory, real keys, a real signed model and a
-gate-signed VSA; the model is loaded through the loader the caller passes (the library never
-imports ``ml``). Every refusal is asserted on its reason."""
+"""The staging smoke test: the model is fetched as a consumer fetches it (signed pointer, VSA
+and the whole deploy gate), so the fixture is a version that really passes that gate: built
+with :mod:`tests.integration.deploy_world` (real evidence, a real model signature, real
+approvals, promoted to staging through the real gate) around the project's demo model, which
+is loaded through the loader the caller passes (the library never imports ``ml``). Every
+refusal is asserted on its reason."""
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,86 +20,74 @@ import pytest
 
 from ml.model import LoadedModel as DemoModel
 from ml.model import build_pipeline, load_model, prepare_features, save_model
-from secmlops._internal.digests import tree_digest
+from secmlops.catalogue import GateRefusal
 from secmlops.controls.signing import sign_model
 from secmlops.controls.smoke_test import SmokeTestRefusal, smoke_test_stage
-from secmlops.deploy import vsa_statement
+from secmlops.controls.training import TrainingResult, provenance_statement
 from secmlops.errors import ControlRefused, InputError
-from secmlops.evidence.keys import KeyDirectory
-from secmlops.evidence.statements import load_private_key, sign_statement
-from secmlops.gate import GateCheck, GatePolicy, GateReport
 from secmlops.model import LoadedModel
-from secmlops.registry.models import ModelRegistry, stamped
-from secmlops.registry.pointers import publish_pointer
+from secmlops.registry.models import ModelRegistry
 from secmlops.registry.stores import LocalRegistry
+from tests.integration.deploy_world import MODEL, World, make_world
+from tests.unit import test_predicates as writers
 from tests.unit.test_model_format import SPEC, churn_frame
-
-MODEL = "churn-classifier"
 
 
 @dataclass
 class Deployed:
-    models: ModelRegistry
+    world: World
     registry: Path
-    keys: KeyDirectory
     sample: Path
 
+    @property
+    def models(self) -> ModelRegistry:
+        return self.world.models
 
-def _deploy(models: ModelRegistry, keys: KeyDirectory, model_dir: Path, version: str) -> None:
-    """What the deploy gate leaves behind: model + signature, a gate-signed VSA, a
-    gate-signed pointer."""
-    signature = model_dir.parent / f"{version}.sig"
-    sign_model(model_dir, private_key=keys.private("model-signer"), signature=signature)
-    models.store.upload_tree(model_dir, models.model_prefix(version))
-    models.store.put(models.signature_key(version), signature.read_bytes())
-    digest = tree_digest(model_dir)
-    # The VSA exactly as the deploy gate writes it (one passing check stands for all of them).
-    report = GateReport(
-        model=MODEL,
-        version=version,
-        stage="staging",
-        model_digest=digest,
-        dataset_digest="d" * 64,
-        image_digest="e" * 64,
-        release_sha256="f" * 64,
-        approver="test-approver",
-        approval_method="test",
-        checks=[GateCheck("model-signature", True, "verified")],
-    )
-    vsa = vsa_statement(models, report, GatePolicy())
-    bundle = sign_statement(vsa, load_private_key(keys.private("gate")))
-    key, sha = models.put_evidence(version, stamped("vsa-staging"), bundle)
-    publish_pointer(
-        models,
-        stage="staging",
-        version=version,
-        model_digest=digest,
-        vsa=key,
-        vsa_sha256=sha,
-        signer=load_private_key(keys.private("gate")),
-        actor="test",
-    )
+
+@contextmanager
+def _registering(model: Path) -> Iterator[None]:
+    """Make :meth:`World.register` register ``model`` instead of its placeholder model: the
+    provenance writer it uses digests the model directory, so the demo model is put there
+    just before (model scan, signature and release manifest then cover it too)."""
+
+    def with_model(result: TrainingResult, **kwargs: Any) -> dict[str, Any]:
+        shutil.rmtree(result.model_dir)
+        shutil.copytree(model, result.model_dir)
+        return provenance_statement(result, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(writers, "provenance_statement", with_model)
+        yield
 
 
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory: pytest.TempPathFactory) -> Deployed:
     root = tmp_path_factory.mktemp("smoke")
-    keys = KeyDirectory(root / "keys")
-    keys.ensure()
     df = churn_frame(400, seed=0)
     pipeline = build_pipeline(SPEC, C=1.0, max_iter=500, seed=0)
     pipeline.fit(prepare_features(df, SPEC), df["churned"].to_numpy())
-    save_model(pipeline, SPEC, root / "build" / "model")
-    models = ModelRegistry(LocalRegistry(root / "registry"), MODEL)
-    _deploy(models, keys, root / "build" / "model", "v1")
+    save_model(pipeline, SPEC, root / "demo-model")
+    world = make_world(root / "world", LocalRegistry(root / "registry"))
+    with _registering(root / "demo-model"):
+        version = world.register()
+    assert version == "v1"
+    world.promote(version, "staging")  # the real staging gate: approval, VSA, pointer
     sample = root / "sample.csv"
     churn_frame(200, seed=1).to_csv(sample, index=False)
-    return Deployed(models, root / "registry", keys, sample)
+    return Deployed(world, root / "registry", sample)
+
+
+def _smoke(d: Deployed, models: ModelRegistry, sample: Path, **kwargs: Any) -> Any:
+    """``smoke_test_stage`` on staging with the world's keys, policy and pointer memory."""
+    options: dict[str, Any] = {"loader": load_model, "min_accuracy": 0.6, **kwargs}
+    w = d.world
+    return smoke_test_stage(
+        models, "staging", sample, keys=w.keys, policy=w.policy, seen=w.seen, **options
+    )
 
 
 def _run(d: Deployed, loader: Any = load_model, **kwargs: Any) -> Any:
-    options: dict[str, Any] = {"min_accuracy": 0.6, **kwargs}
-    return smoke_test_stage(d.models, "staging", d.sample, keys=d.keys, loader=loader, **options)
+    return _smoke(d, d.models, d.sample, loader=loader, **kwargs)
 
 
 def test_demo_model_satisfies_the_library_interface(deployed: Deployed) -> None:
@@ -126,9 +119,7 @@ def test_a_moved_pointer_is_refused(deployed: Deployed) -> None:
 def test_an_empty_stage_is_refused(deployed: Deployed, tmp_path: Path) -> None:
     empty = ModelRegistry(LocalRegistry(tmp_path / "registry"), MODEL)
     with pytest.raises(ControlRefused, match="nothing is deployed") as err:
-        smoke_test_stage(
-            empty, "staging", deployed.sample, keys=deployed.keys, loader=load_model, min_accuracy=0
-        )
+        _smoke(deployed, empty, deployed.sample, min_accuracy=0)
     assert err.value.reason is SmokeTestRefusal.NOTHING_DEPLOYED
 
 
@@ -168,7 +159,7 @@ class _Wrapped:
     ],
 )
 def test_bad_model_outputs_are_refused(
-    deployed: Deployed, bend: dict[str, float], reason: SmokeTestRefusal
+    deployed: Deployed, bend: dict[str, Any], reason: SmokeTestRefusal
 ) -> None:
     with pytest.raises(ControlRefused) as err:
         _run(deployed, loader=lambda d: _Wrapped(load_model(d), **bend))
@@ -186,20 +177,15 @@ def test_a_sample_without_the_models_columns_is_bad_input(
     sample = tmp_path / "s.csv"
     pd.read_csv(deployed.sample).drop(columns=["contract"]).to_csv(sample, index=False)
     with pytest.raises(InputError, match=r"feature column\(s\) \['contract'\]"):
-        smoke_test_stage(
-            deployed.models,
-            "staging",
-            sample,
-            keys=deployed.keys,
-            loader=load_model,
-            min_accuracy=0,
-        )
+        _smoke(deployed, deployed.models, sample, min_accuracy=0)
 
 
 def test_other_signed_files_behind_the_pointer_are_refused(
     deployed: Deployed, tmp_path: Path
 ) -> None:
-    """An attacker with write access swaps in another model signed by the same key."""
+    """An attacker with write access swaps in another model signed by the same key: the
+    fetch's gate refuses the files (they are not the ones the release and pointer name)
+    before anything is loaded."""
     root = tmp_path / "registry"
     shutil.copytree(deployed.registry, root)
     df = churn_frame(300, seed=5)
@@ -207,19 +193,16 @@ def test_other_signed_files_behind_the_pointer_are_refused(
     pipeline.fit(prepare_features(df, SPEC), df["churned"].to_numpy())
     other = tmp_path / "other" / "model"
     save_model(pipeline, SPEC, other)
-    sign_model(other, private_key=deployed.keys.private("model-signer"), signature=tmp_path / "s")
+    signer = deployed.world.keys.private("model-signer")
+    sign_model(other, private_key=signer, signature=tmp_path / "s")
     version_dir = root / MODEL / "versions" / "v1"
     shutil.rmtree(version_dir / "model")
     shutil.copytree(other, version_dir / "model")
     shutil.copyfile(tmp_path / "s", version_dir / "model.sig")
     models = ModelRegistry(LocalRegistry(root), MODEL)
-    with pytest.raises(ControlRefused, match="do not match its pointer") as err:
-        smoke_test_stage(
-            models,
-            "staging",
-            deployed.sample,
-            keys=deployed.keys,
-            loader=load_model,
-            min_accuracy=0,
-        )
-    assert err.value.reason is SmokeTestRefusal.FILES_DO_NOT_MATCH_POINTER
+    loaded: list[Path] = []
+    with pytest.raises(ControlRefused) as err:
+        _smoke(deployed, models, deployed.sample, loader=loaded.append, min_accuracy=0)
+    assert err.value.reason is GateRefusal.MODEL_SIGNATURE_INVALID
+    assert "model.sig is not the signature named in the release manifest" in str(err.value)
+    assert not loaded  # refused before the loader ever saw the files

@@ -45,6 +45,13 @@ def tree_files(root: Path) -> dict[str, str]:
             )
         if path.is_file():
             files[rel] = sha256_file(path)
+        elif not path.is_dir():
+            raise InputError(
+                f"{rel} is not a regular file (a FIFO, socket or device); signed trees may "
+                "hold regular files only",
+                where=str(path),
+                fix="remove it from the folder",
+            )
     return files
 
 

@@ -55,7 +55,6 @@ from secmlops.evidence.statements import (
     VerifiedStatement,
     has_subject,
     load_private_key,
-    load_public_key,
     sign_statement,
     utc_now,
     verify_bundle,
@@ -201,20 +200,23 @@ def _claimed(bundle: dict[str, Any], request: ApprovalRequest) -> ApprovalPredic
 def _verified(
     bundle: dict[str, Any], approver: str, keys: KeyDirectory, request: ApprovalRequest
 ) -> tuple[ApprovalPredicate, VerifiedStatement]:
-    """Verify ``bundle`` with ``approver``'s site key only; (predicate, statement)."""
+    """Verify ``bundle`` with ``approver``'s keys in the trust root only (the same keys the
+    gate uses, with their validity windows); (predicate, statement)."""
     try:
-        public: Path | None = keys.approver_public(approver)
-    except InputError:  # not a valid approver name: cannot be a key file
-        public = None
-    if approver in RESERVED_APPROVERS or public is None or not public.is_file():
+        check_approver_name(approver)
+        valid_name = approver not in RESERVED_APPROVERS
+    except InputError:  # not a valid approver name: no key can be listed for it
+        valid_name = False
+    # The site's keys, never the bundle's; a trust root that cannot be read is bad input.
+    trusted = keys.trusted_approvers((approver,)) if valid_name else TrustedKeys()
+    if not trusted:
         raise _refuse(
             request,
             ApprovalRefusal.UNKNOWN_APPROVER,
-            f"no public key for approver {approver!r} in the site key directory",
-            fix=f"install the approver's public key as approvers/{approver}.pub",
+            f"no key for approver {approver!r} in the site's trust root",
+            fix="add the approver's public key: `secmlops trust add-key approver:NAME KEY.pub`"
+            " (the demo: `secmlops keygen --approver NAME`)",
         )
-    trusted = TrustedKeys()
-    trusted.add(approver, load_public_key(public))  # the site's key, never the bundle's
     where = f"approval:{request.stage}"
     try:
         st = verify_bundle(bundle, trusted, where=where)

@@ -1,7 +1,7 @@
 """Smoke test a deployed stage: serve what the stage pointer names, exactly as a consumer would.
 
-Reads the stage pointer, checks its VSA is signed by the gate key and is about the
-pointer's model digest, downloads the model, verifies its signature again, loads it with
+Fetches what the stage pointer names exactly as ``secmlops fetch`` does (signed pointer, its
+VSA and the whole deploy gate on the downloaded copy), loads it with
 the project's loader (a :class:`secmlops.model.ModelLoader`, passed in: this library never
 imports the project's model code) and predicts on a held-out sample: predictions must be
 valid labels, probabilities finite and in [0, 1], and accuracy at least the policy's floor.
@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from secmlops._internal.digests import sha256_file, tree_digest
-from secmlops.controls.signing import verify_model_signature
+from secmlops._internal.digests import sha256_file
+from secmlops.consume import fetch
 from secmlops.errors import ControlRefused, InputError, RefusalReason
 from secmlops.evidence.keys import KeyDirectory
 from secmlops.evidence.predicates import SmokeTestPredicate, dump_predicate
@@ -37,9 +37,10 @@ from secmlops.evidence.statements import (
     make_statement,
     utc_now,
 )
-from secmlops.gate import verify_pointer_vsa
+from secmlops.gate import GatePolicy
 from secmlops.model import LoadedModel, ModelLoader
 from secmlops.registry.models import ModelRegistry
+from secmlops.registry.pointers import SeenPointers
 
 
 class SmokeTestRefusal(RefusalReason):
@@ -96,11 +97,14 @@ def smoke_test_stage(
     min_accuracy: float,
     max_rows: int = 2000,
     expect_version: str | None = None,
+    policy: GatePolicy | None = None,
+    seen: SeenPointers | None = None,
 ) -> SmokeTestResult:
     """Load and exercise the model a stage serves; ``ControlRefused`` if anything is off.
 
-    The stage pointer itself is unsigned, so what counts is its VSA: signed by the gate key,
-    written by this gate, PASSED, and about exactly this model, version, stage and digest.
+    The model is fetched as a consumer fetches it (:func:`secmlops.consume.fetch`): the
+    gate-signed pointer (fresh, not rolled back against ``seen``), its VSA and the full deploy
+    gate under ``policy`` (default the signed policy in force) must all pass first.
     ``expect_version`` guards against a concurrent promotion moving the pointer meanwhile.
     ``loader`` loads the downloaded model directory (after its signature verified); the
     ``sample`` CSV must hold the model's label and feature columns.
@@ -120,7 +124,6 @@ def smoke_test_stage(
             where=where,
             reason=SmokeTestRefusal.WRONG_VERSION,
         )
-    verify_pointer_vsa(models, stage, pointer, keys)
     try:
         frame = pd.read_csv(sample)
     except (OSError, ValueError) as exc:
@@ -129,16 +132,16 @@ def smoke_test_stage(
         ) from exc
     frame = frame.head(max_rows)
     with tempfile.TemporaryDirectory(prefix="secmlops-smoke-") as tmp:
-        model_dir, signature = models.download_model(pointer.version, Path(tmp))
-        verify_model_signature(
-            model_dir, signature=signature, public_key=keys.require(keys.public("model-signer"))
-        )
-        if tree_digest(model_dir) != pointer.model_digest:
+        # Exactly what a model server's init container does (`secmlops fetch`): the signed
+        # pointer, its VSA and the whole deploy gate, on the copy that is then loaded.
+        got = fetch(models, stage, Path(tmp) / "model", keys=keys, policy=policy, seen=seen)
+        if got.version != pointer.version or got.model_digest != pointer.model_digest:
             raise ControlRefused(
-                f"{stage} serves files that do not match its pointer",
+                f"{stage} moved to {got.version} while the smoke test ran",
                 where=where,
-                reason=SmokeTestRefusal.FILES_DO_NOT_MATCH_POINTER,
+                reason=SmokeTestRefusal.WRONG_VERSION,
             )
+        model_dir = got.dest
         model = _load(loader, model_dir)
         label = model.label
         if label not in frame.columns or frame.empty:

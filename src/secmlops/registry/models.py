@@ -17,14 +17,22 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from secmlops._internal.digests import sha256_bytes
 from secmlops.controls.approval import check_stage
 from secmlops.errors import ControlRefused, InputError
 from secmlops.evidence.keys import check_name
 from secmlops.evidence.statements import utc_now
-from secmlops.registry.stores import Registry, RegistryRefusal, StoredObject, WriteConflict
+from secmlops.registry.stores import (
+    Registry,
+    RegistryRefusal,
+    StoredObject,
+    WriteConflict,
+    current_limits,
+)
 
 _VERSION = re.compile(r"^v([1-9][0-9]{0,8})$")
 _HISTORY_ENTRY = re.compile(r"^([0-9]{10})\.json$")
@@ -36,26 +44,88 @@ def check_model_name(name: str) -> str:
 
 
 def check_version(version: str) -> str:
-    if not _VERSION.match(version):
+    """``v1``, ``v2``, ...: the whole string (``fullmatch``, so no trailing newline)."""
+    if not isinstance(version, str) or not _VERSION.fullmatch(version):
+        shown = repr(version) if len(str(version)) <= 80 else f"{str(version)[:60]!r}…"
         raise InputError(
-            f"invalid model version {version!r}", where="version", fix="versions look like v1, v2"
+            f"invalid model version {shown}", where="version", fix="versions look like v1, v2"
         )
     return version
 
 
-def parse_json_object(raw: bytes, where: str) -> dict[str, Any]:
-    """Registry bytes as a JSON object; anything else is a refusal (the store is untrusted)."""
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
+_BRACKET_PAIR = re.compile(rb"\[\]|\{\}")
+
+
+def check_json_depth(raw: bytes, where: str, max_depth: int | None = None) -> None:
+    """``ControlRefused`` (``JSON_TOO_DEEP``) if the JSON in ``raw`` nests deeper than
+    ``max_depth`` (default: the configured ``max_json_depth``). A pre-scan of the bytes
+    (strings removed, innermost bracket pairs peeled off once per level, in C): no parser
+    recursion, so a 200k-deep array is a refusal, never a ``RecursionError``."""
+    limit = current_limits().max_json_depth if max_depth is None else max_depth
+    brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    if len(brackets) <= 2 * limit:
+        return
+    for _ in range(limit + 1):
+        brackets, peeled = _BRACKET_PAIR.subn(b"", brackets)
+        if not peeled:
+            return  # deep enough to stop here, or unbalanced (the parser says so)
+    raise ControlRefused(
+        f"{where} nests JSON deeper than {limit} levels",
+        where=where,
+        fix="remove the object from the registry (no reader accepts it)",
+        reason=RegistryRefusal.JSON_TOO_DEEP,
+    )
+
+
+def parse_json_value(raw: bytes, where: str, *, max_bytes: int | None = None) -> Any:
+    """Untrusted bytes as JSON, refused (``ControlRefused``, one sentence naming ``where``)
+    if above ``max_bytes`` (default: the configured ``max_object_bytes``), nested deeper than
+    the configured ``max_json_depth``, not UTF-8 or not JSON."""
+    limit = current_limits().max_object_bytes if max_bytes is None else max_bytes
+    if len(raw) > limit:
+        raise ControlRefused(
+            f"{where} is {len(raw)} bytes, above the {limit}-byte limit",
+            where=where,
+            reason=RegistryRefusal.OBJECT_TOO_LARGE,
+        )
+    check_json_depth(raw, where)
     try:
-        obj = json.loads(raw)
-    except ValueError as exc:
+        return json.loads(raw)
+    except UnicodeDecodeError as exc:
+        raise ControlRefused(
+            f"{where} is not UTF-8 text", where=where, reason=RegistryRefusal.NOT_JSON
+        ) from exc
+    except (ValueError, RecursionError) as exc:
         raise ControlRefused(
             f"{where} is not JSON", where=where, reason=RegistryRefusal.NOT_JSON
         ) from exc
+
+
+def parse_json_object(raw: bytes, where: str, *, max_bytes: int | None = None) -> dict[str, Any]:
+    """Registry bytes as a JSON object; anything else is a refusal (the store is untrusted):
+    see :func:`parse_json_value` for the size, depth and encoding limits."""
+    obj = parse_json_value(raw, where, max_bytes=max_bytes)
     if not isinstance(obj, dict):
         raise ControlRefused(
-            f"{where} is not a JSON object", where=where, reason=RegistryRefusal.NOT_JSON
+            f"{where} is not a JSON object (it is a JSON {_json_kind(obj)})",
+            where=where,
+            reason=RegistryRefusal.NOT_JSON,
         )
     return obj
+
+
+def _json_kind(obj: Any) -> str:
+    if isinstance(obj, list):
+        return "array"
+    if isinstance(obj, str):
+        return "string"
+    if isinstance(obj, bool):
+        return "boolean"
+    if obj is None:
+        return "null"
+    return "number"
 
 
 def stamped(name: str) -> str:
@@ -126,58 +196,111 @@ class StagePointer:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], where: str) -> StagePointer:
-        try:
-            previous = data.get("previous")
-            pointer = cls(
-                model=data["model"],
-                stage=data["stage"],
-                version=data["version"],
-                model_digest=data["modelDigest"]["sha256"],
-                vsa=data["vsa"]["key"],
-                vsa_sha256=data["vsa"]["sha256"],
-                promoted_at=data["promotedAt"],
-                promoted_by=data["promotedBy"],
-                reason=data.get("reason", "promote"),
-                history=list(data.get("history", [])),
-                sequence=data.get("sequence", 0),
-                previous_sha256=previous["sha256"] if previous else None,
-                expires_at=data.get("expiresAt", ""),
-            )
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise ControlRefused(
-                f"malformed stage pointer: missing {exc}",
-                where=where,
-                reason=RegistryRefusal.MALFORMED_POINTER,
-            ) from exc
-        fields_ok = (
-            all(
-                isinstance(v, str)
-                for v in (
-                    pointer.model,
-                    pointer.stage,
-                    pointer.version,
-                    pointer.model_digest,
-                    pointer.vsa,
-                    pointer.vsa_sha256,
-                    pointer.promoted_at,
-                    pointer.promoted_by,
-                    pointer.reason,
-                    pointer.expires_at,
-                )
-            )
-            and type(pointer.sequence) is int
-            and pointer.sequence >= 0
-            and (pointer.previous_sha256 is None or isinstance(pointer.previous_sha256, str))
-            and all(isinstance(h, dict) for h in pointer.history)
+    def from_json(cls, data: Any, where: str) -> StagePointer:
+        """The pointer a (signed or stored) predicate describes, validated against
+        :class:`PointerPredicate`; ``ControlRefused`` (``MALFORMED_POINTER``, one sentence
+        naming ``where`` and the field) for anything else."""
+        p = validate_pointer_predicate(data, where)
+        return cls(
+            model=p.model,
+            stage=p.stage,
+            version=p.version,
+            model_digest=p.modelDigest.sha256,
+            vsa=p.vsa.key,
+            vsa_sha256=p.vsa.sha256,
+            promoted_at=p.promotedAt,
+            promoted_by=p.promotedBy,
+            reason=p.reason,
+            # the entries exactly as signed (to_json must give back the signed predicate)
+            history=[dict(h) for h in data["history"]] if "history" in data else [],
+            sequence=p.sequence,
+            previous_sha256=p.previous.sha256 if p.previous else None,
+            expires_at=p.expiresAt,
         )
-        if not fields_ok:
-            raise ControlRefused(
-                "malformed stage pointer: a field has the wrong type",
-                where=where,
-                reason=RegistryRefusal.MALFORMED_POINTER,
-            )
-        return pointer
+
+
+_SHA256 = r"^[0-9a-f]{64}$"
+_NAME_IN_KEY = r"[a-z0-9][a-z0-9._-]*"
+_EVIDENCE_KEY = re.compile(
+    rf"^({_NAME_IN_KEY})/versions/(v[1-9][0-9]{{0,8}})/evidence/[a-z0-9][a-z0-9._-]*\.json$"
+)
+_Strict = ConfigDict(strict=True, extra="ignore")
+
+
+class _Digest(BaseModel):
+    model_config = _Strict
+    sha256: str = Field(pattern=_SHA256)
+
+
+class _VsaRef(BaseModel):
+    model_config = _Strict
+    key: str = Field(max_length=1024)
+    sha256: str = Field(pattern=_SHA256)
+
+
+class HistoryEntry(BaseModel):
+    """One entry of a pointer's ``history`` (what :meth:`StagePointer.summary` writes)."""
+
+    model_config = _Strict
+    version: str = Field(pattern=r"^v[1-9][0-9]{0,8}$")
+    modelDigest: str = Field(pattern=_SHA256)  # noqa: N815 - the stored field name
+    vsa: str = Field(max_length=1024)
+    promotedAt: str = Field(default="", max_length=64)  # noqa: N815
+    sequence: int = Field(default=0, ge=0)
+    sha256: str = Field(default="", pattern=r"^([0-9a-f]{64})?$")
+
+
+class PointerPredicate(BaseModel):
+    """The shape of a stage pointer (the gate-signed statement's predicate)."""
+
+    model_config = _Strict
+    model: str = Field(pattern=rf"^{_NAME_IN_KEY}$", max_length=128)
+    stage: Literal["staging", "production"]
+    version: str = Field(pattern=r"^v[1-9][0-9]{0,8}$")
+    modelDigest: _Digest  # noqa: N815
+    vsa: _VsaRef
+    sequence: int = Field(default=0, ge=0)
+    previous: _Digest | None = None
+    promotedAt: str = Field(max_length=64)  # noqa: N815
+    expiresAt: str = Field(default="", max_length=64)  # noqa: N815
+    promotedBy: str = Field(max_length=256)  # noqa: N815
+    reason: str = Field(default="promote", max_length=1024)
+    history: list[HistoryEntry] = Field(default_factory=list, max_length=10_000)
+
+
+def _evidence_key_of(key: str, model: str) -> bool:
+    """``key`` is an evidence key of ``model`` (which version's is the gate's question:
+    :func:`secmlops.gate.verify_pointer_vsa` refuses the VSA of another version)."""
+    match = _EVIDENCE_KEY.fullmatch(key)
+    return match is not None and match.group(1) == model
+
+
+def validate_pointer_predicate(data: Any, where: str) -> PointerPredicate:
+    """``data`` as a :class:`PointerPredicate` whose VSA keys are evidence of the model and
+    version they name; ``ControlRefused`` (``MALFORMED_POINTER``) naming ``where`` otherwise."""
+    try:
+        p = PointerPredicate.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field_name = ".".join(str(x) for x in err["loc"]) or "the pointer"
+        raise ControlRefused(
+            f"malformed stage pointer {where}: {field_name}: {err['msg']}",
+            where=where,
+            reason=RegistryRefusal.MALFORMED_POINTER,
+        ) from None
+    bad = None
+    if not _evidence_key_of(p.vsa.key, p.model):
+        bad = f"vsa.key {p.vsa.key!r} is not an evidence key of {p.model}"
+    for i, h in enumerate(p.history):
+        if bad is None and not _evidence_key_of(h.vsa, p.model):
+            bad = f"history.{i}.vsa {h.vsa!r} is not an evidence key of {p.model}"
+    if bad:
+        raise ControlRefused(
+            f"malformed stage pointer {where}: {bad}",
+            where=where,
+            reason=RegistryRefusal.MALFORMED_POINTER,
+        )
+    return p
 
 
 def parse_pointer(raw: bytes, where: str) -> StagePointer:
@@ -187,18 +310,23 @@ def parse_pointer(raw: bytes, where: str) -> StagePointer:
     data = parse_json_object(raw, where)
     if "dsseEnvelope" not in data:
         return StagePointer.from_json(data, where)
+    envelope = data["dsseEnvelope"]
+    payload = envelope.get("payload") if isinstance(envelope, dict) else None
     try:
-        statement = json.loads(base64.b64decode(data["dsseEnvelope"]["payload"], validate=True))
-        predicate = statement["predicate"]
-    except (KeyError, TypeError, ValueError) as exc:
+        if not isinstance(payload, str):
+            raise ValueError("no payload")
+        decoded = base64.b64decode(payload, validate=True)
+    except ValueError as exc:
         raise ControlRefused(
-            f"malformed signed stage pointer: {exc}",
+            f"malformed signed stage pointer {where}: its dsseEnvelope.payload is not base64",
             where=where,
             reason=RegistryRefusal.MALFORMED_POINTER,
         ) from exc
+    statement = parse_json_object(decoded, f"the payload of {where}")
+    predicate = statement.get("predicate")
     if not isinstance(predicate, dict):
         raise ControlRefused(
-            "malformed signed stage pointer: no predicate object",
+            f"malformed signed stage pointer {where}: its statement has no predicate object",
             where=where,
             reason=RegistryRefusal.MALFORMED_POINTER,
         )
@@ -298,16 +426,10 @@ class ModelRegistry:
     def read_pointer(self, stage: str) -> tuple[StagePointer | None, StoredObject | None]:
         """The stage pointer as stored (parsed, NOT verified) and the object to CAS against."""
         key = self.stage_key(stage)
-        obj = self.store.get(key)
+        obj = self.store.get_limited(key)
         if obj is None:
             return None, None
-        try:
-            json.loads(obj.data)
-        except ValueError as exc:
-            raise ControlRefused(
-                f"stage pointer {key} is not JSON", where=key, reason=RegistryRefusal.NOT_JSON
-            ) from exc
-        return parse_pointer(obj.data, key), obj
+        return parse_pointer(obj.data, self.store.describe(key)), obj
 
     def move_pointer(self, pointer: StagePointer, previous: StoredObject | None) -> None:
         """Publish a signed pointer: claim its sequence in the stage history (create-only,
@@ -349,6 +471,8 @@ class ModelRegistry:
         """Download a version's model files and signature; return (model_dir, signature)."""
         model_dir = dest / "model"
         model_dir.mkdir(parents=True, exist_ok=False)
+        # streamed file by file (memory flat in model size); symlinks, special files, empty
+        # folders and files above the configured max_model_file_bytes are refused
         if not self.store.download_tree(self.model_prefix(version), model_dir):
             raise ControlRefused(
                 f"version {version} has no model files",
