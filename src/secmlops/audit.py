@@ -50,7 +50,12 @@ from secmlops.evidence.statements import (
     utc_now,
     verify_bundle,
 )
-from secmlops.registry.models import ModelRegistry, canonical_json, parse_json_object
+from secmlops.registry.models import (
+    ModelRegistry,
+    canonical_json,
+    parse_json_object,
+    parse_json_value,
+)
 from secmlops.registry.stores import WriteConflict
 
 PREDICATE_AUDIT_ENTRY = "https://secmlops.dev/attestation/audit-entry/v1"
@@ -256,9 +261,11 @@ def _read_entry(
             problems.append(
                 AuditProblem(AuditRefusal.ENTRY_FORGED, sequence, f"{key}: {exc.message}")
             )
-            try:
-                statement = json.loads(base64.b64decode(body["dsseEnvelope"]["payload"]))
-            except (KeyError, TypeError, ValueError):
+            try:  # bounded: size and depth checked before parsing (a hostile payload)
+                statement = parse_json_value(
+                    base64.b64decode(body["dsseEnvelope"]["payload"]), where
+                )
+            except (KeyError, TypeError, ValueError, ControlRefused):
                 statement = {}
         else:
             statement, signer = verified.statement, verified.signer

@@ -198,7 +198,7 @@ def test_require_all_verified() -> None:
         "all_verified": False,
         "evidence": [{"name": "release", "verified": True}, {"name": "x", "verified": False}],
     }
-    with pytest.raises(ControlRefused, match="does not all verify") as info:
+    with pytest.raises(ControlRefused, match="does not verify: x") as info:
         require_all_verified(report)
     assert info.value.reason is EvidenceReportRefusal.NOT_ALL_VERIFIED
     assert info.value.details["not_verified"] == ["x"]

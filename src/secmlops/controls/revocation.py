@@ -75,6 +75,7 @@ from secmlops.registry.models import (
     canonical_json,
     check_version,
     parse_json_object,
+    parse_json_value,
     stamped,
 )
 
@@ -405,8 +406,10 @@ def revoked_version(
 
 def _payload(bundle: Mapping[str, Any], where: str) -> dict[str, Any]:
     """The statement a bundle carries, not verified (to name what is revoked)."""
-    try:
-        statement = json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"], validate=True))
+    try:  # bounded: size and depth checked before parsing (the bundle is not verified yet)
+        statement = parse_json_value(
+            base64.b64decode(bundle["dsseEnvelope"]["payload"], validate=True), where
+        )
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"{where} is not a signed bundle: {exc}", where=where) from exc
     if not isinstance(statement, dict):
