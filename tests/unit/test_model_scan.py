@@ -471,7 +471,7 @@ def test_more_refusal_reasons(tmp_path: Path) -> None:
     model = tmp_path / "m"
     model.mkdir()
     (model / "model.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(32))
-    np.save(model / "arr.npy", np.zeros(3))
+    np.save(model / "arr.npy", np.array(["a"]))  # a numeric .npy passes (issue 10)
     (model / "broken.bin").write_bytes(b"\x80\x04\x95\xff")
     (model / "notes.json").write_text(json.dumps({"x": "y" * 64}))
     files = _refusal(model, ModelScanPolicy(max_text_bytes=32))

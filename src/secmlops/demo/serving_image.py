@@ -411,30 +411,57 @@ def _archive_tar(files: Mapping[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
-def write_oci_layout(image: ServingImage, out_dir: Path) -> Path:
-    """Write ``image`` (a docker-archive built above) as an OCI image layout directory.
+#: Media types of the OCI image the layout holds (layers stay uncompressed tars).
+OCI_MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar"
 
-    Trivy reads an OCI layout as a directory (``--input dir``). The config and layer blobs
-    are the same bytes, so the image ID (config digest) is unchanged.
+
+@dataclass(frozen=True)
+class OciImage:
+    """A docker-archive's image as an OCI image manifest, with its blobs.
+
+    ``manifest_digest`` is the sha256 of the manifest bytes: the digest a registry serves the
+    image under (``repo@sha256:...``) when these exact bytes and blobs are pushed, which
+    tools that copy an OCI layout as it is do (``oras cp --from-oci-layout``, ``crane push``,
+    ``skopeo copy --preserve-digests oci:...``). A tool that recompresses the layers on push
+    (``docker push``, ``skopeo copy`` without ``--preserve-digests``) writes another manifest
+    with another digest, which nothing signed here names. ``config_digest`` is the image ID
+    (:attr:`ServingImage.image_digest`).
     """
-    if out_dir.exists():
-        raise InputError(f"{out_dir} already exists", where=str(out_dir), fix="remove it first")
-    with tarfile.open(image.path) as tar:
-        manifest = json.loads(_member(tar, "manifest.json"))[0]
-        config = _member(tar, manifest["Config"])
-        layers = [_member(tar, name) for name in manifest["Layers"]]
-    oci_manifest = _canonical_json(
+
+    manifest: bytes
+    config: bytes
+    layers: tuple[bytes, ...]
+    tag: str | None = None  # the archive's first RepoTag (``name:tag``), if any
+
+    @property
+    def manifest_digest(self) -> str:
+        return sha256_bytes(self.manifest)
+
+    @property
+    def config_digest(self) -> str:
+        return sha256_bytes(self.config)
+
+    def blobs(self) -> dict[str, bytes]:
+        """``{sha256 hex: bytes}`` of the manifest, the config and every layer."""
+        return {sha256_bytes(b): b for b in (self.manifest, self.config, *self.layers)}
+
+
+def oci_image_manifest(config: bytes, layers: Iterable[bytes]) -> bytes:
+    """The canonical OCI image manifest (uncompressed layers) for a config and layers."""
+    return _canonical_json(
         {
             "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "mediaType": OCI_MANIFEST_MEDIA_TYPE,
             "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "mediaType": OCI_CONFIG_MEDIA_TYPE,
                 "digest": f"sha256:{sha256_bytes(config)}",
                 "size": len(config),
             },
             "layers": [
                 {
-                    "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "mediaType": OCI_LAYER_MEDIA_TYPE,
                     "digest": f"sha256:{sha256_bytes(layer)}",
                     "size": len(layer),
                 }
@@ -442,13 +469,63 @@ def write_oci_layout(image: ServingImage, out_dir: Path) -> Path:
             ],
         }
     )
+
+
+def oci_image_from_archive(archive: Path) -> OciImage:
+    """Read a docker-archive (``docker save``, :func:`build_serving_image`) as an OCI image.
+
+    ``InputError`` if it is not a readable single-image docker-archive.
+    """
+    where = str(archive)
+    try:
+        with tarfile.open(archive) as tar:
+            manifests = json.loads(_member(tar, "manifest.json"))
+            if not isinstance(manifests, list) or len(manifests) != 1:
+                raise InputError(
+                    f"{archive} holds {len(manifests) if isinstance(manifests, list) else 0} "
+                    "images, not one",
+                    where=where,
+                    fix="save one image per archive",
+                )
+            entry = manifests[0]
+            config = _member(tar, entry["Config"])
+            layers = tuple(_member(tar, name) for name in entry["Layers"])
+    except (OSError, tarfile.TarError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"cannot read the image archive {archive}: {exc}", where=where) from exc
+    tags = entry.get("RepoTags") or []
+    return OciImage(
+        manifest=oci_image_manifest(config, layers),
+        config=config,
+        layers=layers,
+        tag=str(tags[0]) if tags else None,
+    )
+
+
+def image_manifest_digest(image: ServingImage | Path) -> str:
+    """The sha256 hex of the OCI manifest of a built image (see :class:`OciImage`): what
+    :func:`write_oci_layout` writes and a registry serves when that layout is pushed as is."""
+    path = image.path if isinstance(image, ServingImage) else image
+    return oci_image_from_archive(path).manifest_digest
+
+
+def write_oci_layout(image: ServingImage, out_dir: Path) -> Path:
+    """Write ``image`` (a docker-archive built above) as an OCI image layout directory.
+
+    Trivy reads an OCI layout as a directory (``--input dir``). The config and layer blobs
+    are the same bytes, so the image ID (config digest) is unchanged; the manifest is
+    :func:`oci_image_manifest`, its digest :func:`image_manifest_digest`.
+    """
+    if out_dir.exists():
+        raise InputError(f"{out_dir} already exists", where=str(out_dir), fix="remove it first")
+    oci = oci_image_from_archive(image.path)
+    oci_manifest, config, layers = oci.manifest, oci.config, oci.layers
     index = {
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.index.v1+json",
         "manifests": [
             {
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "digest": f"sha256:{sha256_bytes(oci_manifest)}",
+                "mediaType": OCI_MANIFEST_MEDIA_TYPE,
+                "digest": f"sha256:{oci.manifest_digest}",
                 "size": len(oci_manifest),
                 "annotations": {"org.opencontainers.image.ref.name": image.tag.rsplit(":", 1)[1]},
             }

@@ -1,12 +1,14 @@
 """What a model directory may contain: :class:`ModelScanPolicy`.
 
-By default only safetensors, JSON and small text files pass and any pickle is refused. The
-policy may widen this only to other data-only formats (``SAFE_FORMATS``) or, explicitly and
-loudly, to pickles whose every import is listed in ``unsafe_allow_pickle_globals``.
+By default only safetensors, plain numeric ``.npy`` arrays, JSON and small text files pass
+and any pickle is refused. The policy may widen this only to other data-only formats
+(``SAFE_FORMATS``: ``zip``, whose every member is judged like a file, so an ``.npz`` of numeric
+arrays passes only when zip is allowed) or, explicitly and loudly, to pickles whose every
+import is listed in ``unsafe_allow_pickle_globals``.
 
 Example::
 
-    policy = ModelScanPolicy(allowed_formats=frozenset({"safetensors", "json", "text", "npy"}))
+    policy = ModelScanPolicy(allowed_formats=frozenset({"safetensors", "json", "text", "zip"}))
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ Format = Literal["safetensors", "json", "text", "npy", "zip", "pickle", "hdf5", 
 class ModelScanPolicy(BaseModel):
     """What a model directory may contain.
 
-    By default only safetensors, JSON and small text files pass and any pickle is refused.
+    By default only safetensors, plain numeric ``.npy`` (judged by
+    :func:`~secmlops.controls.model_scan.formats.npy_finding`), JSON and small text files pass
+    and any pickle is refused.
     ``unsafe_allow_pickle_globals`` lets pickles through whose every global import is on the
     list (e.g. ``collections.OrderedDict``); dangerous globals are refused regardless.
     """
@@ -37,7 +41,7 @@ class ModelScanPolicy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     allowed_formats: frozenset[str] = Field(
-        default=frozenset({"safetensors", "json", "text"}),
+        default=frozenset({"safetensors", "json", "text", "npy"}),
         description="Formats (detected by content) that may appear in a model directory.",
     )
     max_file_bytes: int = Field(

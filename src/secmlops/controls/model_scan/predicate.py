@@ -17,7 +17,7 @@ from secmlops.evidence.predicates import ModelScanPredicate, dump_predicate
 from secmlops.evidence.statements import PREDICATE_MODEL_SCAN, Subject, make_statement
 
 SCANNER_NAME = "secmlops-model-scan"
-SCANNER_VERSION = "1.0.0"
+SCANNER_VERSION = "1.1.0"
 
 
 def model_scan_statement(result: ModelScanResult) -> dict[str, Any]:

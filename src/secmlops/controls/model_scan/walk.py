@@ -2,7 +2,8 @@
 
 Symlinks (to files or directories) are listed and refused, never followed; so are devices,
 fifos, sockets and anything resolving outside the directory. Files over ``max_file_bytes``
-are refused, not skipped. Large safetensors files are checked by their header alone.
+are refused, not skipped. Large safetensors files are checked by their header alone, and
+``.npy`` files through a read-only map (never read into memory whole).
 
 Example::
 
@@ -23,9 +24,11 @@ from secmlops._internal.digests import manifest_digest, sha256_file
 from secmlops.controls.model_scan.formats import (
     classify,
     looks_like_safetensors,
+    npy_finding,
     rule_issues,
     safetensors_header_only,
 )
+from secmlops.controls.model_scan.npy import NPY_MAGIC
 from secmlops.controls.model_scan.pickle_analysis import pickle_can_run_code
 from secmlops.controls.model_scan.policy import ModelScanPolicy
 from secmlops.controls.model_scan.result import (
@@ -98,6 +101,10 @@ def _scan_file(
             (n,) = struct.unpack("<Q", fh.read(8))
             header_bytes = fh.read(n)
         finding = safetensors_header_only(head[:8] + header_bytes, st.st_size, rel)
+    elif head[:6] == NPY_MAGIC:
+        # Through a read-only map: a numeric array is judged by its header and size alone.
+        with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            finding = npy_finding(view, st.st_size, policy)
     else:
         finding = classify(path.read_bytes(), st.st_size, policy, depth=0)
     issues = rule_issues(rel, finding, st.st_size, policy)
