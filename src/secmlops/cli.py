@@ -1199,7 +1199,10 @@ def revoke(
 def fetch(
     model: Annotated[str, typer.Argument(help="Model name.")],
     dest: Annotated[
-        Path, typer.Argument(help="New or empty directory to put the verified model files in.")
+        Path,
+        typer.Argument(
+            parser=_dir_or_new, help="New or empty directory to put the verified model files in."
+        ),
     ],
     stage: Annotated[str, typer.Option(help="staging or production.")] = "production",
     registry: RegistryOpt = None,

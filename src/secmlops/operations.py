@@ -18,7 +18,7 @@ from secmlops.deploy import (
     rollback_stage,
 )
 from secmlops.errors import ControlRefused
-from secmlops.evidence.keys import KeyDirectory
+from secmlops.evidence.keys import KeyDirectory, check_approver_name
 from secmlops.gate import GatePolicy, GateReport, verify_pointer_vsa, verify_release
 from secmlops.policy import load_gate_policy, policy_drift
 from secmlops.registry.models import ModelRegistry, StagePointer
@@ -38,7 +38,8 @@ def promote_version(
 ) -> StagePointer:
     """Promote through the gate (recording ``approve_as``'s approval first, if given)."""
     policy = policy or load_gate_policy()
-    if approve_as:
+    if approve_as is not None:  # an empty name is refused, never ignored
+        check_approver_name(approve_as)
         models.require_version(version)
         record_approval(models, version, stage, keys=keys, policy=policy, approve_as=approve_as)
     actor = approve_as or "operator"
