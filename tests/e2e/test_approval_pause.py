@@ -30,6 +30,7 @@ from secmlops.gate import GatePolicy
 from secmlops.registry.models import ModelRegistry
 from secmlops.registry.stores import open_registry
 from secmlops.remote_approval import submit_decision
+from tests.conftest import sign_site_policy, write_site_policy
 from tests.e2e.conftest import PipelineWorld, PrefectServer
 
 MODEL = "churn-classifier"
@@ -395,6 +396,9 @@ def test_approval_operator_promote_waits_for_an_approval(
         approval.unlink()
     monkeypatch.setenv("SECMLOPS_KEYS", str(keys.root))
     monkeypatch.setenv("SECMLOPS_REGISTRY", str(registry))  # the site's default registry
+    # Site keys: the policy must be signed by the site's owner (nothing is auto-signed).
+    policy = sign_site_policy(write_site_policy(tmp_path / "policy.yaml"), keys.root)
+    monkeypatch.setenv("SECMLOPS_POLICY", str(policy))
     probe = Probe(prefect_server)
     settings = {PREFECT_API_URL: prefect_server.api, PREFECT_LOGGING_TO_API_ENABLED: False}
 
