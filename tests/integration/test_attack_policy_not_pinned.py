@@ -28,7 +28,7 @@ import yaml
 
 from secmlops.errors import ControlRefused, InputError
 from secmlops.evidence.keys import KeyDirectory
-from secmlops.evidence.statements import load_private_key, sign_statement
+from secmlops.evidence.statements import generate_keypair, load_private_key, sign_statement
 from secmlops.evidence.trust_root import TrustRoot
 from secmlops.gate import GatePolicy
 from secmlops.policy import (
@@ -119,6 +119,9 @@ def test_unsigned_weakened_policy_is_refused_by_every_command(site: Site, tmp_pa
     """issue 8 attack 3: mallory's unsigned policy (mallory approves, smoke floor 0) used to
     promote to production; now every command refuses it before doing anything."""
     mallory = _mallory_policy(site, tmp_path)
+    # mallory holds her own approver key on the operator's machine: still refused.
+    keys_dir = Path(site.env["SECMLOPS_KEYS"])
+    generate_keypair(keys_dir / "approvers" / "mallory.pem", keys_dir / "approvers" / "mallory.pub")
     before = sorted(p.name for p in (site.world.root / "registry").rglob("*"))
     commands = [
         ("promote", MODEL, site.v2, "--stage", "staging", "--approve-as", "mallory"),
