@@ -206,6 +206,8 @@ def promote_to_stage(
         "vsa": vsa_key,
         "vsaSha256": vsa_sha,
         "sequence": sequence,
+        # Every entry of the pointer move names the signed policy it happened under.
+        "policyDigest": policy_digest,
     }
     models.audit(
         "intent",
@@ -213,7 +215,6 @@ def promote_to_stage(
         action=reason,
         actor=actor,
         previous=tip.version if tip else None,
-        policyDigest=policy_digest,
         policy=policy.audit_record(),
         **facts,
     )

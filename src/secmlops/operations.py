@@ -85,6 +85,10 @@ def verify_stage(
             reason=DeployRefusal.NOTHING_DEPLOYED,
         )
     verify_pointer_vsa(models, stage, pointer, keys, seen=seen)
+    # A production policy accepts no demo key, for the gate's own pointer signature too.
+    hint = (pointer.bundle or {}).get("verificationMaterial", {}).get("publicKey", {}).get("hint")
+    if isinstance(hint, str):
+        policy.require_key_allowed(keys, hint, where=models.store.describe(models.stage_key(stage)))
     drift = policy_drift(models, pointer, policy)
     if drift:
         log.warning("%s", drift)

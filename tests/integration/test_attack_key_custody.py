@@ -34,6 +34,8 @@ from secmlops.evidence.statements import (
     sign_statement,
     verify_bundle,
 )
+from secmlops.gate import verify_release
+from secmlops.operations import verify_stage
 from secmlops.registry.models import parse_json_object
 from secmlops.registry.stores import LocalRegistry
 from tests.integration import deploy_world
@@ -298,6 +300,11 @@ def test_a_chain_forged_with_stolen_demo_keys_is_refused_under_a_production_poli
     for kid in signed_with:
         with pytest.raises(ControlRefused, match="production policy does not accept"):
             production.require_key_allowed(world.keys, kid, where="forged chain")
+    # And the readers apply it: the gate, and verify-stage (the gate-signed pointer too).
+    with pytest.raises(ControlRefused, match="production policy does not accept"):
+        verify_release(world.models, version, "production", keys=world.keys, policy=production)
+    with pytest.raises(ControlRefused, match="production policy does not accept"):
+        verify_stage(world.models, "production", keys=world.keys, policy=production)
     # A site's own key (not demo) is accepted.
     site = world.root / "site"
     generate_keypair(site / "gate.pem", site / "gate.pub")
