@@ -36,6 +36,7 @@ from cryptography.exceptions import InvalidSignature
 
 from secmlops._internal.digests import sha256_file, tree_digest
 from secmlops.errors import ControlRefused, InputError, RefusalReason, SecMLOpsError, ToolError
+from secmlops.evidence.signers import pem_passphrase
 from secmlops.evidence.statements import PublicKey, key_id, load_private_key, load_public_key
 
 
@@ -111,7 +112,9 @@ def _hashing_config() -> Any:
 
 
 def sign_model(model_dir: Path, *, private_key: Path, signature: Path) -> ModelSignature:
-    """Sign every file in ``model_dir`` with an EC private key (PEM, unencrypted).
+    """Sign every file in ``model_dir`` with an EC private key (PEM; an encrypted one takes
+    its passphrase from ``SECMLOPS_MODEL_SIGNER_KEY_PASSPHRASE[_FILE]``,
+    ``SECMLOPS_KEY_PASSPHRASE[_FILE]`` or a prompt, as every role key does).
 
     The signature must live outside ``model_dir`` (``InputError`` otherwise); it is
     written atomically. Symlinks in the model are refused (``InputError``).
@@ -121,7 +124,8 @@ def sign_model(model_dir: Path, *, private_key: Path, signature: Path) -> ModelS
     root = _require_model_dir(model_dir)
     sig_path = _outside(root, signature)
     # Load the key ourselves first: a clear InputError instead of model-signing's ValueError.
-    public = load_private_key(private_key).public_key()
+    public = load_private_key(private_key, subject="model-signer").public_key()
+    password = pem_passphrase(private_key, subject="model-signer")
     model_digest = tree_digest(root)  # InputError on a symlink
     sig_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=sig_path.parent, prefix=f".{sig_path.name}.", suffix=".tmp")
@@ -132,7 +136,9 @@ def sign_model(model_dir: Path, *, private_key: Path, signature: Path) -> ModelS
         (
             config()
             .set_hashing_config(_hashing_config())
-            .use_elliptic_key_signer(private_key=private_key)
+            # model-signing's annotation says str; it hands the value to cryptography,
+            # which needs bytes.
+            .use_elliptic_key_signer(private_key=private_key, password=password)
             .sign(root, tmp)
         )
         os.chmod(tmp, 0o644)

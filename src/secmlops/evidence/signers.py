@@ -120,6 +120,21 @@ def _passphrase(path: Path, subject: str | None, settings: Settings) -> bytes:
     )
 
 
+def pem_passphrase(path: Path, *, subject: str | None = None) -> bytes | None:
+    """The passphrase of PEM key ``path`` if it is encrypted (from the same variables, file
+    or prompt as :func:`load_pem_private_key`), ``None`` if it is not: for tools that load
+    the key themselves (model-signing)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(
+            f"cannot read private key {path}: {exc.strerror}", where=str(path)
+        ) from exc
+    if b"ENCRYPTED" not in data.split(b"\n", 1)[0] and b"Proc-Type: 4,ENCRYPTED" not in data:
+        return None
+    return _passphrase(path, subject, _current_settings())
+
+
 def load_pem_private_key(
     path: Path, *, subject: str | None = None, settings: Settings | None = None
 ) -> PrivateKey:
