@@ -453,6 +453,16 @@ def verify_release(
     def check_release() -> tuple[str, list[str]]:
         key = f"{models.evidence_prefix(version)}/release.json"
         entry = control("release")
+        if not models.store.exists(key):
+            # Registration writes the release manifest last: without it the version is
+            # incomplete (an interrupted registration), never half-trusted.
+            raise ControlRefused(
+                f"{models.model} {version} is incomplete: its registration did not finish "
+                "(no release manifest)",
+                where=models.store.describe(key),
+                fix="register the model again (a new version); this one can never deploy",
+                reason=GateRefusal.MISSING_EVIDENCE,
+            )
         ev, report.release_sha256 = gate.load(key, gate.attestor, entry)
         gate.judge(entry, ev, gate.context())
         manifest: ReleasePredicate = ev.predicate

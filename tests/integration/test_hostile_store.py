@@ -438,3 +438,19 @@ def test_registry_writes_never_follow_a_symlinked_folder(world: World, tmp_path:
         models.store.put(f"{MODEL}/audit/0000000001.json", b"{}")
     assert refused.value.reason == RegistryRefusal.NOT_REGULAR_FILE
     assert not list(outside.iterdir())
+
+
+def test_a_version_whose_registration_was_cut_off_is_reported_incomplete(tmp_path: Path) -> None:
+    """Issue 9 storage faults: registration writes the release manifest last, so a version
+    cut off before it is "incomplete" to every reader (the gate, evidence, fetch), with the
+    reason, never half-trusted."""
+    from secmlops.gate import verify_release
+    from secmlops.registry.stores import LocalRegistry
+    from tests.integration.deploy_world import make_world
+
+    world = make_world(tmp_path / "world", LocalRegistry(tmp_path / "registry"))
+    version = world.register()
+    release = f"{world.models.evidence_prefix(version)}/release.json"
+    (tmp_path / "registry" / release).unlink()  # as if the last write never landed
+    with pytest.raises(ControlRefused, match="is incomplete: its registration did not finish"):
+        verify_release(world.models, version, "staging", keys=world.keys, policy=world.policy)
