@@ -25,12 +25,9 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
-import stat
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,14 +39,6 @@ from secmlops.evidence.keys import KeyDirectory
 from secmlops.gate import GatePolicy, GateReport
 from secmlops.registry.models import ModelRegistry, StagePointer
 from secmlops.registry.pointers import SeenPointers
-from secmlops.registry.stores import (
-    LocalRegistry,
-    Registry,
-    RegistryRefusal,
-    S3Registry,
-)
-
-_CHUNK = 1 << 20
 
 
 class FetchRefusal(RefusalReason):
@@ -57,8 +46,6 @@ class FetchRefusal(RefusalReason):
 
     STREAMED_BYTES_DIFFER = "streamed_bytes_differ"
     """The bytes streamed to disk do not hash to the model digest the gate verified."""
-    NOT_A_REGULAR_FILE = "not_a_regular_file"
-    """A model object in a local registry is a symlink or not a regular file."""
 
 
 @dataclass(frozen=True)
@@ -88,71 +75,6 @@ class FetchResult:
         }
 
 
-def _local_chunks(store: LocalRegistry, key: str) -> Iterator[bytes]:
-    path = store.describe(key)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        raise ControlRefused(
-            f"{path} does not exist", where=path, reason=RegistryRefusal.OBJECT_MISSING
-        ) from None
-    except OSError as exc:
-        if os.path.islink(path):
-            raise ControlRefused(
-                f"{path} is a symlink; a registry holds regular files only",
-                where=path,
-                reason=FetchRefusal.NOT_A_REGULAR_FILE,
-            ) from None
-        raise ToolError(f"cannot read {path}: {exc.strerror}", where=path) from exc
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-            raise ControlRefused(
-                f"{path} is not a regular file",
-                where=path,
-                reason=FetchRefusal.NOT_A_REGULAR_FILE,
-            )
-        while chunk := fh.read(_CHUNK):
-            yield chunk
-
-
-def _s3_chunks(store: S3Registry, key: str) -> Iterator[bytes]:
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    try:
-        resp = store._client.get_object(Bucket=store.bucket, Key=store._key(key))
-        yield from resp["Body"].iter_chunks(_CHUNK)
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-            raise ControlRefused(
-                f"{store.describe(key)} does not exist",
-                where=store.describe(key),
-                reason=RegistryRefusal.OBJECT_MISSING,
-            ) from None
-        raise store._fail("read", key, exc) from exc
-    except BotoCoreError as exc:
-        raise store._fail("read", key, exc) from exc
-
-
-def _chunks(store: Registry, key: str) -> Iterator[bytes]:
-    """The object's bytes in 1 MiB chunks, never all in memory (other stores: one read)."""
-    if isinstance(store, LocalRegistry):
-        return _local_chunks(store, key)
-    if isinstance(store, S3Registry):
-        return _s3_chunks(store, key)
-    return iter((store.read(key),))
-
-
-def stream_to_file(store: Registry, key: str, target: Path) -> str:
-    """Write ``key``'s bytes to the new file ``target`` while hashing them; their sha256."""
-    digest = hashlib.sha256()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with target.open("xb") as out:
-        for chunk in _chunks(store, key):
-            digest.update(chunk)
-            out.write(chunk)
-    return digest.hexdigest()
-
-
 class _DownloadOnce(ModelRegistry):
     """The consumer's view of ``models``: the gate's ``download_model`` streams into the
     fetch's staging directory (hashing as it goes) and is served from there ever after, so
@@ -180,28 +102,10 @@ class _DownloadOnce(ModelRegistry):
             return model_dir, signature
         self.version = version
         try:
-            model_dir.mkdir()
-            base = self.model_prefix(version) + "/"
-            keys = self.store.list_keys(base)
-            if not keys:
-                raise ControlRefused(
-                    f"version {version} has no model files",
-                    where=self.store.describe(base),
-                    reason=RegistryRefusal.NO_MODEL_FILES,
-                )
-            for key in keys:
-                rel = key[len(base) :]
-                target = model_dir / rel
-                if not target.resolve().is_relative_to(model_dir.resolve()):
-                    raise ControlRefused(
-                        f"registry key {key} escapes the download folder",
-                        where=key,
-                        reason=RegistryRefusal.KEY_ESCAPES_FOLDER,
-                    )
-                self.files[rel] = stream_to_file(self.store, key, target)
-            self.signature_sha256 = stream_to_file(
-                self.store, self.signature_key(version), signature
-            )
+            # Streamed and hashed once by the store (symlinks, special files, empty folders,
+            # keys escaping the folder and oversized objects refused there).
+            downloaded = self.download_model_hashed(version, self.staging)
+            self.files, self.signature_sha256 = downloaded.files, downloaded.signature_sha256
         except ToolError as exc:
             self.tool_error = exc
             raise
@@ -317,4 +221,4 @@ def fetch(
         shutil.rmtree(staging, ignore_errors=True)
 
 
-__all__ = ["FetchRefusal", "FetchResult", "fetch", "stream_to_file"]
+__all__ = ["FetchRefusal", "FetchResult", "fetch"]

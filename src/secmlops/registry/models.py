@@ -140,6 +140,17 @@ def canonical_json(obj: Any) -> bytes:
 
 
 @dataclass(frozen=True)
+class DownloadedModel:
+    """A version's model files and signature on local disk, with their streamed sha256s."""
+
+    model_dir: Path
+    signature: Path
+    #: ``{relative path: sha256}`` of every model file, hashed while it was written.
+    files: dict[str, str]
+    signature_sha256: str
+
+
+@dataclass(frozen=True)
 class StagePointer:
     """What a stage serves now, and what it served before (for rollback).
 
@@ -469,16 +480,24 @@ class ModelRegistry:
 
     def download_model(self, version: str, dest: Path) -> tuple[Path, Path]:
         """Download a version's model files and signature; return (model_dir, signature)."""
+        downloaded = self.download_model_hashed(version, dest)
+        return downloaded.model_dir, downloaded.signature
+
+    def download_model_hashed(self, version: str, dest: Path) -> DownloadedModel:
+        """:meth:`download_model`, with the sha256 of every file as it was streamed (each
+        byte read once: memory flat in model size). Symlinks, special files, empty folders
+        and files above the configured ``max_model_file_bytes`` are refused."""
         model_dir = dest / "model"
         model_dir.mkdir(parents=True, exist_ok=False)
-        # streamed file by file (memory flat in model size); symlinks, special files, empty
-        # folders and files above the configured max_model_file_bytes are refused
-        if not self.store.download_tree(self.model_prefix(version), model_dir):
+        files = self.store.download_tree_hashed(self.model_prefix(version), model_dir)
+        if not files:
             raise ControlRefused(
                 f"version {version} has no model files",
                 where=self.store.describe(self.model_prefix(version)),
                 reason=RegistryRefusal.NO_MODEL_FILES,
             )
         signature = dest / "model.sig"
-        signature.write_bytes(self.store.read(self.signature_key(version)))
-        return model_dir, signature
+        signature_sha256 = self.store.download_file(  # a signature is an ordinary object
+            self.signature_key(version), signature, max_bytes=current_limits().max_object_bytes
+        )
+        return DownloadedModel(model_dir, signature, files, signature_sha256)
