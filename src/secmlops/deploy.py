@@ -97,11 +97,6 @@ class Promotion:
     vsa_key: str
 
 
-def _policy_digest(policy: GatePolicy) -> str:
-    """The digest of the (signed) policy in force, recorded in VSAs and audit entries."""
-    return policy.digest
-
-
 def vsa_statement(
     models: ModelRegistry, report: GateReport, policy: GatePolicy
 ) -> dict[str, object]:
@@ -156,7 +151,7 @@ def promote_to_stage(
     """
     stage = check_stage(stage)
     gate_signer = role_signer(keys, "gate")
-    policy_digest = _policy_digest(policy)
+    policy_digest = policy.digest  # the signed policy file in force
     # Read before the (long) gate run: a promotion that lands meanwhile takes our sequence.
     current, current_obj = models.read_pointer(stage)
     tip, taken = history_tip(models, stage, keys.trusted("gate"))

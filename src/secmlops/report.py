@@ -77,11 +77,6 @@ class EvidenceItem:
         return dict(self.__dict__)
 
 
-def _all_trusted(keys: KeyDirectory) -> TrustedKeys:
-    """Every key the trust root lists (roles and approvers, rotated ones with their windows)."""
-    return keys.trusted_all()
-
-
 def _approval_stage(name: str) -> str | None:
     for stage in ("staging", "production"):
         if name.startswith(f"approval-{stage}-"):
@@ -210,7 +205,7 @@ def evidence_report(
 
     policy = policy or load_gate_policy()
     models.require_version(version)
-    trusted = _all_trusted(keys)
+    trusted = keys.trusted_all()  # every key of the trust root, with its window
     items: list[EvidenceItem] = []
     for key in sorted(
         models.evidence_keys(version),
@@ -222,7 +217,7 @@ def evidence_report(
             if approval_stage is None:
                 st = verify_bundle(models.read_json(key), trusted, where=key)
             else:
-                st = _verify_approval(models, key, keys, policy, approval_stage)
+                st = _verify_approval(models, key, keys, trusted, policy, approval_stage)
             entry, ev = _typed(st, name, models.model, version, key)
         except SecMLOpsError as exc:
             items.append(
@@ -287,18 +282,24 @@ def evidence_report(
 
 
 def _verify_approval(
-    models: ModelRegistry, key: str, keys: KeyDirectory, policy: GatePolicy, stage: str
+    models: ModelRegistry,
+    key: str,
+    keys: KeyDirectory,
+    trusted: TrustedKeys,
+    policy: GatePolicy,
+    stage: str,
 ) -> VerifiedStatement:
     """An approval bundle verified as the gate trusts it: by a key the policy lists for
-    ``stage`` (or the attestor); one signed by any other trusted key is refused."""
+    ``stage`` (or the attestor); one signed by any other key of ``trusted`` (every key of
+    the trust root, read once per report) is refused."""
     bundle = models.read_json(key)
     try:
         verify_bundle(bundle, _approval_trusted(keys, policy, stage), where=key)
         # Verified as the gate trusts it; named as every other bundle (``approver:NAME``).
-        return verify_bundle(bundle, _all_trusted(keys), where=key)
+        return verify_bundle(bundle, trusted, where=key)
     except ControlRefused:
         try:
-            other = verify_bundle(bundle, _all_trusted(keys), where=key)
+            other = verify_bundle(bundle, trusted, where=key)
         except ControlRefused:
             other = None
         if other is None:
