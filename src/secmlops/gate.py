@@ -43,10 +43,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from cryptography.hazmat.primitives import serialization
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from secmlops._internal.digests import sha256_bytes, tree_digest
+from secmlops._internal.digests import sha256_bytes
 from secmlops.catalogue import (
     ATTESTOR_SIGNER,
     Control,
@@ -61,13 +60,17 @@ from secmlops.catalogue import (
 )
 from secmlops.controls.approval import ApprovalPolicy, Stage, check_stage
 from secmlops.controls.image_scan import ScanPolicy
+from secmlops.controls.image_signing import (
+    IMAGE_SIGNATURE_EVIDENCE,
+    ImageSigningRefusal,
+    verify_image_signatures,
+)
 from secmlops.controls.revocation import (
     Revocations,
     load_revocations,
     signed_time,
     statement_digest,
 )
-from secmlops.controls.signing import verify_model_signature
 from secmlops.errors import ControlRefused, RefusalReason, SecMLOpsError
 from secmlops.evidence.keys import KeyDirectory
 from secmlops.evidence.predicates import (
@@ -75,6 +78,7 @@ from secmlops.evidence.predicates import (
     ApprovalPredicate,
     ReleasePredicate,
     ResourceDescriptor,
+    RunSources,
     VsaPredicate,
 )
 from secmlops.evidence.statements import (
@@ -485,17 +489,17 @@ def verify_release(
                     "model.sig is not the signature named in the release manifest",
                     reason=GateRefusal.MODEL_SIGNATURE_INVALID,
                 )
-            signer_kid = _verify_with_model_signer_keys(
-                gate, model_dir, signature, Path(tmp) / "model-signer-keys"
-            )
-            digest = tree_digest(model_dir)
+            # Verified with whichever signers the trust root's model-signer role names; the
+            # verification hashed every file once and says what they hash to.
+            signed_by = _verify_with_model_signer_trust(gate, model_dir, signature)
+        digest = signed_by.model_digest
         if digest != report.model_digest:
             raise ControlRefused(
                 f"model files hash to {digest[:12]}…, "
                 f"release manifest says {report.model_digest[:12]}…",
                 reason=GateRefusal.MODEL_SIGNATURE_INVALID,
             )
-        return f"model-signing signature verifies with model-signer key {signer_kid[:12]}…", [
+        return f"model-signing signature verifies with {signed_by.describe()}", [
             models.signature_key(version)
         ]
 
@@ -505,6 +509,7 @@ def verify_release(
 
     for entry in build_controls():
         gate.check(entry.name, functools.partial(_check_build_evidence, gate, entry))
+    gate.check("image-signature", lambda: _check_image_signature(gate, version))
 
     gate.check("revocation", lambda: _check_revocations(gate, version))
     gate.check("approval", lambda: _check_approval(gate, version))
@@ -515,43 +520,94 @@ def verify_release(
     return report
 
 
-def _verify_with_model_signer_keys(
-    gate: _Gate, model_dir: Path, signature: Path, scratch: Path
-) -> str:
-    """Verify the model signature with the trust root's model-signer keys valid when the
-    release was made (rotated keys keep their old versions verifiable); the key id that
-    verified. A production policy accepts no demo key here either."""
+@dataclass(frozen=True)
+class _ModelSignedBy:
+    """Who signed the model, as the gate's model-signature check records it."""
+
+    method: str
+    #: The key id (key), the leaf certificate's subject (certificate), the certificate
+    #: identity (sigstore).
+    identity: str
+    model_digest: str
+    #: The CA (subject and fingerprint) or the OIDC issuer; empty for a key.
+    issuer: str = ""
+
+    def describe(self) -> str:
+        if self.method == "key":
+            return f"model-signer key {self.identity[:12]}…"
+        if self.method == "certificate":
+            return f"certificate {self.identity!r} issued under trusted CA {self.issuer}"
+        return f"Sigstore identity {self.identity} (issuer {self.issuer})"
+
+
+def _verify_with_model_signer_trust(
+    gate: _Gate, model_dir: Path, signature: Path
+) -> _ModelSignedBy:
+    """Verify the model signature with whoever the trust root's model-signer role names
+    (public keys, CA certificates, Sigstore identities) and was valid when the release was
+    made: keys and CA entries by their windows, a signing certificate at the release's signed
+    ``created_at`` (rotated keys and expired certificates keep their old versions
+    verifiable). A production policy accepts no demo key or demo CA here either."""
+    from secmlops.controls.signer_trust import read_bundle, verify_signed_model
+    from secmlops.controls.signing import SignatureRefusal
+
     assert gate.release is not None  # noqa: S101 - the release check passed
-    trusted = gate.keys.trusted("model-signer")
     made = parse_time(gate.release.created_at)
-    candidates = [
-        (kid, key)
-        for kid, (_, key) in trusted.keys.items()
-        if made is None or trusted.window(kid).contains(made)
-    ]
-    if not candidates:
+    trust = gate.keys.trust_root().model_signer().valid_at(made)
+    if not trust:
         raise ControlRefused(
-            "no model-signer key in the trust root was valid when this release was made",
+            "no model-signer key, CA certificate or Sigstore identity in the trust root was "
+            f"valid when this release was made ({gate.release.created_at})",
             reason=GateRefusal.MODEL_SIGNATURE_INVALID,
-            fix="check the model-signer keys and windows: `secmlops trust show`",
+            fix="check the model-signer entries and their windows: `secmlops trust show`",
         )
-    scratch.mkdir()
-    refusal: ControlRefused | None = None
-    for kid, key in candidates:
-        pem = scratch / f"{kid}.pub"
-        pem.write_bytes(
-            key.public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
+    try:
+        method = read_bundle(signature).method
+    except SecMLOpsError as exc:
+        raise _with_reason(exc, GateRefusal.MODEL_SIGNATURE_INVALID) from exc
+    options = [o for o in trust.signer_trusts() if o.method == method]
+    if not options:
+        raise ControlRefused(
+            f"model.sig is signed with method {method!r}, but the trust root's model-signer "
+            f"role trusts {' and '.join(repr(m) for m in trust.methods)} only "
+            f"({trust.describe()})",
+            reason=GateRefusal.MODEL_SIGNATURE_INVALID,
+            fix="sign models with the method the site trusts (sources.signing), or list "
+            "the signer for role model-signer in the trust root",
         )
+    # About the model files, not the signer: trying another trusted signer is useless.
+    content_refusals = {
+        SignatureRefusal.CONTENT_MISMATCH,
+        SignatureRefusal.FILE_SET_MISMATCH,
+        SignatureRefusal.SYMLINK_IN_MODEL,
+        SignatureRefusal.MALFORMED_SIGNATURE,
+    }
+    refusal: SecMLOpsError | None = None
+    for option in options:
         try:
-            verify_model_signature(model_dir, signature=signature, public_key=pem)
-        except ControlRefused as exc:
-            refusal = exc
+            signer = verify_signed_model(
+                model_dir, signature=signature, trust=option.trust, signed_at=made
+            )
+        except SecMLOpsError as exc:
+            if exc.reason in content_refusals:
+                raise  # the signature verified, the files do not match it: no signer helps
+            refusal = refusal or exc
             continue
-        gate.policy.require_key_allowed(gate.keys, kid, where="model.sig")
-        return kid
-    assert refusal is not None  # noqa: S101 - at least one candidate was tried
+        if method == "key":
+            gate.policy.require_key_allowed(gate.keys, signer.identity, where="model.sig")
+            return _ModelSignedBy("key", signer.identity, signer.model_digest)
+        if option.ca is not None:
+            if option.ca.demo and gate.policy.environment == "production":
+                raise ControlRefused(
+                    f"model signed under demo CA {option.ca.name}, which a production policy "
+                    "does not accept",
+                    where="model.sig",
+                    reason=GateRefusal.UNTRUSTED_SIGNER,
+                )
+            ca = f"{option.ca.name} ({option.ca.fingerprint[:12]}…)"
+            return _ModelSignedBy("certificate", signer.identity, signer.model_digest, ca)
+        return _ModelSignedBy("sigstore", signer.identity, signer.model_digest, signer.issuer or "")
+    assert refusal is not None  # noqa: S101 - at least one option was tried
     raise refusal
 
 
@@ -593,6 +649,137 @@ def _check_build_evidence(gate: _Gate, entry: Control[Any]) -> tuple[str, list[s
     gate.verified[entry.name] = ev
     gate.judge(entry, ev, gate.context(verified=dict(gate.verified)))
     return f"signed by {ev.signer}", [ref.key]
+
+
+_FROM_IMAGE_SIGNING_REFUSAL = {
+    ImageSigningRefusal.BLOB_DIGEST_MISMATCH: GateRefusal.EVIDENCE_CHANGED,
+    ImageSigningRefusal.MALFORMED_SIGNATURES: GateRefusal.MALFORMED_EVIDENCE,
+    ImageSigningRefusal.MISSING_SIGNATURE: GateRefusal.MISSING_EVIDENCE,
+    ImageSigningRefusal.BAD_SIGNATURE: GateRefusal.BAD_SIGNATURE,
+    ImageSigningRefusal.KEY_NOT_VALID: GateRefusal.UNTRUSTED_SIGNER,
+    ImageSigningRefusal.WRONG_DIGEST: GateRefusal.WRONG_SUBJECT,
+    ImageSigningRefusal.WRONG_REFERENCE: GateRefusal.SOURCE_MISMATCH,
+    ImageSigningRefusal.SCAN_NOT_OF_THIS_IMAGE: GateRefusal.WRONG_SUBJECT,
+    ImageSigningRefusal.SCAN_NOT_PASSED: GateRefusal.SCAN_FAILED_POLICY,
+}
+
+
+def _signed_image_repository(gate: _Gate) -> str:
+    """The repository the site's image entry (the one the release's provenance recorded)
+    says the image is served from: what its signature must name."""
+    prov = gate.verified.get("provenance")
+    external = (
+        prov.statement.predicate.get("buildDefinition", {}).get("externalParameters", {})
+        if prov is not None
+        else {}
+    )
+    try:
+        name = RunSources.model_validate(external.get("sources")).image.name
+    except ValidationError:
+        raise ControlRefused(
+            "the release's provenance does not record which site image it used, so the "
+            "repository its signature must name is unknown",
+            reason=GateRefusal.SOURCE_MISMATCH,
+        ) from None
+    entry = gate.policy.sources.images.get(name)
+    repository = entry.signed_repository if entry is not None else None
+    if repository is None:
+        raise ControlRefused(
+            f"the site's image entry {name!r} names no repository, so no image signature "
+            "can be admitted for it",
+            where=f"sources.images.{name}",
+            fix="set sources.images.<name>.repository in the policy file",
+            reason=GateRefusal.SOURCE_MISMATCH,
+        )
+    return repository
+
+
+def _check_image_signature(gate: _Gate, version: str) -> tuple[str, list[str]]:
+    """The serving image's cosign signature and vulns attestation stored with the version
+    (:meth:`ModelRegistry.image_signature_prefix`), as the release manifest names it (its
+    ``index.json`` by sha256): signed by an attestor key valid when the release was made,
+    about the manifest digest of the image whose config digest the release scanned, naming
+    the repository of the site's image entry, with the scan result the release's
+    ``image-scan`` evidence holds. A release naming none is refused under a production
+    policy (made before images were signed, it passes a demo policy, saying so)."""
+    assert gate.release is not None  # noqa: S101 - the release check passed
+    models, report = gate.models, gate.report
+    ref = gate.release.evidence.get(IMAGE_SIGNATURE_EVIDENCE)
+    if ref is None:
+        if gate.policy.environment == "production":
+            raise ControlRefused(
+                "the release manifest names no image signature: a production policy admits "
+                "only a serving image signed with its scan attested (cosign)",
+                reason=GateRefusal.MISSING_EVIDENCE,
+            )
+        return "no image signature recorded (release made before images were signed)", []
+    prefix = models.image_signature_prefix(version)
+    if ref.key != f"{prefix}/index.json":
+        raise ControlRefused(
+            f"release manifest points image-signature elsewhere: {ref.key}",
+            reason=GateRefusal.MISPLACED_EVIDENCE,
+        )
+    repository = _signed_image_repository(gate)
+    where = models.store.describe(prefix)
+    with tempfile.TemporaryDirectory(prefix="secmlops-gate-image-") as tmp:
+        layout = Path(tmp) / "image.cosign"
+        try:
+            files = models.store.download_tree_hashed(prefix, layout)
+        except ControlRefused as exc:
+            raise _with_reason(exc, GateRefusal.MISSING_EVIDENCE) from exc
+        if "index.json" not in files:
+            raise ControlRefused(
+                f"the image signature layout is missing from {where}",
+                where=where,
+                reason=GateRefusal.MISSING_EVIDENCE,
+            )
+        if files["index.json"] != ref.sha256:
+            raise ControlRefused(
+                f"{ref.key} was changed after the release manifest was signed",
+                where=where,
+                reason=GateRefusal.EVIDENCE_CHANGED,
+            )
+        try:
+            verified = verify_image_signatures(
+                layout,
+                gate.attestor,
+                config_digest=report.image_digest,
+                repository=repository,
+                at=parse_time(gate.release.created_at),
+                detached=True,
+            )
+        except ControlRefused as exc:
+            reason = (
+                _FROM_IMAGE_SIGNING_REFUSAL.get(exc.reason, GateRefusal.BAD_SIGNATURE)
+                if isinstance(exc.reason, ImageSigningRefusal)
+                else GateRefusal.BAD_SIGNATURE
+            )
+            raise ControlRefused(
+                exc.message.replace(tmp, prefix), where=where, fix=exc.fix, reason=reason
+            ) from exc
+    gate.policy.require_key_allowed(gate.keys, verified.key_id, where=where)
+    scan = gate.verified.get("image-scan")
+    if scan is None:
+        raise ControlRefused(
+            "the release's image-scan evidence did not verify, so the attested scan cannot "
+            "be compared with it",
+            reason=GateRefusal.MISSING_EVIDENCE,
+        )
+    attested = verified.attestation
+    if (
+        attested.get("predicateType") != scan.statement.predicate_type
+        or attested.get("predicate") != scan.statement.predicate
+    ):
+        raise ControlRefused(
+            "the image attestation's scan result is not the release's image-scan evidence",
+            where=where,
+            reason=GateRefusal.NOT_THIS_RELEASE,
+        )
+    return (
+        f"cosign signature and scan attestation of {verified.repository}@sha256:"
+        f"{verified.manifest_digest[:12]}… verify with attestor key {verified.key_id[:12]}…",
+        [ref.key],
+    )
 
 
 def _stage_evidence(gate: _Gate, version: str, prefix: str) -> list[str]:

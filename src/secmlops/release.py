@@ -8,16 +8,25 @@ half-way cannot be deployed.
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import ValidationError
 
 from secmlops._internal.digests import sha256_bytes, tree_digest
 from secmlops.catalogue import Control, build_controls, required_release_evidence
-from secmlops.errors import InputError
+from secmlops.controls.image_signing import (
+    IMAGE_SIGNATURE_EVIDENCE,
+    ImageSigningRefusal,
+    detached_files,
+    verify_image_signatures,
+)
+from secmlops.errors import ControlRefused, InputError
 from secmlops.evidence.predicates import (
     DatasetRef,
     EvidenceRef,
@@ -31,6 +40,7 @@ from secmlops.evidence.statements import (
     PREDICATE_RELEASE,
     SigningKey,
     Subject,
+    TrustedKeys,
     make_statement,
     sign_statement,
     utc_now,
@@ -52,6 +62,10 @@ class ReleaseInputs:
     #: Who started the run, where the orchestrator knows it (``RunRecord.started_by``);
     #: ``None``: unknown (Prefect OSS records no identity for UI/API runs).
     started_by: str | None = None
+    #: The layout :func:`~secmlops.controls.image_signing.sign_image` wrote for the scanned
+    #: image (cosign signature + scan attestation); ``None``: the image is not signed (the
+    #: gate refuses such a release under a production policy).
+    image_signature: Path | None = None
 
 
 def _build_control(name: str) -> Control[Any]:
@@ -112,6 +126,34 @@ class ReleaseEvidence:
         return required_release_evidence() - set(self.bundles)
 
 
+def _check_image_signature(
+    layout: Path, image_digest: str, attestor: SigningKey, scan_bundle: Mapping[str, Any]
+) -> None:
+    """``layout`` signs the scanned image (config digest ``image_digest``) with
+    ``attestor``'s key and attests the scan ``scan_bundle`` holds: a layout that would fail
+    the gate is refused before a version is claimed."""
+    public = (
+        attestor.public_key()
+        if isinstance(attestor, ec.EllipticCurvePrivateKey)
+        else attestor.public_key
+    )
+    trusted = TrustedKeys()
+    trusted.add("attestor", public)
+    verified = verify_image_signatures(layout, trusted, config_digest=image_digest)
+    try:
+        scan = json.loads(base64.b64decode(scan_bundle["dsseEnvelope"]["payload"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(
+            "the image-scan evidence is not a signed bundle", where="register"
+        ) from exc
+    if verified.attestation.get("predicate") != scan.get("predicate"):
+        raise ControlRefused(
+            "the image signature attests another scan result than the image-scan evidence",
+            where=str(layout),
+            reason=ImageSigningRefusal.SCAN_NOT_OF_THIS_IMAGE,
+        )
+
+
 @dataclass(frozen=True)
 class Registration:
     """A registered version and where its pieces are."""
@@ -134,7 +176,12 @@ def register_release(
     """Claim the next version, upload model + signature + evidence, then the signed manifest.
 
     ``evidence`` must hold a signed bundle for every build control of the catalogue, and
-    nothing the catalogue does not know (``InputError`` otherwise).
+    nothing the catalogue does not know (``InputError`` otherwise). ``inputs.image_signature``:
+    the layout :func:`~secmlops.controls.image_signing.sign_image` wrote for the scanned image
+    (checked here with ``attestor``'s public key and the image digest of ``inputs``); its
+    detached files go to :meth:`ModelRegistry.image_signature_prefix` and the manifest names
+    its ``index.json`` (which names every other file by digest) as evidence
+    ``image-signature``.
     """
     missing = required_release_evidence() - set(evidence)
     if missing:
@@ -149,6 +196,12 @@ def register_release(
         dataset, image = DatasetRef(**inputs.dataset), ImageRef(**inputs.image)
     except ValidationError as exc:
         raise InputError(f"release inputs are malformed: {exc}", where="register") from exc
+    image_files = None
+    if inputs.image_signature is not None:
+        _check_image_signature(
+            inputs.image_signature, image.sha256, attestor, evidence["image-scan"]
+        )
+        image_files = detached_files(inputs.image_signature)
     version = models.allocate_version(
         {
             "run": inputs.run,
@@ -161,6 +214,14 @@ def register_release(
     sig_bytes = signature.read_bytes()
     models.store.put(models.signature_key(version), sig_bytes)
     written = {name: models.put_evidence(version, name, b) for name, b in evidence.items()}
+    if image_files is not None:
+        prefix = models.image_signature_prefix(version)
+        for rel, data in sorted(image_files.items()):
+            models.store.put(f"{prefix}/{rel}", data)
+        written[IMAGE_SIGNATURE_EVIDENCE] = (
+            f"{prefix}/index.json",
+            sha256_bytes(image_files["index.json"]),
+        )
     manifest = ReleasePredicate(
         model=models.model,
         version=version,

@@ -37,6 +37,7 @@ BUILD_CHECKS: tuple[str, ...] = (
     "release",
     "model-signature",
     *(c.name for c in build_controls()),
+    "image-signature",
     "revocation",
 )
 

@@ -3,6 +3,7 @@ model-signing, signed evidence, approvals, the deploy gate, staged deploy, rollb
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 from pathlib import Path
@@ -50,6 +51,24 @@ def test_two_runs_register_two_versions_with_full_evidence(pipeline_world: Pipel
         vdir = reg / MODEL / "versions" / version
         assert (vdir / "model.sig").is_file()
         assert (vdir / "model" / "model.safetensors").is_file()
+        # Issue 10: the serving image's cosign signature + scan attestation (no image layers),
+        # named by the release manifest and re-verified by every gate run.
+        assert (vdir / "image.cosign" / "index.json").is_file()
+        release = json.loads((vdir / "evidence" / "release.json").read_text())
+        manifest = json.loads(base64.b64decode(release["dsseEnvelope"]["payload"]))
+        assert manifest["predicate"]["evidence"]["image-signature"]["key"].endswith(
+            f"{version}/image.cosign/index.json"
+        )
+        vsa = next((vdir / "evidence").glob("vsa-production-*.json"))
+        vsa_statement = json.loads(
+            base64.b64decode(json.loads(vsa.read_text())["dsseEnvelope"]["payload"])
+        )
+        checks = {c["name"]: c for c in vsa_statement["predicate"]["secmlops"]["checks"]}
+        assert checks["image-signature"]["passed"] is True
+        assert (
+            "cosign signature and scan attestation of localhost/secmlops-serving@sha256:"
+            in (checks["image-signature"]["detail"])
+        )
         names = _evidence_names(reg, version)
         assert set(names) >= BUILD_EVIDENCE
         for prefix in (

@@ -15,6 +15,8 @@ import base64
 import hashlib
 import json
 import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,9 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from secmlops import gate as gate_module
+from secmlops import release as release_module
+from secmlops.catalogue import GateRefusal
 from secmlops.controls.image_scan import (
     ScanPolicy,
     enforce_scan_policy,
@@ -37,9 +42,12 @@ from secmlops.controls.image_signing import (
     SIMPLE_SIGNING_MEDIA_TYPE,
     ImageSignatures,
     ImageSigningRefusal,
+    read_image,
     sign_image,
     verify_image_signatures,
 )
+from secmlops.controls.model_scan import model_scan_statement, scan_model_files
+from secmlops.controls.signing import sign_model
 from secmlops.demo.serving_image import (
     ServingImage,
     build_serving_image,
@@ -49,6 +57,8 @@ from secmlops.demo.serving_image import (
 from secmlops.demo.trivy_db import seed_demo_trivy_db
 from secmlops.errors import ControlRefused, InputError
 from secmlops.evidence.keys import KeyDirectory
+from secmlops.evidence.predicates import ReleasePredicate
+from secmlops.evidence.signers import Signer
 from secmlops.evidence.statements import (
     BUNDLE_MEDIA_TYPE,
     PAYLOAD_TYPE,
@@ -57,6 +67,12 @@ from secmlops.evidence.statements import (
     generate_keypair,
     load_public_key,
 )
+from secmlops.gate import GateCheck, GatePolicy, GateReport, verify_release
+from secmlops.registry.stores import LocalRegistry, S3Registry
+from secmlops.release import ReleaseEvidence, ReleaseInputs, register_release
+from secmlops.site import DEMO_IMAGE_REPOSITORY, ImageSource
+from tests.integration.deploy_world import World, make_world
+from tests.unit import test_predicates as writers
 
 pytestmark = pytest.mark.integration
 
@@ -424,3 +440,273 @@ def test_bad_inputs(
         sign_image(tmp_path / "nope.tar", repository=REPO, signer=signer, scan_statement=statement)
     with pytest.raises(InputError, match="no trusted keys"):
         verify_image_signatures(signed.layout, TrustedKeys())
+
+
+# --- the version in the registry, and the deploy gate (deploy_world registries) -------------
+
+FIXTURE_IMAGE = "ab" * 32  # the image digest the fixture writers (tests/unit) scan
+
+
+def _about(statement: dict[str, Any], image: ServingImage) -> dict[str, Any]:
+    """A fixture writer's statement about ``image`` instead of the fixtures' fake image."""
+    swapped: dict[str, Any] = json.loads(
+        json.dumps(statement).replace(FIXTURE_IMAGE, image.image_digest)
+    )
+    return swapped
+
+
+def _register(
+    world: World,
+    image: ServingImage,
+    *,
+    repository: str = DEMO_IMAGE_REPOSITORY,
+    signing_image: ServingImage | None = None,
+    scan_edit: Callable[[dict[str, Any]], None] | None = None,
+    signer: Signer | None = None,
+    signed: bool = True,
+) -> str:
+    """Register a version as :meth:`World.register` does, about the real ``image``, with the
+    image signed (by the attestor, for ``repository``) unless ``signed`` is false.
+    ``signing_image``: sign another image than the one scanned; ``scan_edit``: attest an
+    edited copy of the scan. Both are refused by registration's own check, so a test that
+    uses them patches that check out (what a forged, attestor-signed manifest would name)."""
+    n = len(world.models.versions()) + 1
+    work = Path(tempfile.mkdtemp(dir=world.root, prefix=f"build-{n}-"))
+    evidence = ReleaseEvidence(world.keys.signer("attestor"))
+    scan = _about(writers._image_scan(), image)
+    evidence.add("data-pull", writers._data_pull())
+    evidence.add("validation", writers._validation())
+    evidence.add("image-scan", scan)
+    evidence.add("provenance", _about(writers._provenance(work), image))
+    model_dir = work / "train" / "model"
+    evidence.add("model-scan", model_scan_statement(scan_model_files(model_dir)))
+    signature = work / "model.sig"
+    sign_model(model_dir, private_key=world.keys.private("model-signer"), signature=signature)
+    layout = None
+    if signed:
+        target = signing_image or image
+        attested = json.loads(json.dumps(scan).replace(image.image_digest, target.image_digest))
+        if scan_edit is not None:
+            scan_edit(attested)
+        layout = sign_image(
+            target.path,
+            repository=repository,
+            signer=signer or world.keys.signer("attestor"),
+            scan_statement=attested,
+            out_dir=work / "image.cosign",
+        ).layout
+    inputs = ReleaseInputs(
+        dataset={
+            "sha256": writers.D,
+            "repo": "/r",
+            "path": "data/churn.csv",
+            "rev": "v1",
+            "commit": "1",
+        },
+        image={"ref": "img.tar", "sha256": image.image_digest},
+        metrics={"accuracy": 0.9},
+        run=f"r{n}",
+        builder="b",
+        created_by="test",
+        image_signature=layout,
+    )
+    reg = register_release(
+        world.models, model_dir, signature, evidence.bundles, inputs, attestor=evidence.key
+    )
+    return reg.version
+
+
+def _stored(world: World, version: str) -> Path:
+    """Where the local registry keeps ``version``'s image signature layout."""
+    store = world.models.store
+    assert isinstance(store, LocalRegistry)
+    return store.root / world.models.image_signature_prefix(version)
+
+
+def _image_check(world: World, version: str, policy: GatePolicy | None = None) -> GateCheck:
+    """The gate's ``image-signature`` check for ``version`` (staging; the rest may fail)."""
+    try:
+        report = verify_release(
+            world.models, version, "staging", keys=world.keys, policy=policy or world.policy
+        )
+    except ControlRefused as exc:
+        assert isinstance(exc.result, GateReport), exc
+        report = exc.result
+    (check,) = [c for c in report.checks if c.name == "image-signature"]
+    return check
+
+
+@pytest.fixture()
+def world(tmp_path: Path) -> World:
+    return make_world(tmp_path, LocalRegistry(tmp_path / "registry"))
+
+
+def _unchecked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Registration's own check of the layout, out of the way: what follows is what a
+    forged (attestor-signed) release manifest naming that layout gets from the gate."""
+    monkeypatch.setattr(release_module, "_check_image_signature", lambda *a, **k: None)
+
+
+def test_signed_version_stores_the_signatures_without_the_image_and_passes_the_gate(
+    world: World, images: dict[str, tuple[ServingImage, dict[str, Any]]]
+) -> None:
+    image, _ = images["a"]
+    version = _register(world, image)
+    prefix = world.models.image_signature_prefix(version)
+    stored = world.models.store.list_keys(prefix)
+    assert f"{prefix}/index.json" in stored
+    # The image's layers stay in the container registry: only small blobs are stored.
+    layers = read_image(image.path).layers
+    layer_keys = {f"{prefix}/blobs/sha256/{hashlib.sha256(b).hexdigest()}" for b in layers}
+    assert layers and all(len(b) > 1024 for b in layers)
+    assert not layer_keys & set(stored)
+    check = _image_check(world, version)
+    assert check.passed, check.detail
+    assert f"{DEMO_IMAGE_REPOSITORY}@sha256:{image_manifest_digest(image)[:12]}" in check.detail
+    world.promote(version, "staging")  # the whole gate passes, image signature included
+
+
+def test_gate_refuses_a_version_whose_signature_layout_is_missing(
+    world: World, images: dict[str, tuple[ServingImage, dict[str, Any]]]
+) -> None:
+    """Deleting the stored layout (or its index) does not make the check go away: the
+    signed release manifest names it."""
+    version = _register(world, images["a"][0])
+    (_stored(world, version) / "index.json").unlink()
+    check = _image_check(world, version)
+    assert not check.passed and check.reason is GateRefusal.MISSING_EVIDENCE, check.detail
+    shutil.rmtree(_stored(world, version))
+    check = _image_check(world, version)
+    assert not check.passed and check.reason is GateRefusal.MISSING_EVIDENCE, check.detail
+
+
+def test_gate_refuses_a_layout_swapped_for_another_images(
+    world: World,
+    images: dict[str, tuple[ServingImage, dict[str, Any]]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    a, b = images["a"][0], images["b"][0]
+    version = _register(world, a)
+    other = _register(world, b)
+    here = _stored(world, version)
+    there = _stored(world, other)
+    shutil.rmtree(here)
+    shutil.copytree(there, here)  # image B's valid, attestor-signed signatures
+    check = _image_check(world, version)
+    assert not check.passed and check.reason is GateRefusal.EVIDENCE_CHANGED, check.detail
+    # Registration refuses to name B's signatures for a release of A ...
+    with pytest.raises(ControlRefused) as err:
+        _register(world, a, signing_image=b)
+    assert err.value.reason is ImageSigningRefusal.WRONG_DIGEST
+    # ... and a manifest that names them anyway (forged) is refused by the gate.
+    _unchecked(monkeypatch)
+    forged = _register(world, a, signing_image=b)
+    check = _image_check(world, forged)
+    assert not check.passed and check.reason is GateRefusal.WRONG_SUBJECT, check.detail
+
+
+def test_gate_refuses_a_signature_for_another_repository(
+    world: World, images: dict[str, tuple[ServingImage, dict[str, Any]]]
+) -> None:
+    image = images["a"][0]
+    version = _register(world, image, repository="registry.example.com/evil/serving")
+    check = _image_check(world, version)
+    assert not check.passed and check.reason is GateRefusal.SOURCE_MISMATCH, check.detail
+    assert "registry.example.com/evil/serving" in check.detail
+    # The site decides the repository: one that names it admits the same signature.
+    site = world.policy.sources.model_copy(
+        update={"images": {"demo": ImageSource(repository="registry.example.com/evil/serving")}}
+    )
+    moved = world.policy.model_copy(update={"sources": site})
+    assert _image_check(world, version, moved).passed
+
+
+def test_gate_refuses_an_edited_attestation(
+    world: World,
+    images: dict[str, tuple[ServingImage, dict[str, Any]]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    image = images["a"][0]
+    version = _register(world, image)
+    prefix = _stored(world, version)
+    index = json.loads((prefix / "index.json").read_bytes())
+    (att,) = [m for m in index["manifests"] if m.get("annotations", {}).get("kind") == KIND_ATTS]
+    att_manifest = json.loads(_blob(prefix, att["digest"]))
+    envelope_path = prefix / "blobs" / "sha256" / att_manifest["layers"][0]["digest"][7:]
+    envelope = json.loads(envelope_path.read_bytes())
+    statement = json.loads(base64.b64decode(envelope["payload"]))
+    statement["predicate"]["scanner"]["result"] = []  # the findings, gone
+    envelope["payload"] = base64.b64encode(json.dumps(statement).encode()).decode()
+    envelope_path.write_text(json.dumps(envelope))  # in place: its digest no longer matches
+    check = _image_check(world, version)
+    assert not check.passed and check.reason is GateRefusal.EVIDENCE_CHANGED, check.detail
+
+    # Signed by the attestor but attesting another scan result than the release's evidence:
+    # registration refuses it, and the gate refuses a manifest that names it anyway.
+    with pytest.raises(ControlRefused) as err:
+        _register(world, image, scan_edit=lambda s: s["predicate"]["scanner"].update(result=[]))
+    assert err.value.reason is ImageSigningRefusal.SCAN_NOT_OF_THIS_IMAGE
+    _unchecked(monkeypatch)
+    edited = _register(
+        world, image, scan_edit=lambda s: s["predicate"]["scanner"].update(result=[])
+    )
+    check = _image_check(world, edited)
+    assert not check.passed and check.reason is GateRefusal.NOT_THIS_RELEASE, check.detail
+
+
+def test_gate_refuses_image_signatures_by_another_key(
+    world: World,
+    images: dict[str, tuple[ServingImage, dict[str, Any]]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    other = KeyDirectory(tmp_path / "other-keys")
+    other.ensure()
+    with pytest.raises(ControlRefused) as err:
+        _register(world, images["a"][0], signer=other.signer("attestor"))
+    assert err.value.reason is ImageSigningRefusal.BAD_SIGNATURE
+    _unchecked(monkeypatch)
+    version = _register(world, images["a"][0], signer=other.signer("attestor"))
+    check = _image_check(world, version)
+    assert not check.passed and check.reason is GateRefusal.BAD_SIGNATURE, check.detail
+
+
+def test_production_refuses_a_release_without_image_signature(
+    world: World, images: dict[str, tuple[ServingImage, dict[str, Any]]]
+) -> None:
+    """A release made before images were signed passes a demo policy (saying so), never a
+    production one."""
+    version = _register(world, images["a"][0], signed=False)
+    check = _image_check(world, version)
+    assert check.passed and "no image signature recorded" in check.detail
+    # Under a production policy the demo keys that signed this release are refused before
+    # the image check runs; the check itself, on the release as the gate read it:
+    production = world.policy.model_copy(update={"environment": "production"})
+    gate = gate_module._Gate(world.models, version, "staging", world.keys, production)
+    release = world.models.read_json(f"{world.models.evidence_prefix(version)}/release.json")
+    statement = json.loads(base64.b64decode(release["dsseEnvelope"]["payload"]))
+    gate.release = ReleasePredicate.model_validate(statement["predicate"])
+    with pytest.raises(ControlRefused) as err:
+        gate_module._check_image_signature(gate, version)
+    assert err.value.reason is GateRefusal.MISSING_EVIDENCE
+    assert "production policy admits only a serving image signed" in err.value.message
+
+
+def test_on_s3_the_gate_verifies_and_refuses_a_deleted_signature(
+    tmp_path: Path,
+    s3_bucket: str,
+    s3_endpoint: str,
+    images: dict[str, tuple[ServingImage, dict[str, Any]]],
+) -> None:
+    """The same layout through the S3 store (moto_server over HTTP): stored, verified by the
+    gate, and refused once an object of it is deleted."""
+    import boto3
+
+    world = make_world(tmp_path, S3Registry(s3_bucket, "models", endpoint_url=s3_endpoint))
+    version = _register(world, images["a"][0])
+    assert _image_check(world, version).passed
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    key = f"models/{world.models.image_signature_prefix(version)}/index.json"
+    s3.delete_object(Bucket=s3_bucket, Key=key)
+    check = _image_check(world, version)
+    assert not check.passed and check.reason is GateRefusal.MISSING_EVIDENCE, check.detail

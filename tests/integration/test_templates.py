@@ -198,7 +198,7 @@ def test_s3_answers_are_rendered_into_the_site_policy_and_the_project(tmp_path: 
     [
         ({"model_name": "team/churn"}, "model_name", "no '/'"),
         ({"model_name": "Churn Model"}, "model_name", "upper case"),
-        ({"signing_method": "sigstore"}, "signing_method", "sigstore"),
+        ({"signing_method": "pgp"}, "signing_method", "pgp"),
         ({"approvers_production": ""}, "approvers_production", "at least one approver"),
         ({"approvers_production": " , "}, "approvers_production", "at least one approver"),
         ({"approvers_staging": "prefect-ui"}, "approvers_staging", "reserved"),

@@ -298,6 +298,7 @@ def test_gate_judges_registered_evidence_per_catalogue_control(
         "release",
         "model-signature",
         *gate_module.REQUIRED_EVIDENCE,
+        "image-signature",
         "revocation",
         "approval",
     ]

@@ -207,3 +207,482 @@ def test_upstream_fixture_extra_ignored_file_refused(tmp_path: Path) -> None:
             public_key=FIXTURES / "keys" / "signing-key-pub.pem",
         )
     assert info.value.reason is SignatureRefusal.FILE_SET_MISMATCH
+
+
+# --- issue 10: native signing, one hashing pass, certificates ------------------------------
+
+import base64  # noqa: E402
+import datetime  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from cryptography import x509  # noqa: E402
+from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519  # noqa: E402
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: E402
+
+from secmlops.controls import model_hashing  # noqa: E402
+from secmlops.controls.signing import (  # noqa: E402
+    CertificateSigner,
+    KeySigner,
+    sign_model_with,
+)
+from secmlops.controls.signing_native import check_statement_against_model  # noqa: E402
+from secmlops.evidence.signers import FileSigner  # noqa: E402
+
+#: Names whose order differs between plain string sorting and model-signing's (path parts).
+TRICKY_NAMES = ["a.txt", "a/b", "a-b", "a b", "a/b.c/d", "B", "é.bin", "z/0", "a/b-c", ".hidden"]
+
+
+def _tricky_model(root: Path, *, empty: bool = True) -> Path:
+    for i, name in enumerate(TRICKY_NAMES):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(bytes([i]) * (3 + 5 * i))
+    if empty:
+        (root / "empty").write_bytes(b"")
+    return root
+
+
+def _payload(sig: Path) -> dict[str, object]:
+    bundle = json.loads(sig.read_text())
+    data: dict[str, object] = json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"]))
+    return data
+
+
+@pytest.mark.parametrize("shard_size", [None, 4])
+def test_manifest_is_model_signings_and_digest_is_tree_digest(
+    tmp_path: Path, shard_size: int | None
+) -> None:
+    """One pass gives model-signing's own manifest (same resources, same order) and the
+    model digest every other control compares (tree_digest, unchanged definition)."""
+    from model_signing import hashing
+
+    model = _tricky_model(tmp_path / "model", empty=shard_size is None)
+    digests = model_hashing.hash_model(model, shard_size=shard_size)
+    config = hashing.Config().set_ignored_paths(paths=[], ignore_git_paths=False)
+    if shard_size is not None:
+        config.use_shard_serialization(shard_size=shard_size)
+    reference = config.hash(model)
+    assert digests.resources() == [
+        (str(rd.identifier), rd.digest.digest_hex) for rd in reference.resource_descriptors()
+    ]
+    assert digests.model_digest == tree_digest(model) == _reference_tree_digest(model)
+    assert digests.tree_digest == tree_digest(model)
+    assert not model_hashing.changed_files(digests)
+
+
+def _reference_tree_digest(root: Path) -> str:
+    """tree_digest's definition written out plainly (what release manifests, fetch, the gate
+    and the scans have always compared): it must not change."""
+    import hashlib
+
+    files = {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in root.rglob("*")
+        if p.is_file()
+    }
+    canonical = json.dumps(files, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def _manifest_digest_of(resources: list[dict[str, str]]) -> str:
+    """The model digest's definition written out: sha256 over the canonical JSON of the
+    signed manifest ``{resource name: sha256}``."""
+    import hashlib
+
+    manifest = {r["name"]: r["digest"] for r in resources}
+    return hashlib.sha256(
+        json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+
+
+def test_the_model_digest_is_the_signed_manifests_digest(
+    tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    """One definition: for a files manifest it is tree_digest, for shards the digest of the
+    shard manifest (the whole files are not hashed when signing with shards)."""
+    model = _tricky_model(tmp_path / "model", empty=False)
+    for shard_size in (None, 4):
+        sig = tmp_path / f"model-{shard_size}.sig"
+        signer = KeySigner.from_pem(keys[0])
+        result = sign_model_with(model, signer=signer, signature=sig, shard_size=shard_size)
+        predicate = _payload(sig)["predicate"]
+        assert isinstance(predicate, dict)
+        assert result.model_digest == _manifest_digest_of(predicate["resources"])
+        assert result.shard_size == shard_size
+        assert (result.model_digest == tree_digest(model)) is (shard_size is None)
+        assert result.to_json().get("shard_size") == shard_size
+
+
+def test_sharded_hashing_without_whole_files_hashes_shards_only(tmp_path: Path) -> None:
+    """whole_files=False (sign/verify --shard-size): each byte once, no whole-file view."""
+    model = _tricky_model(tmp_path / "model", empty=False)
+    both = model_hashing.hash_model(model, shard_size=4)
+    shards = model_hashing.hash_model(model, shard_size=4, whole_files=False)
+    assert not shards.whole_files and not shards.files and shards.tree_digest is None
+    assert shards.resources() == both.resources()
+    assert shards.model_digest == shards.manifest_digest == both.manifest_digest
+    assert both.model_digest == both.tree_digest == tree_digest(model)
+    assert not model_hashing.changed_files(shards)
+
+
+def test_a_racily_clean_file_changed_under_shards_only_hashing_is_caught(tmp_path: Path) -> None:
+    """A just-written file is hashed again after the stat check, shard by shard when only
+    shards were hashed: a write that left its stat unchanged (simulated by a different
+    recorded shard digest) is caught."""
+    import dataclasses
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "w.bin").write_bytes(b"a" * 64)
+    (model / "x.bin").write_bytes(b"x" * 8)
+    digests = model_hashing.hash_model(model, shard_size=16, whole_files=False)
+    assert not model_hashing.changed_files(digests)  # racy, hashed again, unchanged
+    first, *rest = digests.shards["w.bin"]
+    other = (first[0], first[1], "0" * 64)
+    before = dataclasses.replace(digests, shards={**digests.shards, "w.bin": (other, *rest)})
+    assert model_hashing.changed_files(before) == ["w.bin"]
+
+
+def test_sharded_signature_lists_shards(tmp_path: Path, keys: tuple[Path, Path]) -> None:
+    model = _tricky_model(tmp_path / "model", empty=False)
+    sig = tmp_path / "model.sig"
+    sign_model_with(model, signer=KeySigner.from_pem(keys[0]), signature=sig, shard_size=4)
+    statement = _payload(sig)
+    predicate = statement["predicate"]
+    assert isinstance(predicate, dict)
+    assert predicate["serialization"] == {
+        "method": "shards",
+        "hash_type": "sha256",
+        "shard_size": 4,
+        "allow_symlinks": False,
+    }
+    assert predicate["resources"][0]["name"] == ".hidden:0:4"
+    assert {r["algorithm"] for r in predicate["resources"]} == {"sha256-sharded-4"}
+    verify_model_signature(model, signature=sig, public_key=keys[1])
+    path = model / "a" / "b"
+    path.write_bytes(path.read_bytes() + b"!")  # one more shard: the file changed
+    with pytest.raises(ControlRefused, match="Hash mismatch for 'a/b'") as info:
+        verify_model_signature(model, signature=sig, public_key=keys[1])
+    assert info.value.reason is SignatureRefusal.CONTENT_MISMATCH
+
+
+def test_sharded_signature_refuses_an_added_empty_file(
+    tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    """An empty file has no shard, so model-signing neither lists nor checks it; ours
+    refuses it as unsigned."""
+    model = _tricky_model(tmp_path / "model", empty=False)
+    sig = tmp_path / "model.sig"
+    sign_model_with(model, signer=KeySigner.from_pem(keys[0]), signature=sig, shard_size=4)
+    (model / "__init__.py").write_bytes(b"")
+    with pytest.raises(ControlRefused, match=r"unsigned: \['__init__.py'\]") as info:
+        verify_model_signature(model, signature=sig, public_key=keys[1])
+    assert info.value.reason is SignatureRefusal.FILE_SET_MISMATCH
+
+
+@pytest.mark.parametrize("name", ["empty", "a:b"])
+def test_sharded_signing_refuses_what_shards_cannot_name(
+    tmp_path: Path, keys: tuple[Path, Path], name: str
+) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "w.bin").write_bytes(b"weights")
+    (model / name).write_bytes(b"" if name == "empty" else b"x")
+    with pytest.raises(InputError, match="sharded manifest cannot list"):
+        sign_model_with(
+            model, signer=KeySigner.from_pem(keys[0]), signature=tmp_path / "m.sig", shard_size=4
+        )
+    assert not (tmp_path / "m.sig").exists()
+
+
+def test_statement_is_checked_against_the_directory(
+    signed: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """What the certificate and Sigstore verifiers call after checking the signature."""
+    model, sig, _ = signed
+    envelope = json.loads(sig.read_text())["dsseEnvelope"]
+    payload = base64.b64decode(envelope["payload"])
+    kind = envelope["payloadType"]
+    digests = check_statement_against_model(model.resolve(), kind, payload, sig)
+    assert digests.model_digest == digests.manifest_digest == tree_digest(model)
+    with pytest.raises(ControlRefused) as info:
+        check_statement_against_model(model.resolve(), "text/plain", payload, sig)
+    assert info.value.reason is SignatureRefusal.MALFORMED_SIGNATURE
+    compat = json.loads(payload)
+    compat["predicateType"] = "https://model_signing/Digests/v0.1"
+    with pytest.raises(ControlRefused, match=r"not a model-signing v1\.0 manifest") as info:
+        check_statement_against_model(model.resolve(), kind, json.dumps(compat).encode(), sig)
+    assert info.value.reason is SignatureRefusal.MALFORMED_SIGNATURE
+    os.mkfifo(model / "pipe")
+    with pytest.raises(ControlRefused, match="not a regular file") as info:
+        check_statement_against_model(model.resolve(), kind, payload, sig)
+    assert info.value.reason is SignatureRefusal.FILE_SET_MISMATCH
+
+
+# --- changed while signing: caught from file states, not by hashing again ------------------
+
+
+def _model_with_weights(root: Path) -> Path:
+    root.mkdir()
+    (root / "weights.bin").write_bytes(os.urandom(3 << 20))
+    (root / "config.json").write_text("{}")
+    return root
+
+
+def _during_hashing(monkeypatch: pytest.MonkeyPatch, change: object) -> None:
+    real = model_hashing.hash_model
+
+    def hash_then_change(*args: object, **kwargs: object) -> model_hashing.ModelDigests:
+        digests = real(*args, **kwargs)  # type: ignore[arg-type]
+        change()  # type: ignore[operator]
+        return digests
+
+    monkeypatch.setattr(model_hashing, "hash_model", hash_then_change)
+
+
+def _same_size_same_mtime(path: Path) -> None:
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[0] ^= 1
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # a careful writer hides the mtime
+
+
+def _replaced(path: Path) -> None:
+    st = path.stat()
+    tmp = path.with_name(path.name + ".new")
+    tmp.write_bytes(path.read_bytes())  # the same bytes, a new inode
+    os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(tmp, path)
+
+
+CHANGES = {
+    "appended": lambda m: (m / "weights.bin").open("ab").write(b"x"),
+    "same-size-same-mtime": lambda m: _same_size_same_mtime(m / "weights.bin"),
+    "replaced-by-rename": lambda m: _replaced(m / "config.json"),
+    "added": lambda m: (m / "late.bin").write_bytes(b"late"),
+    "removed": lambda m: (m / "config.json").unlink(),
+}
+
+
+@pytest.mark.parametrize("change", CHANGES)
+def test_a_model_changed_while_signing_is_refused(
+    tmp_path: Path, keys: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    model = _model_with_weights(tmp_path / "model")
+    # Only the state comparison: no racy re-hash, and the change lands in a later clock tick
+    # than the files' creation (ctime is all that tells a same-size, same-mtime rewrite).
+    monkeypatch.setattr(model_hashing, "RACY_WINDOW_NS", 0)
+    time.sleep(0.05)  # coarse clock ticks are 1-10 ms
+    _during_hashing(monkeypatch, lambda: CHANGES[change](model))
+    sig = tmp_path / "model.sig"
+    with pytest.raises(ControlRefused, match="changed while it was being signed") as info:
+        sign_model(model, private_key=keys[0], signature=sig)
+    assert info.value.reason is SignatureRefusal.MODEL_CHANGED_WHILE_SIGNING
+    assert not sig.exists()
+
+
+def test_racily_clean_files_are_hashed_again(tmp_path: Path) -> None:
+    """A write in the same clock tick as the first stat can leave the state unchanged; a
+    file that recent is hashed again, so its change is caught anyway."""
+    model = _model_with_weights(tmp_path / "model")
+    digests = model_hashing.hash_model(model)  # just written: inside the racy window
+    stale = dict(digests.files, **{"config.json": "0" * 64})  # as if it changed mid-hash
+    racy = model_hashing.ModelDigests(digests.tree, stale)
+    assert model_hashing.changed_files(racy) == ["config.json"]
+
+
+def test_unchanged_old_files_are_not_hashed_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = _model_with_weights(tmp_path / "model")
+    monkeypatch.setattr(model_hashing, "RACY_WINDOW_NS", -(10**18))  # nothing is recent
+    digests = model_hashing.hash_model(model)
+    calls: list[object] = []
+    real = model_hashing._run
+    monkeypatch.setattr(model_hashing, "_run", lambda *a: calls.append(a) or real(*a))
+    assert model_hashing.changed_files(digests) == []
+    assert calls == []
+
+
+def test_hashing_reuses_one_pool(tmp_path: Path) -> None:
+    """No thread start-up per file or per call: the same pool serves every model."""
+    model = tmp_path / "model"
+    model.mkdir()
+    for i in range(300):
+        (model / f"f{i:03}.bin").write_bytes(os.urandom(64 << 10))
+    first = model_hashing.hashing_pool()
+    digests = model_hashing.hash_model(model)
+    assert model_hashing.hashing_pool() is first
+    assert digests.model_digest == tree_digest(model)
+
+
+# --- signers -------------------------------------------------------------------------------
+
+
+def _write_pem(path: Path, key: object) -> Path:
+    path.write_bytes(
+        key.private_bytes(  # type: ignore[attr-defined]
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return path
+
+
+def test_ed25519_and_other_curves_are_refused_naming_what_works(tmp_path: Path) -> None:
+    """model-signing 1.1.1 signs with EC P-256/P-384/P-521 keys only."""
+    ed = _write_pem(tmp_path / "ed.pem", ed25519.Ed25519PrivateKey.generate())
+    with pytest.raises(InputError, match="P-256, P-384 or P-521") as info:
+        KeySigner.from_pem(ed)
+    assert "Ed25519" in (info.value.fix or "")
+    k1 = _write_pem(tmp_path / "k1.pem", ec.generate_private_key(ec.SECP256K1()))
+    with pytest.raises(InputError, match="secp256k1 key"):
+        KeySigner.from_pem(k1)
+
+
+@pytest.mark.parametrize("curve", [ec.SECP384R1(), ec.SECP521R1()])
+def test_larger_curves_sign_with_their_hash(tmp_path: Path, curve: ec.EllipticCurve) -> None:
+    key = ec.generate_private_key(curve)
+    pem = _write_pem(tmp_path / "k.pem", key)
+    (tmp_path / "k.pub").write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    model = _model_with_weights(tmp_path / "model")
+    sig = sign_model(model, private_key=pem, signature=tmp_path / "m.sig")
+    assert sig.method == "key" and sig.to_json()["method"] == "key"
+    verify_model_signature(model, signature=sig.signature, public_key=tmp_path / "k.pub")
+
+
+def test_sign_model_does_not_import_model_signing(tmp_path: Path, keys: tuple[Path, Path]) -> None:
+    model = _model_with_weights(tmp_path / "model")
+    script = (
+        "import sys\n"
+        "sys.modules['model_signing'] = None\n"
+        "from pathlib import Path\n"
+        "from secmlops.controls.signing import sign_model, verify_model_signature\n"
+        "s = sign_model(Path(sys.argv[1]), private_key=Path(sys.argv[2]),"
+        " signature=Path(sys.argv[3]))\n"
+        "verify_model_signature(Path(sys.argv[1]), signature=s.signature,"
+        " public_key=Path(sys.argv[4]))\n"
+        "print(s.model_digest)\n"
+    )
+    argv = [sys.executable, "-c", script, str(model), str(keys[0]), str(tmp_path / "m.sig")]
+    proc = subprocess.run(
+        [*argv, str(keys[1])], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == tree_digest(model)
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _leaf(
+    tmp_path: Path,
+    *,
+    key_usage: bool = True,
+    code_signing: bool = True,
+    days: tuple[int, int] = (-1, 30),
+) -> tuple[Path, Path, Path, ec.EllipticCurvePrivateKey]:
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(_name("Test CA"))
+        .issuer_name(_name("Test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=2))
+        .not_valid_after(now + datetime.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name("model-signer"))
+        .issuer_name(_name("Test CA"))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now + datetime.timedelta(days=days[0]))
+        .not_valid_after(now + datetime.timedelta(days=days[1]))
+    )
+    if key_usage:
+        builder = builder.add_extension(
+            x509.KeyUsage(True, False, False, False, False, False, False, False, False),
+            critical=True,
+        )
+    if code_signing:
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False
+        )
+    leaf = builder.sign(ca_key, hashes.SHA256())
+    (tmp_path / "leaf.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    return _write_pem(tmp_path / "leaf.key", key), tmp_path / "leaf.pem", tmp_path / "ca.pem", key
+
+
+def test_certificate_signature_carries_the_chain_and_names_the_leaf(tmp_path: Path) -> None:
+    key, leaf, ca, private = _leaf(tmp_path)
+    model = _model_with_weights(tmp_path / "model")
+    signer = CertificateSigner.from_files(key, certificate=leaf, chain=[ca])
+    result = sign_model_with(model, signer=signer, signature=tmp_path / "m.sig")
+    cert = x509.load_pem_x509_certificate(leaf.read_bytes())
+    assert result.method == "certificate"
+    assert result.certificate_subject == "CN=model-signer"
+    assert result.certificate_sha256 == cert.fingerprint(hashes.SHA256()).hex()
+    assert result.key_id == key_id(private.public_key())
+    assert result.model_digest == tree_digest(model)
+    material = json.loads(result.signature.read_text())["verificationMaterial"]
+    der = [
+        base64.b64decode(c["rawBytes"]) for c in material["x509CertificateChain"]["certificates"]
+    ]
+    assert der == [
+        x509.load_pem_x509_certificate(p.read_bytes()).public_bytes(serialization.Encoding.DER)
+        for p in (leaf, ca)
+    ]
+    assert material["tlogEntries"] == []
+
+
+def test_certificate_signer_takes_any_signer(tmp_path: Path) -> None:
+    key, leaf, ca, _ = _leaf(tmp_path)
+    signer = CertificateSigner.from_files(FileSigner.load(key), certificate=leaf, chain=[ca])
+    assert signer.public_key == FileSigner.load(key).public_key
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"key_usage": False, "code_signing": False}, "neither digitalSignature"),
+        ({"days": (-30, -1)}, "not valid now"),
+        ({"days": (2, 30)}, "not valid now"),
+    ],
+)
+def test_certificates_that_cannot_sign_are_refused(
+    tmp_path: Path, kwargs: dict[str, object], message: str
+) -> None:
+    key, leaf, ca, _ = _leaf(tmp_path, **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match=message):
+        CertificateSigner.from_files(key, certificate=leaf, chain=[ca])
+
+
+def test_certificate_for_another_key_or_not_a_certificate_is_refused(
+    tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    _, leaf, ca, _ = _leaf(tmp_path)
+    with pytest.raises(InputError, match="is not for key"):
+        CertificateSigner.from_files(keys[0], certificate=leaf, chain=[ca])
+    with pytest.raises(InputError, match=r"not a PEM X\.509 certificate"):
+        CertificateSigner.from_files(keys[0], certificate=keys[1], chain=[])
+    with pytest.raises(InputError, match="holds 2 certificates"):
+        both = tmp_path / "both.pem"
+        both.write_bytes(leaf.read_bytes() + ca.read_bytes())
+        CertificateSigner.from_files(keys[0], certificate=both)

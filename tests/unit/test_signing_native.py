@@ -1,5 +1,7 @@
 """The native verifier of key-signed bundles against model-signing: they must agree.
 
+(And, issue 10, the native signer: its bundles are model-signing's, files and shards.)
+
 Every case runs both verifiers on the same model and bundle — the native one
 (:func:`verify_key_signed_model`) and the model-signing path of
 :func:`verify_model_signature` — and compares pass/fail and the refusal reason. Cases the
@@ -27,7 +29,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from secmlops.controls import signing
-from secmlops.controls.signing import SignatureRefusal, sign_model, verify_model_signature
+from secmlops.controls.signing import (
+    KeySigner,
+    SignatureRefusal,
+    sign_model,
+    sign_model_with,
+    verify_model_signature,
+)
 from secmlops.controls.signing_native import (
     NotNativelyVerifiable,
     pae,
@@ -128,6 +136,21 @@ def own_model(tmp: Path, curve: ec.EllipticCurve | None = None) -> Case:
     return Case(model, sig, tmp / "signer.pub", key, tmp)
 
 
+def own_sharded_model(tmp: Path) -> Case:
+    """A model SecMLOps signs with model-signing's sharded manifest (shards of 1000 bytes;
+    no empty file: a shard manifest cannot list one)."""
+    key = _write_key(tmp, "signer", ec.SECP256R1())
+    model = tmp / "model"
+    (model / "sub").mkdir(parents=True)
+    (model / "model.safetensors").write_bytes(bytes(range(256)) * 64)
+    (model / "model.json").write_text('{"classes": [0, 1]}')
+    (model / "sub" / "README.md").write_text("card\n")
+    sig = tmp / "out" / "model.sig"
+    signer = KeySigner.from_pem(tmp / "signer.pem")
+    sign_model_with(model, signer=signer, signature=sig, shard_size=1000)
+    return Case(model, sig, tmp / "signer.pub", key, tmp)
+
+
 def upstream_model(tmp: Path, version: str) -> Case:
     """A model signed by an upstream model-signing release (no private key available)."""
     source = FIXTURES / version
@@ -144,6 +167,7 @@ SOURCES: dict[str, Callable[[Path], Case]] = {
     "own-p256": own_model,
     "own-p384": lambda tmp: own_model(tmp, ec.SECP384R1()),
     "own-p521": lambda tmp: own_model(tmp, ec.SECP521R1()),
+    "own-p256-shards": own_sharded_model,
     "upstream-v1.0.1": lambda tmp: upstream_model(tmp, "v1.0.1-elliptic-key"),
     "upstream-v1.1.0": lambda tmp: upstream_model(tmp, "v1.1.0-elliptic-key"),
 }
@@ -646,3 +670,83 @@ def test_cli_verify_does_not_import_model_signing(tmp_path: Path) -> None:
         timeout=60,
     )
     assert proc.stdout.strip().splitlines()[-1] == "False 0", proc.stdout + proc.stderr
+
+
+# --- issue 10: native signing writes what model-signing writes ------------------------------
+
+
+def _model_signing_bundle(model: Path, key: Path, sig: Path, shard_size: int | None) -> None:
+    from model_signing import hashing
+    from model_signing import signing as ms_signing
+
+    config: Any = hashing.Config().set_ignored_paths(paths=[], ignore_git_paths=False)
+    if shard_size is not None:
+        config.use_shard_serialization(shard_size=shard_size)
+    signer: Any = ms_signing.Config().set_hashing_config(config)
+    signer.use_elliptic_key_signer(private_key=key).sign(model, sig)
+
+
+@pytest.mark.parametrize("shard_size", [None, 1000])
+def test_our_bundle_is_model_signings_bundle(tmp_path: Path, shard_size: int | None) -> None:
+    """Same statement (subject, serialization, resources in order), same envelope and
+    verification material; only the ECDSA signature bytes differ (randomised)."""
+    case = own_sharded_model(tmp_path) if shard_size else own_model(tmp_path)
+    reference = tmp_path / "reference.sig"
+    _model_signing_bundle(case.model, tmp_path / "signer.pem", reference, shard_size)
+    ours, theirs = _bundle(case), json.loads(reference.read_text())
+    for bundle in (ours, theirs):
+        bundle["dsseEnvelope"]["signatures"][0]["sig"] = "..."
+        bundle["dsseEnvelope"]["payload"] = json.loads(
+            base64.b64decode(bundle["dsseEnvelope"]["payload"])
+        )
+    # model-signing writes shard_size as 1000.0 (a protobuf Struct number); we write 1000.
+    assert ours == theirs
+    assert list(ours) == list(theirs)  # field order too
+    # The bundle framing and the statement's start, byte for byte.
+    assert case.signature.read_text()[:300] == reference.read_text()[:300]
+
+
+def test_model_signings_own_sharded_signature_verifies_natively(tmp_path: Path) -> None:
+    """model-signing 1.1.1 cannot verify its own sharded signatures (shard_size comes back
+    as a float, which range() refuses); the native verifier reads them."""
+    case = own_sharded_model(tmp_path)
+    _model_signing_bundle(case.model, tmp_path / "signer.pem", case.signature, 1000)
+    serialization_args = _statement(case)["predicate"]["serialization"]
+    assert serialization_args["shard_size"] == 1000.0
+    assert isinstance(serialization_args["shard_size"], float)
+    assert native_verdict(case) is None
+    assert model_signing_verdict(case) is SignatureRefusal.MALFORMED_SIGNATURE  # its bug
+    changed_byte(case)
+    assert native_verdict(case) is SignatureRefusal.CONTENT_MISMATCH
+
+
+SHARD_EDITS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "shard-size-zero": _edit_serialization("shard_size", 0),
+    "shard-size-string": _edit_serialization("shard_size", "1000"),
+    "shard-size-fraction": _edit_serialization("shard_size", 1000.5),
+    "shard-size-other": _edit_serialization("shard_size", 999),
+}
+
+
+@pytest.mark.parametrize("name", SHARD_EDITS)
+def test_odd_shard_manifests_are_not_decided_natively(tmp_path: Path, name: str) -> None:
+    case = own_sharded_model(tmp_path)
+    statement = _statement(case)
+    SHARD_EDITS[name](statement)
+    resign(case, statement)
+    assert native_verdict(case) == FALLBACK
+    assert public_verdict(case) is not None
+
+
+def test_shard_bounds_must_be_model_signings(tmp_path: Path) -> None:
+    """Resources re-cut into other shards (signed by the key holder) never match: the
+    directory is re-hashed with the signed shard size."""
+    case = own_sharded_model(tmp_path)
+    statement = _statement(case)
+    resources = statement["predicate"]["resources"]
+    first = resources[0]
+    path, start, end = first["name"].split(":")
+    first["name"] = f"{path}:{start}:{int(end) - 1}"
+    statement["subject"][0]["digest"]["sha256"] = _root_digest(resources)
+    resign(case, statement)
+    assert native_verdict(case) is SignatureRefusal.CONTENT_MISMATCH

@@ -30,29 +30,32 @@ def sha256_file(path: Path) -> str:
 def tree_files(root: Path) -> dict[str, str]:
     """Map each regular file below ``root`` (POSIX relative path) to its sha256.
 
-    Symlinks are refused: a signed tree must not point outside itself.
+    Symlinks are refused: a signed tree must not point outside itself. The files are hashed
+    in the process's one hashing pool (:mod:`secmlops.controls.model_hashing`), in sorted
+    order of their path parts (as ``sorted(root.rglob("*"))``).
     """
+    from secmlops.controls import model_hashing  # it imports this module
+
     if not root.is_dir():
         raise InputError(f"{root} is not a directory", where=str(root), fix="check the path")
-    files: dict[str, str] = {}
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root).as_posix()
-        if path.is_symlink():
+    tree = model_hashing.walk(root)
+    for rel in sorted([*tree.symlinks, *tree.special], key=model_hashing.sort_key)[:1]:
+        if rel in tree.symlinks:
             raise InputError(
                 f"{rel} is a symlink; signed trees may hold regular files only",
-                where=str(path),
+                where=str(root / rel),
                 fix="replace the symlink with the file it points at",
             )
-        if path.is_file():
-            files[rel] = sha256_file(path)
-        elif not path.is_dir():
-            raise InputError(
-                f"{rel} is not a regular file (a FIFO, socket or device); signed trees may "
-                "hold regular files only",
-                where=str(path),
-                fix="remove it from the folder",
-            )
-    return files
+        raise InputError(
+            f"{rel} is not a regular file (a FIFO, socket or device); signed trees may "
+            "hold regular files only",
+            where=str(root / rel),
+            fix="remove it from the folder",
+        )
+    try:
+        return model_hashing.hash_model(root, tree=tree).files
+    except model_hashing.ModelReadError as exc:
+        raise exc.error from exc  # as sha256_file would have raised it
 
 
 def tree_digest(root: Path) -> str:

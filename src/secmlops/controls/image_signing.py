@@ -43,6 +43,12 @@ root's attestor keys): every blob's digest, the signature over the simple signin
 the DSSE signature, that both name the manifest digest (and the repository, when given), and
 that the bundle holds the same envelope. It refuses with an :class:`ImageSigningRefusal`.
 
+The pipeline signs right after the scan passes (``flows/training.py``, stage ``sign-image``);
+registration stores :func:`detached_files` (the layout without the image's layers) with the
+model version and names its ``index.json`` in the release manifest (evidence
+``image-signature``); the deploy gate's ``image-signature`` check verifies it with
+``detached=True`` (see ``docs/image-signing.md``).
+
 Example::
 
     signed = sign_image(Path("build/serving.tar"), repository="registry.example/serving",
@@ -101,6 +107,9 @@ COSIGN_SIGNATURE_TYPE = "cosign container image signature"
 #: cosign's own vulnerability predicate (``cosign attest --type vuln``); accepted as input.
 PREDICATE_COSIGN_VULN = "https://cosign.sigstore.dev/attestation/vuln/v1"
 SCAN_PREDICATES = (PREDICATE_VULNS, PREDICATE_COSIGN_VULN)
+#: The release manifest's evidence entry naming a version's stored image signature layout
+#: (its ``index.json``, by sha256; see :func:`detached_files`).
+IMAGE_SIGNATURE_EVIDENCE = "image-signature"
 
 INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
 EMPTY_MEDIA_TYPE = "application/vnd.oci.empty.v1+json"
@@ -253,14 +262,20 @@ def _image_entry(manifests: list[dict[str, Any]], layout: Path, where: str) -> d
     return candidates[0]
 
 
-def _image_from_layout(layout: Path, where: str) -> OciImage:
+def _image_from_layout(layout: Path, where: str, *, with_layers: bool = True) -> OciImage:
+    """The layout's image; ``with_layers=False`` reads only its manifest and config (a
+    detached signature layout, :func:`detached_files`, holds no layers)."""
     manifests = _read_index(layout, where)
     entry = _image_entry(manifests, layout, where)
     manifest_bytes = _read_blob(layout, entry.get("digest"), where)
     manifest = _json(manifest_bytes, "the image manifest", where)
     try:
         config = _read_blob(layout, manifest["config"]["digest"], where)
-        layers = tuple(_read_blob(layout, d["digest"], where) for d in manifest["layers"])
+        layers = (
+            tuple(_read_blob(layout, d["digest"], where) for d in manifest["layers"])
+            if with_layers
+            else ()
+        )
     except (KeyError, TypeError) as exc:
         raise _refused(
             f"malformed image manifest in {layout}: {exc!r}",
@@ -564,6 +579,50 @@ def _write_layout(out: Path, blobs: Mapping[str, bytes], index: Mapping[str, Any
         raise
 
 
+def detached_files(layout: Path) -> dict[str, bytes]:
+    """The files of a signed layout to keep with a model version: ``{relative path: bytes}``.
+
+    Everything :func:`sign_image` wrote except the image's layers (the image itself lives in
+    the container registry): ``oci-layout``, ``index.json``, the image's manifest and config,
+    and the signature, attestation and bundle manifests with their blobs. Every blob is read
+    against its digest. :func:`verify_image_signatures` with ``detached=True`` checks such a
+    layout; the image manifest in it still binds the manifest digest to the config digest
+    (the image ID the scan names).
+    """
+    where = str(layout)
+    manifests = _read_index(layout, where)
+    image_entry = _image_entry(manifests, layout, where)
+    files: dict[str, bytes] = {}
+    for name in ("oci-layout", "index.json"):
+        try:
+            files[name] = (layout / name).read_bytes()
+        except OSError as exc:
+            raise _refused(
+                f"{layout / name} is unreadable: {exc.strerror}",
+                ImageSigningRefusal.MALFORMED_SIGNATURES,
+                where,
+            ) from exc
+    for entry in manifests:
+        raw = _read_blob(layout, entry.get("digest"), where)
+        files[f"blobs/sha256/{_hex_of(entry.get('digest'), where)}"] = raw
+        manifest = _json(raw, "a manifest", where)
+        try:
+            wanted = [manifest["config"]]
+            if entry is not image_entry:
+                wanted += list(manifest["layers"])
+            for desc in wanted:
+                files[f"blobs/sha256/{_hex_of(desc['digest'], where)}"] = _read_blob(
+                    layout, desc["digest"], where
+                )
+        except (KeyError, TypeError) as exc:
+            raise _refused(
+                f"malformed manifest in {layout}: {exc!r}",
+                ImageSigningRefusal.MALFORMED_SIGNATURES,
+                where,
+            ) from exc
+    return files
+
+
 # --- verification ---------------------------------------------------------------------------
 
 
@@ -769,14 +828,20 @@ def verify_image_signatures(
     manifest_digest: str | None = None,
     repository: str | None = None,
     predicate_type: str = PREDICATE_VULNS,
+    config_digest: str | None = None,
+    at: dt.datetime | None = None,
+    detached: bool = False,
 ) -> VerifiedImageSignatures:
     """Verify the signature and the scan attestation in a layout :func:`sign_image` wrote.
 
     ``trusted``: the keys whose signatures count (the trust root's attestor keys); an empty
     set is ``InputError``. ``manifest_digest`` (sha256 hex, or ``sha256:<hex>``): the image the
-    caller means to admit; the layout's image must be it. ``repository``: the signature's
-    docker-reference and the attestation's subject name must equal it. Every blob is hashed
-    against its digest. Refusals are ``ControlRefused`` with an :class:`ImageSigningRefusal`.
+    caller means to admit; the layout's image must be it. ``config_digest``: likewise for the
+    image ID (what a scan names). ``repository``: the signature's docker-reference and the
+    attestation's subject name must equal it. ``at``: when the signing happened as the caller
+    knows it (the release manifest's time): only keys valid then count. ``detached``: the
+    layout holds no image layers (:func:`detached_files`). Every blob read is hashed against
+    its digest. Refusals are ``ControlRefused`` with an :class:`ImageSigningRefusal`.
     """
     where = str(layout)
     if not trusted:
@@ -787,7 +852,18 @@ def verify_image_signatures(
         )
     if repository is not None:
         check_repository(repository)
-    image = _image_from_layout(layout, where)
+    if at is not None:
+        trusted = _valid_at(trusted, at, where)
+    image = _image_from_layout(layout, where, with_layers=not detached)
+    if config_digest is not None:
+        wanted_config = config_digest.removeprefix("sha256:")
+        if wanted_config != image.config_digest:
+            raise _refused(
+                f"the layout's image has config (image ID) sha256:{image.config_digest[:12]}…, "
+                f"not the expected sha256:{wanted_config[:12]}…",
+                ImageSigningRefusal.WRONG_DIGEST,
+                where,
+            )
     if manifest_digest is not None:
         wanted = manifest_digest.removeprefix("sha256:")
         if wanted != image.manifest_digest:
@@ -829,7 +905,7 @@ def verify_image_signatures(
             ImageSigningRefusal.MISSING_SIGNATURE,
             where,
         )
-    _check_bundle_referrer(layout, manifests, image, envelope, trusted, where)
+    _check_bundle_referrer(layout, manifests, image, envelope, trusted, where, at)
     return VerifiedImageSignatures(
         repository=reference,
         manifest_digest=image.manifest_digest,
@@ -840,6 +916,22 @@ def verify_image_signatures(
     )
 
 
+def _valid_at(trusted: TrustedKeys, at: dt.datetime, where: str) -> TrustedKeys:
+    """The keys of ``trusted`` whose validity window contains ``at``."""
+    valid = TrustedKeys()
+    for kid, (name, key) in trusted.keys.items():
+        window = trusted.window(kid)
+        if window.contains(at):
+            valid.add(name, key, window if window else None)
+    if not valid:
+        raise _refused(
+            f"no trusted key was valid at {format_time(at)}, when the image was signed",
+            ImageSigningRefusal.KEY_NOT_VALID,
+            where,
+        )
+    return valid
+
+
 def _check_bundle_referrer(
     layout: Path,
     manifests: list[dict[str, Any]],
@@ -847,6 +939,7 @@ def _check_bundle_referrer(
     envelope: Mapping[str, Any],
     trusted: TrustedKeys,
     where: str,
+    at: dt.datetime | None = None,
 ) -> None:
     """The Sigstore bundle referrer: its subject is the image, it verifies, and it holds the
     same envelope as the ``.att`` layer."""
@@ -872,7 +965,7 @@ def _check_bundle_referrer(
             "the Sigstore bundle is not an object", ImageSigningRefusal.MALFORMED_SIGNATURES, where
         )
     try:
-        verify_bundle(bundle, trusted, where=f"{where} (bundle)")
+        verify_bundle(bundle, trusted, where=f"{where} (bundle)", at=at)
     except ControlRefused as exc:
         raise _refused(
             f"the Sigstore bundle does not verify: {exc.message}",
@@ -888,12 +981,14 @@ def _check_bundle_referrer(
 
 
 __all__ = [
+    "IMAGE_SIGNATURE_EVIDENCE",
     "ImageSignatures",
     "ImageSigningRefusal",
     "VerifiedImageSignatures",
     "attestation_tag",
     "check_repository",
     "default_layout_path",
+    "detached_files",
     "read_image",
     "sign_image",
     "signature_tag",

@@ -1,9 +1,23 @@
-"""Verify key-signed model-signing bundles natively, without importing model-signing.
+"""model-signing bundles made and checked natively, without importing model-signing.
 
 ``import model_signing`` costs over a second (it pulls in sigstore, tuf and boto3), which a
-verify step in CI or an init container pays on every run. This module verifies the bundles
-that ``sign_model`` writes — and that model-signing writes for an elliptic-curve key — with
-``cryptography`` and ``hashlib`` only, reproducing model-signing's checks and their order:
+sign or verify step in CI or an init container pays on every run. This module writes and
+reads the bundles model-signing 1.1.1 writes, with ``cryptography`` and ``hashlib`` only,
+hashing the model once through :mod:`secmlops.controls.model_hashing`.
+
+Signing (:func:`statement_for`, :func:`payload_bytes`, :func:`bundle_text`): an in-toto v1
+statement with predicate ``https://model_signing/signature/v1.0`` (serialization ``files``,
+or ``shards`` with a shard size and resources named ``path:start:end``; subject digest the
+sha256 over the resource digests in model-signing's order), as 2-space-indented JSON like
+protobuf's ``MessageToJson``; a DSSE envelope over its PAE; a Sigstore bundle v0.3 whose
+verification material is a public-key hint (key signing) or the X.509 chain, leaf first
+(certificate signing). One deliberate difference: ``shard_size`` is written as a JSON
+integer; model-signing 1.1.1 writes it through a protobuf ``Struct`` as a float (``7.0``),
+which its own verifier then cannot use (``range()`` refuses a float), so its sharded
+signatures do not verify with model-signing itself. Same number, readable by both.
+
+Verification of key-signed bundles (:func:`verify_key_signed_model`) reproduces
+model-signing's checks and their order:
 
 1. the bundle: Sigstore bundle v0.3 JSON, a ``publicKey`` (optional ``hint``) and a DSSE
    envelope with one signature; the hint, when present, must name the trusted key
@@ -11,21 +25,28 @@ that ``sign_model`` writes — and that model-signing writes for an elliptic-cur
 2. the ECDSA signature over the DSSE PAE with the trusted key (P-256/SHA-256,
    P-384/SHA-384, P-521/SHA-512), then model-signing's pre-1.0 PAE as it does;
 3. the payload: an in-toto v1 statement, predicate ``https://model_signing/signature/v1.0``,
-   serialization ``files``/``sha256`` without symlinks, a subject digest equal to the sha256
-   over the resource digests in their listed order;
+   serialization ``files`` or ``shards`` (sha256, no symlinks), a subject digest equal to
+   the sha256 over the resource digests in their listed order;
 4. the model directory: no symlinks; every file not ignored (``.git*`` and the signature's
-   ``ignore_paths``, as model-signing ignores them) hashed and compared with the resources;
-5. SecMLOps' own rule: the directory holds exactly the listed files, ignored ones included.
+   ``ignore_paths``, as model-signing ignores them) hashed once and compared with the
+   resources (for shards, per file: a file whose shards differ is *changed*);
+5. SecMLOps' own rule: the directory holds exactly the listed files, ignored ones included
+   (for shards, an empty file, which has no shard, is never listed, so it is refused).
 
-Whatever this module does not fully understand — certificate or Sigstore keyless bundles,
-shard serialization, the pre-1.0 predicate, extra or oddly typed fields, non-canonical
-names, special files, I/O errors — raises :class:`NotNativelyVerifiable`, and the caller
-verifies with model-signing instead. It never returns without having verified.
+Steps 3-5 are :func:`check_statement_against_model`, which the certificate and Sigstore
+verifiers call once they have verified the envelope's signature; it returns the digests
+from the same pass (for a ``shards`` manifest, whole files are hashed too unless
+``whole_files=False``: see :mod:`~secmlops.controls.model_hashing` on the model digest).
+
+Whatever :func:`verify_key_signed_model` does not fully understand — certificate or
+Sigstore keyless bundles, the pre-1.0 predicate, extra or oddly typed fields,
+non-canonical names, special files, I/O errors — raises :class:`NotNativelyVerifiable`, and
+the caller verifies with model-signing instead. It never returns without having verified.
 
 Example::
 
     try:
-        verify_key_signed_model(root, signature=sig, public_key=load_public_key(pub))
+        digest = verify_key_signed_model(root, signature=sig, public_key=load_public_key(pub))
     except NotNativelyVerifiable:
         ...  # verify with model-signing
 """
@@ -36,17 +57,18 @@ import base64
 import binascii
 import hashlib
 import json
-import os
 import re
-import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from secmlops._internal.digests import sha256_file
+from secmlops.controls.model_hashing import ModelDigests, ModelReadError, hash_model, walk
 from secmlops.controls.signing import SignatureRefusal
 from secmlops.errors import ControlRefused, InputError
 from secmlops.evidence.statements import key_id
@@ -72,12 +94,18 @@ class NotNativelyVerifiable(Exception):  # noqa: N818 - a signal to fall back, n
 
 
 def verify_key_signed_model(
-    root: Path, *, signature: Path, public_key: ec.EllipticCurvePublicKey
-) -> None:
+    root: Path,
+    *,
+    signature: Path,
+    public_key: ec.EllipticCurvePublicKey,
+    whole_files: bool = True,
+) -> str:
     """Verify the model directory ``root`` (resolved) against a key-signed bundle.
 
-    Returns ``None`` when the signature verifies with ``public_key`` and the directory holds
-    exactly the signed files with their signed digests. Raises ``ControlRefused`` (reason a
+    Returns the model digest (``tree_digest`` of ``root``, from the same pass; for a
+    ``shards`` manifest with ``whole_files=False``, the manifest's digest) when the
+    signature verifies with ``public_key`` and the directory holds exactly the signed files
+    with their signed digests. Raises ``ControlRefused`` (reason a
     :class:`SignatureRefusal`) when model-signing would refuse too, and
     :class:`NotNativelyVerifiable` when only model-signing can decide.
     """
@@ -94,8 +122,117 @@ def verify_key_signed_model(
     payload_type, payload, sig = _read_bundle(bundle, signature, public_key)
     _verify_dsse(payload, sig, signature, public_key)
     statement = _read_statement(payload_type, payload, signature)
-    expected, ignored = _read_manifest(statement, signature)
-    _verify_model(root, expected, ignored)
+    manifest = _read_manifest(statement, signature)
+    return _verify_model(root, manifest, strict=False, whole_files=whole_files).model_digest
+
+
+def check_statement_against_model(
+    root: Path, payload_type: str, payload: bytes, signature: Path, *, whole_files: bool = True
+) -> ModelDigests:
+    """Check an already signature-verified DSSE payload against the model directory ``root``
+    (resolved): steps 3-5 of the module docstring, hashing every byte once (a ``shards``
+    manifest with ``whole_files=True``: twice, whole file and shard, side by side).
+
+    Returns the digests of that pass: ``model_digest`` is ``tree_digest`` of ``root``
+    whenever whole files were hashed, else the shard manifest's digest. Raises
+    ``ControlRefused`` (reason
+    a :class:`SignatureRefusal`) for a changed, added, removed, symlinked or special file,
+    and for a payload that is not a model-signing v1.0 manifest this module reads (the
+    pre-1.0 predicate, another hash, symlinks allowed: ``MALFORMED_SIGNATURE``);
+    ``InputError`` if the directory cannot be read. ``signature`` only names the bundle in
+    messages.
+    """
+    try:
+        statement = _read_statement(payload_type, payload, signature)
+        manifest = _read_manifest(statement, signature)
+    except NotNativelyVerifiable as exc:
+        raise _malformed(
+            signature, f"the signed statement is not a model-signing v1.0 manifest ({exc})"
+        ) from exc
+    return _verify_model(root, manifest, strict=True, whole_files=whole_files)
+
+
+# --- signing: statement, envelope, bundle ----------------------------------------------------
+
+
+def statement_for(digests: ModelDigests, model_name: str) -> dict[str, Any]:
+    """model-signing's v1.0 statement for ``digests`` (``files`` or ``shards``)."""
+    serialization_args: dict[str, Any]
+    if digests.shard_size is None:
+        serialization_args = {"method": "files", "hash_type": "sha256", "allow_symlinks": False}
+        algorithm = "sha256"
+    else:
+        serialization_args = {
+            "method": "shards",
+            "hash_type": "sha256",
+            "shard_size": digests.shard_size,
+            "allow_symlinks": False,
+        }
+        algorithm = f"sha256-sharded-{digests.shard_size}"
+    resources = digests.resources()
+    root_digest = hashlib.sha256(b"".join(bytes.fromhex(d) for _, d in resources)).hexdigest()
+    return {
+        "_type": IN_TOTO_STATEMENT_TYPE,
+        "subject": [{"name": model_name, "digest": {"sha256": root_digest}}],
+        "predicateType": PREDICATE_TYPE,
+        "predicate": {
+            "serialization": serialization_args,
+            "resources": [
+                {"name": name, "digest": digest, "algorithm": algorithm}
+                for name, digest in resources
+            ],
+        },
+    }
+
+
+def payload_bytes(statement: dict[str, Any]) -> bytes:
+    """The DSSE payload as model-signing writes it (protobuf ``MessageToJson``: indent 2)."""
+    return json.dumps(statement, indent=2, ensure_ascii=False).encode("utf-8")
+
+
+def key_material(public_key: ec.EllipticCurvePublicKey) -> dict[str, Any]:
+    """Verification material of a key-signed bundle: the key's hint, as model-signing."""
+    return {
+        "publicKey": {"hint": hashlib.sha256(_pem(public_key)).hexdigest()},
+        "tlogEntries": [],
+    }
+
+
+def certificate_material(chain: Sequence[x509.Certificate]) -> dict[str, Any]:
+    """Verification material of a certificate-signed bundle: DER certificates, leaf first."""
+    return {
+        "x509CertificateChain": {
+            "certificates": [
+                {
+                    "rawBytes": base64.b64encode(
+                        cert.public_bytes(serialization.Encoding.DER)
+                    ).decode()
+                }
+                for cert in chain
+            ]
+        },
+        "tlogEntries": [],
+    }
+
+
+def bundle_text(payload: bytes, sig: bytes, material: dict[str, Any]) -> str:
+    """The Sigstore bundle v0.3 JSON model-signing writes (compact, its field order)."""
+    bundle = {
+        "mediaType": BUNDLE_MEDIA_TYPE,
+        "verificationMaterial": material,
+        "dsseEnvelope": {
+            "payload": base64.b64encode(payload).decode(),
+            "payloadType": IN_TOTO_PAYLOAD_TYPE,
+            "signatures": [{"sig": base64.b64encode(sig).decode(), "keyid": ""}],
+        },
+    }
+    return json.dumps(bundle, separators=(",", ":"), ensure_ascii=False)
+
+
+def curve_hash(public_key: ec.EllipticCurvePublicKey) -> hashes.HashAlgorithm | None:
+    """The hash model-signing pairs with the key's curve, ``None`` for other curves."""
+    algorithm = _CURVE_HASHES.get(public_key.curve.name)
+    return algorithm() if algorithm else None
 
 
 # --- 1. the bundle -------------------------------------------------------------------------
@@ -226,7 +363,7 @@ def _verify_dsse(
 
 def _read_statement(payload_type: str, payload: bytes, signature: Path) -> dict[str, Any]:
     if payload_type != IN_TOTO_PAYLOAD_TYPE:
-        raise _malformed(signature, f"DSSE payload type is {payload_type!r}")
+        raise _malformed(signature, f"DSSE payload type is {payload_type[:80]!r}")
     try:
         statement = json.loads(payload)
     except (ValueError, RecursionError) as exc:
@@ -239,18 +376,30 @@ def _read_statement(payload_type: str, payload: bytes, signature: Path) -> dict[
     }:
         raise NotNativelyVerifiable("statement fields are not the in-toto v1 ones")
     if statement["_type"] != IN_TOTO_STATEMENT_TYPE:
-        raise _malformed(signature, f"statement type is {statement['_type']!r}")
+        raise _malformed(signature, f"statement type is {str(statement['_type'])[:80]!r}")
     if statement["predicateType"] == PREDICATE_TYPE_COMPAT:
         raise NotNativelyVerifiable("pre-1.0 predicate")
     if statement["predicateType"] != PREDICATE_TYPE:
-        raise _malformed(signature, f"predicate type is {statement['predicateType']!r}")
+        raise _malformed(signature, f"predicate type is {str(statement['predicateType'])[:80]!r}")
     return statement
 
 
-def _read_manifest(
-    statement: dict[str, Any], signature: Path
-) -> tuple[dict[str, str], tuple[tuple[str, ...], ...]]:
-    """``{file name: sha256}`` from the predicate, and the ignored path prefixes (as parts)."""
+@dataclass(frozen=True)
+class _Manifest:
+    """What a v1.0 predicate signs: resource name -> sha256, and how to recompute it."""
+
+    resources: dict[str, str]
+    #: ``None`` for ``files``; the shard size for ``shards``.
+    shard_size: int | None
+    #: Path prefixes (as parts) model-signing skips when it hashes the directory.
+    ignored: tuple[tuple[str, ...], ...]
+
+    def file_of(self, resource: str) -> str:
+        return resource if self.shard_size is None else resource.rsplit(":", 2)[0]
+
+
+def _read_manifest(statement: dict[str, Any], signature: Path) -> _Manifest:
+    """The predicate's resources, checked against its subject digest."""
     subjects, predicate = statement["subject"], statement["predicate"]
     if (
         not isinstance(subjects, list)
@@ -265,7 +414,8 @@ def _read_manifest(
         raise NotNativelyVerifiable("subject is not one named sha256 digest")
     if not isinstance(predicate, dict) or set(predicate) != {"serialization", "resources"}:
         raise NotNativelyVerifiable("predicate fields are not the v1.0 ones")
-    ignored = _read_serialization(predicate["serialization"])
+    shard_size, ignored = _read_serialization(predicate["serialization"])
+    algorithm = "sha256" if shard_size is None else f"sha256-sharded-{shard_size}"
     resources = predicate["resources"]
     if not isinstance(resources, list):
         raise NotNativelyVerifiable("resources is not a list")
@@ -275,10 +425,10 @@ def _read_manifest(
         if (
             not isinstance(resource, dict)
             or set(resource) != {"name", "algorithm", "digest"}
-            or resource["algorithm"] != "sha256"
+            or resource["algorithm"] != algorithm
             or not isinstance(resource["digest"], str)
             or not _HEX64.fullmatch(resource["digest"])
-            or not _canonical(resource["name"])
+            or not _resource_name_ok(resource["name"], shard_size)
             or resource["name"] in expected
         ):
             raise NotNativelyVerifiable(f"resource not understood: {resource!r}"[:200])
@@ -290,24 +440,52 @@ def _read_manifest(
             signature,
             "Manifest is inconsistent: the subject digest is not the digest of the resources",
         )
-    return expected, ignored
+    return _Manifest(expected, shard_size, ignored)
 
 
-def _read_serialization(serialization_args: Any) -> tuple[tuple[str, ...], ...]:
+def _read_serialization(serialization_args: Any) -> tuple[int | None, tuple[tuple[str, ...], ...]]:
+    """The shard size (``None`` for ``files``) and the ignored path prefixes."""
+    if not isinstance(serialization_args, dict):
+        raise NotNativelyVerifiable("serialization is not an object")
+    method = serialization_args.get("method")
+    required = {"method", "hash_type", "allow_symlinks"}
+    if method == "shards":
+        required.add("shard_size")
+    elif method != "files":
+        raise NotNativelyVerifiable(f"serialization method {str(method)[:40]!r}")
     if (
-        not isinstance(serialization_args, dict)
-        or serialization_args.get("method") != "files"
-        or not {"method", "hash_type", "allow_symlinks"}
-        <= set(serialization_args)
-        <= {"method", "hash_type", "allow_symlinks", "ignore_paths"}
+        not required <= set(serialization_args) <= required | {"ignore_paths"}
         or serialization_args["hash_type"] != "sha256"
         or serialization_args["allow_symlinks"] is not False
     ):
-        raise NotNativelyVerifiable("serialization is not files/sha256 without symlinks")
+        raise NotNativelyVerifiable("serialization is not sha256 without symlinks")
+    shard_size: int | None = None
+    if method == "shards":
+        value = serialization_args["shard_size"]
+        # model-signing writes it through a protobuf Struct: a float such as 7.0.
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise NotNativelyVerifiable(f"shard size {value!r}")
+        shard_size = value
     ignore_paths = serialization_args.get("ignore_paths", [])
     if not isinstance(ignore_paths, list) or not all(_canonical(p) for p in ignore_paths):
         raise NotNativelyVerifiable("ignore_paths not understood")
-    return tuple(PurePosixPath(p).parts for p in (*GIT_PATHS, *ignore_paths))
+    return shard_size, tuple(PurePosixPath(p).parts for p in (*GIT_PATHS, *ignore_paths))
+
+
+def _resource_name_ok(name: Any, shard_size: int | None) -> bool:
+    if shard_size is None:
+        return _canonical(name)
+    if not isinstance(name, str):
+        return False
+    parts = name.split(":")  # model-signing's own parse: exactly path:start:end
+    if len(parts) != 3 or not _canonical(parts[0]):
+        return False
+    start, end = parts[1], parts[2]
+    if not (start.isdecimal() and end.isdecimal()) or str(int(start)) != start:
+        return False
+    return str(int(end)) == end and 0 <= int(start) < int(end) <= int(start) + shard_size
 
 
 def _canonical(name: Any) -> bool:
@@ -326,43 +504,61 @@ def _canonical(name: Any) -> bool:
 
 
 def _verify_model(
-    root: Path, expected: dict[str, str], ignored: tuple[tuple[str, ...], ...]
-) -> None:
-    files, symlinks = _walk(root)
-    if symlinks:
+    root: Path, manifest: _Manifest, *, strict: bool, whole_files: bool
+) -> ModelDigests:
+    """Steps 4 and 5; returns the digests. ``strict``: decide everything (refuse a special
+    file, ``InputError`` on I/O) instead of raising ``NotNativelyVerifiable``."""
+    try:
+        tree = walk(root)
+    except OSError as exc:
+        if strict:
+            raise InputError(
+                f"cannot list the model directory {root}: {exc}",
+                where=str(root),
+                fix="check the directory is readable",
+            ) from exc
+        raise NotNativelyVerifiable(f"cannot list {root}: {exc}") from exc
+    if tree.symlinks:
         raise ControlRefused(
-            f"model signature does not verify: {symlinks[0]} is a symlink",
-            where=str(root / symlinks[0]),
+            f"model signature does not verify: {tree.symlinks[0]} is a symlink",
+            where=str(root / tree.symlinks[0]),
             fix="a signed model holds regular files only; do not deploy it",
             reason=SignatureRefusal.SYMLINK_IN_MODEL,
         )
-    # First what model-signing compares (ignored paths skipped), so the reasons agree.
-    hashed = [rel for rel in files if not _is_ignored(rel, ignored)]
-    try:
-        actual = {rel: sha256_file(root / rel) for rel in hashed}
-    except (OSError, InputError) as exc:  # a file vanished or is unreadable mid-check
-        raise NotNativelyVerifiable(f"cannot read a model file: {exc}") from exc
-    if actual != expected:
-        extra = sorted(set(actual) - set(expected))
-        missing = sorted(set(expected) - set(actual))
-        changed = sorted(n for n in set(actual) & set(expected) if actual[n] != expected[n])
-        diffs = [f"Hash mismatch for '{name}'" for name in changed]
-        if extra:
-            diffs.append(f"Extra files found in model: {', '.join(extra)}")
-        if missing:
-            diffs.append(f"Missing files in model: {', '.join(missing)}")
+    if tree.special:
+        if not strict:
+            raise NotNativelyVerifiable(f"{tree.special[0]} is not a regular file")
         raise ControlRefused(
-            f"model signature does not verify: {'; '.join(diffs)}",
-            where=str(root),
-            fix="the model or its signature changed; do not deploy it — re-run the pipeline "
-            "to get a freshly signed model",
-            details={"changed": changed, "unsigned": extra, "missing": missing},
-            reason=(
-                SignatureRefusal.CONTENT_MISMATCH if changed else SignatureRefusal.FILE_SET_MISMATCH
-            ),
+            f"model signature does not verify: {tree.special[0]} is not a regular file "
+            "(a FIFO, socket or device)",
+            where=str(root / tree.special[0]),
+            fix="a signed model holds regular files only; do not deploy it",
+            reason=SignatureRefusal.FILE_SET_MISMATCH,
         )
-    # Then SecMLOps' rule: nothing is exempt, .git* and the signature's ignore_paths included.
-    present, listed = set(files), set(expected)
+    try:
+        digests = hash_model(
+            root, shard_size=manifest.shard_size, tree=tree, whole_files=whole_files
+        )
+    except ModelReadError as exc:  # a file vanished or is unreadable mid-check
+        if strict:
+            raise InputError(
+                f"cannot read model file {exc.name} in {root}: {exc}",
+                where=str(root / exc.name),
+                fix="check the model files are readable and nothing is deleting them",
+            ) from exc
+        raise NotNativelyVerifiable(f"cannot read a model file: {exc}") from exc
+    # First what model-signing compares (ignored paths skipped), so the reasons agree.
+    actual = {
+        name: digest
+        for name, digest in digests.resources()
+        if not _is_ignored(manifest.file_of(name), manifest.ignored)
+    }
+    if actual != manifest.resources:
+        _refuse_mismatch(root, manifest, actual)
+    # Then SecMLOps' rule: nothing is exempt, .git* and the signature's ignore_paths included
+    # (and, for shards, empty files, which have no shard to list).
+    present = set(tree.files)
+    listed = {manifest.file_of(name) for name in manifest.resources}
     if present != listed:
         extra, missing = sorted(present - listed), sorted(listed - present)
         raise ControlRefused(
@@ -373,31 +569,38 @@ def _verify_model(
             details={"unsigned": extra, "missing": missing},
             reason=SignatureRefusal.FILE_SET_MISMATCH,
         )
+    return digests
 
 
-def _walk(root: Path) -> tuple[list[str], list[str]]:
-    """Regular files and symlinks below ``root`` (POSIX relative paths, sorted)."""
-    files: list[str] = []
-    symlinks: list[str] = []
-    pending = [(root, "")]
-    while pending:
-        directory, prefix = pending.pop()
-        try:
-            with os.scandir(directory) as entries:
-                for entry in entries:
-                    rel = prefix + entry.name
-                    mode = entry.stat(follow_symlinks=False).st_mode
-                    if stat.S_ISLNK(mode):
-                        symlinks.append(rel)
-                    elif stat.S_ISDIR(mode):
-                        pending.append((Path(entry.path), rel + "/"))
-                    elif stat.S_ISREG(mode):
-                        files.append(rel)
-                    else:
-                        raise NotNativelyVerifiable(f"{rel} is not a regular file")
-        except OSError as exc:
-            raise NotNativelyVerifiable(f"cannot list {directory}: {exc}") from exc
-    return sorted(files), sorted(symlinks)
+def _refuse_mismatch(root: Path, manifest: _Manifest, actual: dict[str, str]) -> None:
+    """Refuse, naming changed, unsigned and missing files (a file whose shards differ in
+    number, bounds or digests is changed)."""
+
+    def by_file(resources: dict[str, str]) -> dict[str, dict[str, str]]:
+        grouped: dict[str, dict[str, str]] = {}
+        for name, digest in resources.items():
+            grouped.setdefault(manifest.file_of(name), {})[name] = digest
+        return grouped
+
+    got, want = by_file(actual), by_file(manifest.resources)
+    extra = sorted(set(got) - set(want))
+    missing = sorted(set(want) - set(got))
+    changed = sorted(n for n in set(got) & set(want) if got[n] != want[n])
+    diffs = [f"Hash mismatch for '{name}'" for name in changed]
+    if extra:
+        diffs.append(f"Extra files found in model: {', '.join(extra)}")
+    if missing:
+        diffs.append(f"Missing files in model: {', '.join(missing)}")
+    raise ControlRefused(
+        f"model signature does not verify: {'; '.join(diffs)}",
+        where=str(root),
+        fix="the model or its signature changed; do not deploy it — re-run the pipeline "
+        "to get a freshly signed model",
+        details={"changed": changed, "unsigned": extra, "missing": missing},
+        reason=(
+            SignatureRefusal.CONTENT_MISMATCH if changed else SignatureRefusal.FILE_SET_MISMATCH
+        ),
+    )
 
 
 def _is_ignored(rel: str, ignored: tuple[tuple[str, ...], ...]) -> bool:

@@ -239,18 +239,33 @@ class KeyDirectory:
         check_approver_name(name)
         return self._open_signer(f"approver:{name}")
 
-    def _open_signer(self, subject: str) -> Signer:
+    def model_signer(self, key: str = "", *, in_trust_root: bool = True) -> Signer:
+        """The model-signer's key: ``key`` (a signer spec, the site's
+        ``sources.signing.key``), else ``SECMLOPS_MODEL_SIGNER_SIGNER``, else
+        ``<keys>/model-signer.pem``. ``in_trust_root``: checked against the trust root like
+        every role key (listed for model-signer, valid now); off for a key that signs with a
+        certificate, which the trust root trusts through its CA instead."""
+        configured = ("sources.signing.key", key) if key else None
+        return self._open_signer("model-signer", configured, check_listed=in_trust_root)
+
+    def _open_signer(
+        self,
+        subject: str,
+        configured: tuple[str, str] | None = None,
+        *,
+        check_listed: bool = True,
+    ) -> Signer:
         import datetime as dt
 
         from secmlops.evidence.signers import open_signer, parse_signer_spec
         from secmlops.evidence.trust_root import subject_label
 
-        where, spec = self.signer_spec(subject)
+        where, spec = configured or self.signer_spec(subject)
         parsed = parse_signer_spec(spec, where=where)
         if parsed.kind == "file":
             self.require(Path(parsed.target))
         signer = open_signer(parsed, subject=subject, where=where)
-        if not self.trust_root_file.is_file():
+        if not check_listed or not self.trust_root_file.is_file():
             return signer  # signing needs no trust root; verifying will
         entry = self.trust_root().entry(signer.key_id)
         label = subject_label(subject)

@@ -18,6 +18,21 @@ to verify anything)::
         - public_key: |
             ...
 
+The ``model-signer`` role may also name who signs models by certificate or keyless
+(issue 10), beside or instead of public keys; the deploy gate verifies a model signature with
+whichever of them the role lists::
+
+      model-signer:
+        - ca_certificate: |              # a CA of the site's PKI: a leaf it issued (with
+            -----BEGIN CERTIFICATE-----  # digitalSignature and codeSigning) signs models,
+            ...                          # checked at the release's signed time
+          fingerprint: 9c1e...           # sha256 of the DER certificate (checked if given)
+          not_after: 2027-01-01T00:00:00Z
+        - identity: https://github.com/org/repo/.github/workflows/train.yml@refs/heads/main
+          issuer: https://token.actions.githubusercontent.com
+          trust_config: sigstore-production  # or a client trust config file (private instance)
+          require_rekor: true                # the signing time must be witnessed by Rekor
+
 Roles: ``policy-owner`` (signs the policy), ``attestor`` (build evidence), ``model-signer``
 (the model), ``gate`` (VSAs, stage pointers). Several keys per role may be valid at once
 (rotation: add the new key, then retire the old one with ``not_after``); a signature counts
@@ -34,6 +49,8 @@ Example::
     root = TrustRoot.load(Path("trust-root.yaml"))
     statement = verify_bundle(bundle, root.trusted("gate"))
     root.with_key("gate", new_public).retire("gate", old_id, at=now).save()
+    for option in root.model_signer().valid_at(release_time).signer_trusts():
+        print(option.method, option.trust.methods)   # key / certificate / sigstore
 """
 
 from __future__ import annotations
@@ -44,8 +61,9 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -59,11 +77,30 @@ from secmlops.evidence.statements import (
     parse_time,
 )
 
+if TYPE_CHECKING:
+    from secmlops.controls.signer_trust import SignerTrust
+
 #: The pipeline roles a trust root lists keys for.
 TRUST_ROLES = ("policy-owner", "attestor", "model-signer", "gate")
 TRUST_ROOT_FILE = "trust-root.yaml"
 APPROVER_PREFIX = "approver:"
 _FIELDS = {"public_key", "key_id", "not_before", "not_after", "demo", "source"}
+#: The role whose entries may be CA certificates and Sigstore identities besides keys.
+MODEL_SIGNER = "model-signer"
+_CA_FIELDS = {"ca_certificate", "fingerprint", "not_before", "not_after", "demo", "source"}
+_IDENTITY_FIELDS = {
+    "identity",
+    "issuer",
+    "trust_config",
+    "require_rekor",
+    "not_before",
+    "not_after",
+}
+#: ``trust_config`` naming the public-good Sigstore instance: the ``trusted_root.json`` pinned
+#: inside the installed ``sigstore`` package (never fetched).
+SIGSTORE_PRODUCTION = "sigstore-production"
+#: The signing methods a model-signer entry stands for (as ``sources.signing.method`` names them).
+SIGNING_METHODS = ("key", "certificate", "sigstore")
 
 
 def subject_label(subject: str) -> str:
@@ -138,6 +175,13 @@ def _parse_entry(path: Path, subject: str, i: int, raw: Any) -> TrustEntry:
     given = raw.get("key_id")
     if given is not None and given != key_id(public):
         raise _bad(path, f"{where}: key_id {given} is not the id of its public_key")
+    window = _parse_window(path, where, raw)
+    demo = _parse_flag(path, where, raw, "demo", default=False)
+    source = raw.get("source", "")
+    return TrustEntry(subject, public, window, demo, str(source or ""))
+
+
+def _parse_window(path: Path, where: str, raw: Mapping[str, Any]) -> KeyWindow:
     bounds: dict[str, dt.datetime | None] = {}
     for name in ("not_before", "not_after"):
         value = raw.get(name)
@@ -147,11 +191,286 @@ def _parse_entry(path: Path, subject: str, i: int, raw: Any) -> TrustEntry:
     window = KeyWindow(bounds["not_before"], bounds["not_after"])
     if window.not_before and window.not_after and window.not_after < window.not_before:
         raise _bad(path, f"{where}: not_after is before not_before")
-    demo = raw.get("demo", False)
-    if not isinstance(demo, bool):
-        raise _bad(path, f"{where}: demo must be true or false")
-    source = raw.get("source", "")
-    return TrustEntry(subject, public, window, demo, str(source or ""))
+    return window
+
+
+def _parse_flag(
+    path: Path, where: str, raw: Mapping[str, Any], name: str, *, default: bool
+) -> bool:
+    value = raw.get(name, default)
+    if not isinstance(value, bool):
+        raise _bad(path, f"{where}: {name} must be true or false")
+    return value
+
+
+def certificate_fingerprint(certificate: x509.Certificate) -> str:
+    """sha256 (hex) of the DER certificate: how the trust root and messages name a CA."""
+    from secmlops._internal.digests import sha256_bytes
+
+    return sha256_bytes(certificate.public_bytes(serialization.Encoding.DER))
+
+
+def check_ca_certificate(certificate: x509.Certificate, *, where: str) -> None:
+    """``ValueError`` unless ``certificate`` is a CA (basicConstraints CA:TRUE): a leaf is
+    trusted through its issuer, never pinned as a CA."""
+    try:
+        constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints)
+    except x509.ExtensionNotFound as exc:
+        raise ValueError(f"{where} has no basicConstraints: it is not a CA certificate") from exc
+    if not constraints.value.ca:
+        raise ValueError(
+            f"{where} is not a CA certificate (basicConstraints CA:FALSE); list the CA that "
+            "issued it, or the signing key's public_key"
+        )
+
+
+@dataclass(frozen=True)
+class CaCertificateEntry:
+    """A CA certificate the model-signer role trusts: a model signed with a certificate
+    chaining to it verifies (the leaf valid, and this entry's window open, at signing time)."""
+
+    subject: str
+    certificate: x509.Certificate
+    window: KeyWindow = field(default_factory=KeyWindow)
+    demo: bool = False
+    source: str = ""
+
+    @property
+    def fingerprint(self) -> str:
+        return certificate_fingerprint(self.certificate)
+
+    @property
+    def name(self) -> str:
+        """The CA's subject (RFC 4514), for messages."""
+        return self.certificate.subject.rfc4514_string()
+
+    def pem(self) -> str:
+        return self.certificate.public_bytes(serialization.Encoding.PEM).decode()
+
+    def valid_at(self, when: dt.datetime) -> bool:
+        return self.window.contains(when)
+
+    def to_yaml(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"fingerprint": self.fingerprint, "ca_certificate": self.pem()}
+        if self.window.not_before:
+            out["not_before"] = format_time(self.window.not_before)
+        if self.window.not_after:
+            out["not_after"] = format_time(self.window.not_after)
+        out["demo"] = self.demo
+        if self.source:
+            out["source"] = self.source
+        return out
+
+
+@dataclass(frozen=True)
+class SigstoreIdentityEntry:
+    """A Sigstore keyless signer the model-signer role trusts: the certificate identity (SAN)
+    and OIDC issuer Fulcio put in the signing certificate, checked offline against
+    ``trust_config`` (:data:`SIGSTORE_PRODUCTION` or a client trust config file)."""
+
+    subject: str
+    identity: str
+    issuer: str
+    trust_config: str = SIGSTORE_PRODUCTION
+    require_rekor: bool = True
+    window: KeyWindow = field(default_factory=KeyWindow)
+
+    @property
+    def label(self) -> str:
+        return f"{self.identity} (issuer {self.issuer})"
+
+    def trust_config_path(self) -> Path | None:
+        """The client trust config file; ``None`` for :data:`SIGSTORE_PRODUCTION`."""
+        return None if self.trust_config == SIGSTORE_PRODUCTION else Path(self.trust_config)
+
+    def valid_at(self, when: dt.datetime) -> bool:
+        return self.window.contains(when)
+
+    def to_yaml(self, base: Path | None = None) -> dict[str, Any]:
+        config = self.trust_config
+        if base is not None and config != SIGSTORE_PRODUCTION:
+            # Written back as it was given: relative to the trust root's folder when inside it.
+            config_path = Path(config)
+            if config_path.is_relative_to(base):
+                config = config_path.relative_to(base).as_posix()
+        out: dict[str, Any] = {
+            "identity": self.identity,
+            "issuer": self.issuer,
+            "trust_config": config,
+            "require_rekor": self.require_rekor,
+        }
+        if self.window.not_before:
+            out["not_before"] = format_time(self.window.not_before)
+        if self.window.not_after:
+            out["not_after"] = format_time(self.window.not_after)
+        return out
+
+
+def _parse_ca(path: Path, subject: str, i: int, raw: Mapping[str, Any]) -> CaCertificateEntry:
+    where = f"{subject_label(subject)} entry #{i + 1} (ca_certificate)"
+    unknown = set(raw) - _CA_FIELDS
+    if unknown:
+        raise _bad(path, f"{where} has unknown fields {sorted(unknown)}")
+    pem = raw.get("ca_certificate")
+    if not isinstance(pem, str):
+        raise _bad(path, f"{where}: ca_certificate is not a PEM certificate")
+    try:
+        certificates = x509.load_pem_x509_certificates(pem.encode())
+    except ValueError as exc:
+        raise _bad(path, f"{where}: ca_certificate is not a PEM certificate ({exc})") from exc
+    if len(certificates) != 1:
+        raise _bad(
+            path,
+            f"{where}: ca_certificate holds {len(certificates)} certificates",
+            "list each CA certificate as an entry of its own",
+        )
+    certificate = certificates[0]
+    try:
+        check_ca_certificate(certificate, where="ca_certificate")
+    except ValueError as exc:
+        raise _bad(path, f"{where}: {exc}") from exc
+    entry = CaCertificateEntry(
+        subject,
+        certificate,
+        _parse_window(path, where, raw),
+        _parse_flag(path, where, raw, "demo", default=False),
+        str(raw.get("source") or ""),
+    )
+    given = raw.get("fingerprint")
+    if given is not None and given != entry.fingerprint:
+        raise _bad(path, f"{where}: fingerprint {given} is not the sha256 of its certificate")
+    return entry
+
+
+def _parse_identity(
+    path: Path, subject: str, i: int, raw: Mapping[str, Any]
+) -> SigstoreIdentityEntry:
+    where = f"{subject_label(subject)} entry #{i + 1} (identity)"
+    unknown = set(raw) - _IDENTITY_FIELDS
+    if unknown:
+        raise _bad(path, f"{where} has unknown fields {sorted(unknown)}")
+    identity, issuer = raw.get("identity"), raw.get("issuer")
+    if not isinstance(identity, str) or not identity.strip() or identity != identity.strip():
+        raise _bad(path, f"{where}: identity must be the certificate identity (a non-empty string)")
+    if not isinstance(issuer, str) or not issuer.startswith("https://") or " " in issuer:
+        raise _bad(
+            path,
+            f"{where}: issuer must be the OIDC issuer URL (https://...), got {issuer!r}",
+        )
+    config = raw.get("trust_config", SIGSTORE_PRODUCTION)
+    if not isinstance(config, str) or not config:
+        raise _bad(path, f"{where}: trust_config must be {SIGSTORE_PRODUCTION!r} or a file path")
+    if config != SIGSTORE_PRODUCTION:
+        config_path = Path(config)
+        if not config_path.is_absolute():
+            config_path = path.parent / config_path  # relative to the trust root's folder
+        if not config_path.is_file():
+            raise _bad(
+                path,
+                f"{where}: trust_config {config} is not a file",
+                f"give the Sigstore client trust config (JSON) of the instance, or "
+                f"{SIGSTORE_PRODUCTION!r} for the public-good instance",
+            )
+        config = str(config_path)
+    return SigstoreIdentityEntry(
+        subject,
+        identity,
+        issuer,
+        config,
+        _parse_flag(path, where, raw, "require_rekor", default=True),
+        _parse_window(path, where, raw),
+    )
+
+
+@dataclass(frozen=True)
+class ModelSignerTrust:
+    """Who the model-signer role trusts: public keys, CA certificates, Sigstore identities."""
+
+    path: Path
+    keys: tuple[TrustEntry, ...] = ()
+    certificates: tuple[CaCertificateEntry, ...] = ()
+    identities: tuple[SigstoreIdentityEntry, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.keys or self.certificates or self.identities)
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The signing methods this trust accepts, in :data:`SIGNING_METHODS` order."""
+        present = {"key": self.keys, "certificate": self.certificates, "sigstore": self.identities}
+        return tuple(m for m in SIGNING_METHODS if present[m])
+
+    def valid_at(self, when: dt.datetime | None) -> ModelSignerTrust:
+        """Only the entries whose window holds ``when`` (all of them for ``None``)."""
+        if when is None:
+            return self
+        return replace(
+            self,
+            keys=tuple(e for e in self.keys if e.valid_at(when)),
+            certificates=tuple(e for e in self.certificates if e.valid_at(when)),
+            identities=tuple(e for e in self.identities if e.valid_at(when)),
+        )
+
+    def describe(self) -> str:
+        """One line for messages: what is trusted, by method."""
+        parts = []
+        if self.keys:
+            parts.append("keys " + ", ".join(e.key_id[:12] + "…" for e in self.keys))
+        if self.certificates:
+            parts.append("CAs " + ", ".join(e.name for e in self.certificates))
+        if self.identities:
+            parts.append("identities " + ", ".join(e.label for e in self.identities))
+        return "; ".join(parts) or "nothing"
+
+    def demo_fingerprints(self) -> frozenset[str]:
+        """Fingerprints of CA certificates marked ``demo: true`` (production refuses them)."""
+        return frozenset(e.fingerprint for e in self.certificates if e.demo)
+
+    def trusted_keys(self) -> TrustedKeys:
+        trusted = TrustedKeys()
+        for entry in self.keys:
+            trusted.add(MODEL_SIGNER, entry.public_key, entry.window)
+        return trusted
+
+    def ca_entry(self, fingerprint: str) -> CaCertificateEntry | None:
+        return next((e for e in self.certificates if e.fingerprint == fingerprint), None)
+
+    def signer_trusts(self) -> list[TrustedModelSigner]:
+        """This trust as :class:`~secmlops.controls.signer_trust.SignerTrust` objects to
+        verify with: one for every key together, one per CA certificate and one per Sigstore
+        identity (each with its own trust config), so whoever verified names its entry."""
+        from secmlops.controls.signer_trust import SignerTrust
+        from secmlops.controls.signer_trust import SigstoreIdentity as Identity
+
+        source = f"{self.path}: roles.model-signer"
+        out: list[TrustedModelSigner] = []
+        if self.keys:
+            keys = tuple(e.public_key for e in self.keys)
+            out.append(TrustedModelSigner("key", SignerTrust(public_keys=keys, source=source)))
+        for ca in self.certificates:
+            trust = SignerTrust(ca_certificates=(ca.certificate,), source=source)
+            out.append(TrustedModelSigner("certificate", trust, ca=ca))
+        for who in self.identities:
+            trust = SignerTrust(
+                identities=(Identity(who.identity, who.issuer),),
+                trust_config=who.trust_config_path(),
+                require_rekor=who.require_rekor,
+                source=source,
+            )
+            out.append(TrustedModelSigner("sigstore", trust, identity=who))
+        return out
+
+
+@dataclass(frozen=True)
+class TrustedModelSigner:
+    """One way a model signature may verify under the trust root: the model-signer keys
+    (``method="key"``), one CA certificate, or one Sigstore identity, as the
+    :class:`~secmlops.controls.signer_trust.SignerTrust` to verify it with."""
+
+    method: str
+    trust: SignerTrust
+    ca: CaCertificateEntry | None = None
+    identity: SigstoreIdentityEntry | None = None
 
 
 @dataclass(frozen=True)
@@ -160,8 +479,28 @@ class TrustRoot:
 
     path: Path
     entries: tuple[TrustEntry, ...] = ()
+    #: The model-signer role's CA certificates and Sigstore identities (issue 10).
+    certificates: tuple[CaCertificateEntry, ...] = ()
+    identities: tuple[SigstoreIdentityEntry, ...] = ()
 
     def __post_init__(self) -> None:
+        others = {e.subject for e in self.certificates} | {e.subject for e in self.identities}
+        for subject in sorted(others - {MODEL_SIGNER}):
+            raise InputError(
+                f"{subject_label(subject)} lists a CA certificate or Sigstore identity: only "
+                "the model-signer role may",
+                where=str(self.path),
+                fix="list public keys for every other role and approver",
+            )
+        fingerprints = [e.fingerprint for e in self.certificates]
+        pairs = [(e.identity, e.issuer) for e in self.identities]
+        for what, names in (("CA certificate", fingerprints), ("Sigstore identity", pairs)):
+            if len(set(names)) != len(names):
+                raise InputError(
+                    f"one {what} is listed twice for the model-signer role",
+                    where=str(self.path),
+                    fix="list it once (one window per entry)",
+                )
         seen: dict[str, str] = {}
         for entry in self.entries:
             other = seen.get(entry.key_id)
@@ -207,6 +546,8 @@ class TrustRoot:
         if unknown or raw.get("version") != 1:
             raise _bad(path, f"needs version: 1 and only roles/approvers (got {sorted(raw)})")
         entries: list[TrustEntry] = []
+        certificates: list[CaCertificateEntry] = []
+        identities: list[SigstoreIdentityEntry] = []
         for section, prefix in (("roles", ""), ("approvers", APPROVER_PREFIX)):
             listed = raw.get(section) or {}
             if not isinstance(listed, Mapping):
@@ -216,12 +557,28 @@ class TrustRoot:
                 _check_subject(subject, where=str(path))
                 if not isinstance(keys, list):
                     raise _bad(path, f"{subject_label(subject)} is not a list of keys")
-                entries += [_parse_entry(path, subject, i, k) for i, k in enumerate(keys)]
-        return cls(path, tuple(entries))
+                if subject == MODEL_SIGNER and not keys:
+                    raise _bad(
+                        path,
+                        "roles.model-signer lists nothing: no model signature could verify",
+                        "list the model signer's public_key, the ca_certificate of the PKI "
+                        "that issues its certificates, or its Sigstore identity and issuer",
+                    )
+                for i, k in enumerate(keys):
+                    kind = _entry_kind(path, subject, i, k)
+                    if kind == "ca_certificate":
+                        certificates.append(_parse_ca(path, subject, i, k))
+                    elif kind == "identity":
+                        identities.append(_parse_identity(path, subject, i, k))
+                    else:
+                        entries.append(_parse_entry(path, subject, i, k))
+        return cls(path, tuple(entries), tuple(certificates), tuple(identities))
 
     def subjects(self) -> list[str]:
-        """Every subject with a key, roles first (in :data:`TRUST_ROLES` order)."""
-        present = {e.subject for e in self.entries}
+        """Every subject with a key (or, for the model-signer, a CA or an identity), roles
+        first (in :data:`TRUST_ROLES` order)."""
+        present = {e.subject for e in self.entries} | {e.subject for e in self.certificates}
+        present |= {e.subject for e in self.identities}
         roles = [r for r in TRUST_ROLES if r in present]
         return roles + sorted(s for s in present if s.startswith(APPROVER_PREFIX))
 
@@ -245,6 +602,73 @@ class TrustRoot:
                 fix=f"add one: `secmlops trust add-key {role} PUB.pem`",
             )
         return trusted
+
+    def model_signer(self) -> ModelSignerTrust:
+        """Everyone the model-signer role trusts (keys, CA certificates, Sigstore
+        identities); ``InputError`` naming the file when it lists none."""
+        trust = ModelSignerTrust(
+            self.path,
+            keys=tuple(self.entries_for(MODEL_SIGNER)),
+            certificates=self.certificates,
+            identities=self.identities,
+        )
+        if not trust:
+            raise InputError(
+                f"trust root {self.path} lists no key, CA certificate or Sigstore identity "
+                "for role model-signer",
+                where=f"{self.path}: roles.model-signer",
+                fix="add one: `secmlops trust add-key model-signer PUB.pem`, "
+                "`secmlops trust add-ca CA.pem` or `secmlops trust add-identity ID --issuer URL`",
+            )
+        return trust
+
+    def with_ca_certificate(
+        self,
+        certificate: x509.Certificate,
+        *,
+        not_before: dt.datetime | None = None,
+        not_after: dt.datetime | None = None,
+        demo: bool = False,
+        source: str = "",
+    ) -> TrustRoot:
+        """A copy whose model-signer role also trusts CA ``certificate`` (``InputError`` if
+        it is not a CA certificate, or is listed already)."""
+        try:
+            check_ca_certificate(certificate, where="the certificate")
+        except ValueError as exc:
+            raise InputError(str(exc), where=source or str(self.path)) from exc
+        window = KeyWindow(not_before, not_after)
+        if not_before and not_after and not_after < not_before:
+            raise InputError(
+                "not_after is before not_before", where=str(self.path), fix="swap them"
+            )
+        entry = CaCertificateEntry(MODEL_SIGNER, certificate, window, demo, source)
+        return replace(self, certificates=(*self.certificates, entry))
+
+    def with_identity(
+        self,
+        identity: str,
+        issuer: str,
+        *,
+        trust_config: str = SIGSTORE_PRODUCTION,
+        require_rekor: bool = True,
+        not_before: dt.datetime | None = None,
+        not_after: dt.datetime | None = None,
+    ) -> TrustRoot:
+        """A copy whose model-signer role also trusts Sigstore keyless signatures by
+        ``identity`` from ``issuer`` (checked as :meth:`load` checks them)."""
+        raw: dict[str, Any] = {
+            "identity": identity,
+            "issuer": issuer,
+            "trust_config": trust_config,
+            "require_rekor": require_rekor,
+        }
+        if not_before:
+            raw["not_before"] = format_time(not_before)
+        if not_after:
+            raw["not_after"] = format_time(not_after)
+        entry = _parse_identity(self.path, MODEL_SIGNER, len(self.identities), raw)
+        return replace(self, identities=(*self.identities, entry))
 
     def trusted_approvers(self, names: Iterable[str]) -> TrustedKeys:
         """The named approvers' keys (named by approver). An approver the trust root does not
@@ -329,6 +753,10 @@ class TrustRoot:
                 approvers.setdefault(name, []).append(entry.to_yaml())
             else:
                 roles.setdefault(entry.subject, []).append(entry.to_yaml())
+        for ca in self.certificates:
+            roles.setdefault(ca.subject, []).append(ca.to_yaml())
+        for identity in self.identities:
+            roles.setdefault(identity.subject, []).append(identity.to_yaml(self.path.parent))
         head = (
             "# secmlops trust root: the PUBLIC keys each role and approver may sign with, and\n"
             "# when (not_before/not_after). Edit with `secmlops trust add-key|retire`.\n"
@@ -367,6 +795,25 @@ def _literal_blocks() -> type[Any]:
 
 
 _Dumper = _literal_blocks()
+
+
+def _entry_kind(path: Path, subject: str, i: int, raw: Any) -> str:
+    """Which kind of entry ``raw`` is: ``public_key``, ``ca_certificate`` or ``identity``."""
+    where = f"{subject_label(subject)} entry #{i + 1}"
+    if not isinstance(raw, Mapping):
+        raise _bad(path, f"{where} is not a mapping")
+    kinds = [k for k in ("public_key", "ca_certificate", "identity") if k in raw]
+    if len(kinds) > 1:
+        raise _bad(path, f"{where} has {' and '.join(kinds)}: give one per entry")
+    kind = kinds[0] if kinds else "public_key"
+    if kind != "public_key" and subject != MODEL_SIGNER:
+        raise _bad(
+            path,
+            f"{where}: {kind} is for role model-signer only ({subject_label(subject)} signs "
+            "evidence with a key)",
+            "list a public_key",
+        )
+    return kind
 
 
 def _check_subject(subject: str, *, where: str) -> None:

@@ -365,6 +365,11 @@ class ModelRegistry:
     def evidence_prefix(self, version: str) -> str:
         return f"{self.version_prefix(version)}/evidence"
 
+    def image_signature_prefix(self, version: str) -> str:
+        """The serving image's cosign signature and scan attestation, as a detached OCI
+        layout (no image layers: :func:`secmlops.controls.image_signing.detached_files`)."""
+        return f"{self.version_prefix(version)}/image.cosign"
+
     def stage_key(self, stage: str) -> str:
         return f"{self.model}/stages/{check_stage(stage)}.json"
 
