@@ -17,21 +17,36 @@ export PREFECT_API_ENABLE_HTTP2 := false
 export UV_PYTHON_DOWNLOADS := never
 export DO_NOT_TRACK := 1
 
-.PHONY: demo test lint fmt venv clean unit integration server server-stop server-status
+.PHONY: demo test lint fmt venv clean unit integration server server-stop server-status \
+	postgres-start postgres-stop test-many-runs
 
 demo: venv
 	$(BIN)/secmlops run --approve-as demo-approver
 
 # A local Prefect server on 127.0.0.1, port PREFECT_SERVER_PORT (default 4200; state, logs, pids in
 # .secmlops/server/), blocks registered, prefect.yaml deployed, a worker on secmlops-process.
+# DATABASE=postgres: the server on a local PostgreSQL cluster (many runs at once; see below).
 server: venv
-	$(BIN)/secmlops server start
+	$(BIN)/secmlops server start $(if $(DATABASE),--database $(DATABASE))
 
 server-stop: venv
 	$(BIN)/secmlops server stop
 
 server-status: venv
 	$(BIN)/secmlops server status
+
+# A throwaway PostgreSQL cluster on 127.0.0.1 (Debian's postgresql package; data, log and
+# password in .secmlops/server/postgres/) for `make server DATABASE=postgres`, which starts
+# it itself; `make server-stop` stops both.
+postgres-start: venv
+	$(BIN)/secmlops server postgres start
+
+postgres-stop: venv
+	$(BIN)/secmlops server postgres stop
+
+# 10 pipeline runs at once on one Prefect server on PostgreSQL (minutes; not in `make test`).
+test-many-runs: venv
+	$(BIN)/pytest -q -ra -m many_runs tests/e2e/test_many_runs.py
 
 test: venv
 	$(BIN)/pytest -q -ra

@@ -18,6 +18,7 @@ from prefect import flow, get_run_logger
 from flows.approval import await_approval, requested_by
 from flows.artifacts import publish_gate_checks
 from flows.choices import DEFAULT_REGISTRY_NAME, RegistryName
+from flows.stage_lock import stage_lock
 from flows.visibility import visible_run
 from secmlops.catalogue import GateRefusal
 from secmlops.errors import ControlRefused
@@ -91,9 +92,11 @@ def promote(
     policy = load_gate_policy()
     with _gate_checks_published() as reports:
         try:
-            promotion = promote_to_stage_task(
-                models, version, stage, keys=keys, policy=policy, actor=ACTOR
-            )
+            # One stage-pointer move of this model at a time (issue 11), never while paused.
+            with stage_lock(model):
+                promotion = promote_to_stage_task(
+                    models, version, stage, keys=keys, policy=policy, actor=ACTOR
+                )
         except ControlRefused as exc:
             if not (wait_for_approval and _wants_only_approvals(exc)):
                 raise
@@ -101,9 +104,10 @@ def promote(
             await_approval(
                 models, version, stage, keys=keys, policy=policy, requested_by=requested_by()
             )
-            promotion = promote_to_stage_task(
-                models, version, stage, keys=keys, policy=policy, actor=ACTOR
-            )
+            with stage_lock(model):
+                promotion = promote_to_stage_task(
+                    models, version, stage, keys=keys, policy=policy, actor=ACTOR
+                )
         reports.append(promotion.report)
     return promotion.pointer.to_json()
 
@@ -139,7 +143,7 @@ def rollback(
             location, endpoint and credentials are the site's); default: its first entry.
     """
     models = _open(model, registry)
-    with _gate_checks_published() as reports:
+    with _gate_checks_published() as reports, stage_lock(model):
         promotion = rollback_stage_task(
             models,
             stage,

@@ -1,7 +1,8 @@
 """The secure training pipeline: one Prefect flow from pinned data to a verified production model.
 
     pull data (DVC, pinned rev) -> validate schema (pandera) -> scan image (Trivy)
-      -> train + evaluate (dvc repro) -> scan model files -> sign model + attest provenance
+      -> sign image (cosign) -> train + evaluate (dvc repro) -> scan model files
+      -> sign model + attest provenance
       -> register version -> [approval: staging] -> deploy staging (gate) -> smoke test
       -> [approval: production] -> promote production (gate)
 
@@ -14,6 +15,7 @@ Run it: ``secmlops run --approve-as demo-approver`` (or ``make demo``).
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import uuid
 from pathlib import Path
@@ -32,6 +34,7 @@ from flows.choices import (
     RegistryName,
 )
 from flows.run_record import current_run_record
+from flows.stage_lock import stage_lock
 from flows.summary import RunSummary
 from flows.visibility import visible_run
 from ml.model import load_model
@@ -39,9 +42,11 @@ from ml.stages import write_held_out_sample
 from secmlops.controls.data import data_pull_statement
 from secmlops.controls.image_scan import enforce_scan_policy, image_scan_statement
 from secmlops.controls.model_scan import model_scan_statement
+from secmlops.controls.signing import ModelSignature
 from secmlops.controls.smoke_test import smoke_test_statement
 from secmlops.controls.training import provenance_statement
 from secmlops.controls.validation import validation_statement
+from secmlops.errors import InputError
 from secmlops.evidence.keys import KeyDirectory
 from secmlops.evidence.predicates import (
     DatasetSelection,
@@ -61,12 +66,13 @@ from secmlops.site import redact_url
 from tasks.data import create_demo_data_registry_task, pull_dataset_task
 from tasks.deploy import promote_to_stage_task
 from tasks.image_scan import build_serving_image_task, scan_image_task, seed_trivy_db_task
+from tasks.image_signing import sign_image_task
 from tasks.model_scan import scan_model_task
 from tasks.release import register_release_task
-from tasks.signing import sign_model_task
+from tasks.signing import require_signing_ready, sign_model_for_site_task
 from tasks.smoke_test import smoke_test_stage_task
 from tasks.training import train_model_task
-from tasks.validation import load_site_schema_task, validate_dataset_task
+from tasks.validation import load_site_schema_task, validate_dataset_reusing
 
 BUILDER_ID = "https://secmlops.dev/builders/prefect-secure-training/v1"
 
@@ -181,6 +187,8 @@ def _run(
     # The attestor signs where the site keeps its key (SECMLOPS_ATTESTOR_SIGNER: an
     # encrypted PEM or KMS), checked against the trust root before anything is signed.
     evidence = ReleaseEvidence(keys.signer("attestor"))
+    # Keyless signing needs the CI's OIDC token: without one, refuse now, not after training.
+    require_signing_ready(policy.sources.signing)
 
     with summary.stage("pull-data") as st:
         pulled = pull_dataset_task(
@@ -190,6 +198,7 @@ def _run(
             workdir / "data",
             allowed_remotes=allowed_remotes,
             s3_endpoint_url=data.s3_endpoint_url,
+            aws_profile=data.aws_profile,
             git_credentials=data.git_credentials,
         )
         evidence.add("data-pull", data_pull_statement(pulled))
@@ -203,19 +212,53 @@ def _run(
             allowed_modules=policy.sources.allowed_schema_modules,
             sha256=data.schema_sha256,
         )
-        validated = validate_dataset_task(pulled.local_path, schema)
+        # Cached on (pulled digest, schema digest, policy, versions); the evidence says when
+        # a result was reused. Under the schema's quarantine policy, training gets the
+        # clean rows (their file's digest is a subject of the validation statement).
+        validated = validate_dataset_reusing(
+            pulled.local_path,
+            schema,
+            data_sha256=pulled.sha256,
+            quarantine_dir=workdir / "validated",
+        )
         evidence.add("validation", validation_statement(validated))
-        st.detail = f"{validated.rows} rows pass {validated.schema_name}"
+        train_data, train_sha = validated.training_data
+        st.detail = f"{validated.rows} rows pass {validated.schema_name} ({validated.backend})"
+        if validated.quarantine is not None:
+            st.detail += f"; {validated.quarantine.describe()}"
+        if validated.cached:
+            st.detail += f"; reused from run {validated.run_id}"
 
     with summary.stage("scan-image") as st:
         scanned = scan_image_task(image, cache_dir, policy.scan, demo_image=built)
         verdict = enforce_scan_policy(scanned, policy.scan, trusted_db_sha256=trivy_db.sha256)
-        evidence.add("image-scan", image_scan_statement(scanned, verdict))
+        scan_statement = image_scan_statement(scanned, verdict)
+        evidence.add("image-scan", scan_statement)
         st.detail = f"{verdict.summary()}; DB {scanned.db.source}"
+
+    with summary.stage("sign-image") as st:
+        # The image that passed the scan, signed the cosign way (keyed by its registry
+        # manifest digest, naming the site's repository) with the scan attested; the
+        # layout is stored with the version and the deploy gate re-verifies it.
+        repository = image.signed_repository
+        if repository is None:
+            raise InputError(
+                f"the site's image {run.image_name} names no repository to sign it for",
+                where=f"sources.images.{run.image_name}.repository",
+                fix="set the repository the image is served from in the policy file",
+            )
+        signed_image = sign_image_task(
+            built.path if built else Path(image.target),
+            repository=repository,
+            signer=keys.signer("attestor"),
+            scan_statement=scan_statement,
+            out_dir=workdir / "image.cosign",
+        )
+        st.detail = f"{signed_image.reference} signed; scan attested (cosign .sig/.att)"
 
     with summary.stage("train-evaluate") as st:
         trained = train_model_task(
-            pulled.local_path, workspace=workdir / "train", project_dir=project_root()
+            train_data, workspace=workdir / "train", project_dir=project_root()
         )
         st.detail = ", ".join(
             f"{k}={v:.3f}" for k, v in sorted(trained.metrics.items()) if isinstance(v, float)
@@ -228,16 +271,20 @@ def _run(
 
     with summary.stage("sign-attest") as st:
         signature_path = workdir / "model.sig"
-        signed = sign_model_task(
-            trained.model_dir,
-            private_key=keys.require(keys.private("model-signer")),
-            signature=signature_path,
+        # The site's method and key (sources.signing of the policy), never a run parameter.
+        signed = sign_model_for_site_task(
+            trained.model_dir, signature_path, policy.sources.signing, keys
         )
         evidence.add(
             "provenance",
             provenance_statement(
                 trained,
                 dataset_sha256=pulled.sha256,
+                trained_on=(
+                    (f"clean/{train_data.name}", train_sha)
+                    if validated.quarantine is not None
+                    else None
+                ),
                 dataset_uri=f"{repo}#{data.path}@{pulled.commit}",
                 dataset_commit=pulled.commit,
                 builder_id=BUILDER_ID,
@@ -263,7 +310,7 @@ def _run(
             ),
         )
         # sign_model hashed the tree already (and checked it did not change while signing).
-        st.detail = f"model sha256 {signed.model_digest[:12]}… signed (model-signing, EC key)"
+        st.detail = f"model sha256 {signed.model_digest[:12]}… signed ({_signed_how(signed)})"
 
     with summary.stage("register") as st:
         registered = register_release_task(
@@ -285,6 +332,7 @@ def _run(
                 builder=BUILDER_ID,
                 created_by=record.worker,
                 started_by=record.started_by,
+                image_signature=signed_image.layout,
             ),
             attestor=evidence.key,
         )
@@ -321,42 +369,58 @@ def _run(
             st.evidence = [models.store.describe(k) for k in approvals.evidence_keys]
 
     approve("staging")
-    with summary.stage("deploy-staging") as st:
-        promoted = promote_to_stage_task(
-            models, version, "staging", keys=keys, policy=policy, actor=actor
-        )
-        st.gate = promoted.report
-        st.detail = f"{len(promoted.report.checks)} gate checks passed; VSA written"
-        st.evidence = [models.store.describe(promoted.vsa_key)]
+    # One stage-pointer move of this model at a time (issue 11): held from the gate's read
+    # of the pointer until the smoke test saw staging serve this version; never while
+    # paused for an approval.
+    with contextlib.ExitStack() as locked:
+        with summary.stage("deploy-staging") as st:
+            lock = locked.enter_context(stage_lock(models.model))
+            promoted = promote_to_stage_task(
+                models, version, "staging", keys=keys, policy=policy, actor=actor
+            )
+            st.gate = promoted.report
+            st.detail = f"{len(promoted.report.checks)} gate checks passed; VSA written"
+            st.detail += lock.note()
+            st.evidence = [models.store.describe(promoted.vsa_key)]
 
-    with summary.stage("smoke-test-staging") as st:
-        sample = workdir / "held-out.csv"
-        write_held_out_sample(pulled.local_path, trained.params, sample)
-        smoke = smoke_test_stage_task(
-            models,
-            "staging",
-            sample,
-            keys=keys,
-            loader=load_model,
-            min_accuracy=policy.min_smoke_accuracy,
-            expect_version=version,
-            policy=policy,
-        )
-        key, _ = models.put_evidence(
-            version,
-            stamped("smoke-test-staging"),
-            sign_statement(smoke_test_statement(smoke), evidence.key),
-        )
-        st.detail = f"accuracy {smoke.accuracy:.3f} on {smoke.rows} rows"
-        st.evidence = [models.store.describe(key)]
+        with summary.stage("smoke-test-staging") as st:
+            sample = workdir / "held-out.csv"
+            write_held_out_sample(train_data, trained.params, sample)
+            smoke = smoke_test_stage_task(
+                models,
+                "staging",
+                sample,
+                keys=keys,
+                loader=load_model,
+                min_accuracy=policy.min_smoke_accuracy,
+                expect_version=version,
+                policy=policy,
+            )
+            key, _ = models.put_evidence(
+                version,
+                stamped("smoke-test-staging"),
+                sign_statement(smoke_test_statement(smoke), evidence.key),
+            )
+            st.detail = f"accuracy {smoke.accuracy:.3f} on {smoke.rows} rows"
+            st.evidence = [models.store.describe(key)]
 
     if run.parameters["promote_to_production"]:
         approve("production")
-        with summary.stage("promote-production") as st:
+        with summary.stage("promote-production") as st, stage_lock(models.model) as lock:
             promoted = promote_to_stage_task(
                 models, version, "production", keys=keys, policy=policy, actor=actor
             )
             st.gate = promoted.report
             st.detail = f"production -> {version}; {len(promoted.report.checks)} gate checks passed"
+            st.detail += lock.note()
             st.evidence = [models.store.describe(models.stage_key("production"))]
     shutil.rmtree(workdir / "train", ignore_errors=True)
+
+
+def _signed_how(signed: ModelSignature) -> str:
+    """How the model was signed, for the run summary."""
+    if signed.method == "certificate":
+        return f"model-signing, certificate {signed.certificate_subject}"
+    if signed.method == "key":
+        return "model-signing, EC key"
+    return "Sigstore keyless"

@@ -38,15 +38,16 @@ def pull_dataset_task(
     *,
     allowed_remotes: Sequence[str],
     s3_endpoint_url: str | None = None,
+    aws_profile: str | None = None,
     git_credentials: str | None = None,
     timeout: float = 300,
 ) -> DatasetPull:
     """Prefect task: :func:`pull_dataset` (idempotent, so infrastructure failures retry).
 
-    ``repo``, ``allowed_remotes``, ``s3_endpoint_url`` and ``git_credentials`` (the name of a
-    saved ``SecMLOps Git Credentials`` block, loaded here so the token never is a task input)
-    come from the site's dataset entry (``sources.datasets``), never from a run parameter;
-    ``rev`` is a tag or full commit sha.
+    ``repo``, ``allowed_remotes``, ``s3_endpoint_url``, ``aws_profile`` and
+    ``git_credentials`` (the name of a saved ``SecMLOps Git Credentials`` block, loaded here so
+    the token never is a task input) come from the site's dataset entry
+    (``sources.datasets``), never from a run parameter; ``rev`` is a tag or full commit sha.
     """
     git_auth = None
     if git_credentials:
@@ -69,6 +70,7 @@ def pull_dataset_task(
         allowed_remotes=allowed_remotes,
         git_auth=git_auth,
         s3_endpoint_url=s3_endpoint_url,
+        aws_profile=aws_profile,
         timeout=timeout,
     )
 

@@ -604,25 +604,43 @@ def _render_run(result: dict[str, Any]) -> str:
 @app.command()
 def validate(
     data: Annotated[
-        Path, typer.Argument(parser=_existing_file, help="Dataset file (CSV or parquet).")
+        Path, typer.Argument(parser=_existing_file, help="Dataset file (.csv or .parquet).")
     ],
     schema: Annotated[
         str,
-        typer.Option(parser=_text_option, help="pandera schema 'module:Class' or 'file.py:Class'."),
+        typer.Option(
+            parser=_text_option,
+            help="pandera schema 'module:Class' or 'file.py:Class' (pandera.pandas or "
+            "pandera.polars).",
+        ),
     ],
+    quarantine_dir: Annotated[
+        Path | None,
+        typer.Option(
+            parser=_dir_or_new,
+            help="Where the clean and quarantined rows go when the schema's quarantine "
+            "policy applies (default: beside the dataset).",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Validate a dataset against a pandera schema."""
+    """Validate a dataset against a pandera schema (exit 0 passed, 1 refused, 2 bad input).
+
+    A polars schema scans Parquet lazily; a pandas schema reads the file into pandas.
+    """
     from secmlops.controls.validation import validate_dataset
 
     _import_project_code(need_flow=False)
-    result = validate_dataset(data, schema)
-    _emit(
-        result.to_json(),
-        as_json,
+    result = validate_dataset(data, schema, quarantine_dir=quarantine_dir)
+    text = (
         f"PASSED: {data} ({result.rows} rows, sha256 {result.data_sha256[:12]}…) "
-        f"matches {result.schema_name}",
+        f"matches {result.schema_name} ({result.backend})"
     )
+    if result.quarantine is not None:
+        text += f"\nQUARANTINED: {result.quarantine.describe()}"
+        text += "".join(f"\n  - {f.describe()}" for f in result.quarantine.failures)
+        text += f"\ntrain on: {result.quarantine.clean_path}"
+    _emit(result.to_json(), as_json, text)
 
 
 @app.command("scan-image")
@@ -707,23 +725,170 @@ def scan_model(
     )
 
 
+def _sign_method_option(value: str) -> str:
+    """``sign --method``: key, certificate or sigstore."""
+    _text_option(value)
+    if value not in ("key", "certificate", "sigstore"):
+        raise typer.BadParameter(
+            f"{value[:60]!r} is not a method; use key, certificate or sigstore"
+        )
+    return value
+
+
+def _signed_at_option(value: str) -> Any:
+    """``--signed-at``: an ISO 8601 time with a time zone (e.g. 2026-01-31T12:00:00Z)."""
+    import datetime as dt
+
+    _text_option(value)
+    try:
+        when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise typer.BadParameter(f"{value[:60]!r} is not an ISO 8601 time") from None
+    if when.tzinfo is None:
+        raise typer.BadParameter(f"{value[:60]!r} has no time zone (add Z or +00:00)")
+    return when
+
+
+#: Units of ``--shard-size`` (binary: 256M is 256 MiB).
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_MIN_SHARD = 1 << 20
+
+
+def _shard_size_option(value: str) -> int:
+    """``--shard-size``: bytes, or a number with K, M, G or T (KiB, MiB, GiB, TiB; an
+    optional ``iB``/``B``), at least 1M (smaller shards only bloat the signature)."""
+    import re
+
+    _text_option(value)
+    match = re.fullmatch(r"\s*([0-9]{1,16})\s*([KMGT]?)(?:i?B)?\s*", value, re.IGNORECASE)
+    if match is None:
+        raise typer.BadParameter(
+            f"{value[:60]!r} is not a size; use bytes or a number with K, M, G (e.g. 256M, 1G)"
+        )
+    size = int(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]
+    if size < _MIN_SHARD:
+        raise typer.BadParameter(
+            f"{value[:60]!r} is {size} bytes; a shard is at least 1M (1048576 bytes)"
+        )
+    return size
+
+
 @app.command()
 def sign(
     model_dir: Annotated[
         Path, typer.Argument(parser=_existing_dir, help="Model directory to sign.")
     ],
-    key: Annotated[Path, typer.Option("--key", parser=_existing_file, help="PEM EC private key.")],
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method", parser=_sign_method_option, help="key, certificate or sigstore (keyless)."
+        ),
+    ] = "key",
+    key: Annotated[
+        Path | None,
+        typer.Option(
+            "--key", parser=_existing_file, help="PEM EC private key (key and certificate)."
+        ),
+    ] = None,
+    certificate: Annotated[
+        Path | None,
+        typer.Option(
+            parser=_existing_file, help="Signing certificate (PEM; --method certificate)."
+        ),
+    ] = None,
+    certificate_chain: Annotated[
+        list[Path] | None,
+        typer.Option(
+            parser=_existing_file,
+            help="CA certificates of the chain (PEM; repeatable; --method certificate).",
+        ),
+    ] = None,
+    trust_config: Annotated[
+        Path | None,
+        typer.Option(
+            parser=_existing_file,
+            help="Sigstore client trust config (--method sigstore; default: public instance).",
+        ),
+    ] = None,
     signature: Annotated[
         Path | None,
         typer.Option(parser=_file_or_new, help="Signature file (default MODEL_DIR.sig)."),
     ] = None,
+    shard_size: Annotated[
+        int | None,
+        typer.Option(
+            "--shard-size",
+            parser=_shard_size_option,
+            help="Sign a sharded manifest (e.g. 256M, 1G): faster for very large single "
+            "files; verifies with secmlops and model-signing's library, not its 1.1.1 CLI.",
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Sign a model directory with OpenSSF model-signing and a local key."""
-    from secmlops.controls.signing import sign_model
-
+    """Sign a model directory (OpenSSF model-signing bundle) with a key, a certificate, or
+    Sigstore keyless (an ambient OIDC token; needs network access to Fulcio and Rekor)."""
+    needs = {
+        "key": {"--key": key},
+        "certificate": {"--key": key, "--certificate": certificate},
+        "sigstore": {},
+    }[method]
+    allowed = {
+        "key": {"--key"},
+        "certificate": {"--key", "--certificate", "--certificate-chain"},
+        "sigstore": {"--trust-config"},
+    }[method]
+    given = {
+        name
+        for name, value in (
+            ("--key", key),
+            ("--certificate", certificate),
+            ("--certificate-chain", certificate_chain),
+            ("--trust-config", trust_config),
+        )
+        if value
+    }
+    missing = [name for name, value in needs.items() if value is None]
+    if missing or given - allowed:
+        problem = (
+            f"needs {' and '.join(missing)}"
+            if missing
+            else f"does not take {', '.join(sorted(given - allowed))}"
+        )
+        raise InputError(
+            f"sign --method {method} {problem}",
+            fix="key: --key; certificate: --key, --certificate [--certificate-chain]; "
+            "sigstore: [--trust-config]",
+        )
     out = signature or model_dir.parent / f"{model_dir.name}.sig"
-    sign_model(model_dir, private_key=key, signature=out)
-    typer.echo(f"signed {model_dir} -> {out}")
+    if method == "sigstore":
+        from secmlops.controls.signing_sigstore import sign_model_keyless
+
+        signed = sign_model_keyless(
+            model_dir, signature=out, trust_config=trust_config, shard_size=shard_size
+        )
+    else:
+        from secmlops.controls.signing import (
+            CertificateSigner,
+            KeySigner,
+            ModelSigner,
+            sign_model_with,
+        )
+
+        assert key is not None  # noqa: S101 - checked above
+        signer: ModelSigner = (
+            CertificateSigner.from_files(
+                key, certificate=certificate, chain=list(certificate_chain or [])
+            )
+            if method == "certificate" and certificate is not None
+            else KeySigner.from_pem(key)
+        )
+        signed = sign_model_with(model_dir, signer=signer, signature=out, shard_size=shard_size)
+    manifest = "files" if shard_size is None else f"shards of {shard_size} bytes"
+    _emit(
+        {"model": str(model_dir), **signed.to_json()},
+        as_json,
+        f"signed {model_dir} ({method}, {manifest}; model digest {signed.model_digest}) -> {out}",
+    )
 
 
 @app.command()
@@ -733,14 +898,87 @@ def verify(
         Path, typer.Option(parser=_existing_file, help="model-signing signature bundle.")
     ],
     public_key: Annotated[
-        Path, typer.Option(parser=_existing_file, help="PEM EC public key of the signer.")
-    ],
+        list[Path] | None,
+        typer.Option(parser=_existing_file, help="Trusted PEM EC public key (repeatable)."),
+    ] = None,
+    certificate_chain: Annotated[
+        list[Path] | None,
+        typer.Option(
+            parser=_existing_file,
+            help="Trusted CA certificates, PEM (repeatable, or one bundle file); "
+            "self-signed ones are the roots.",
+        ),
+    ] = None,
+    identity: Annotated[
+        str | None,
+        typer.Option(parser=_text_option, help="Sigstore keyless signer identity (SAN)."),
+    ] = None,
+    issuer: Annotated[
+        str | None,
+        typer.Option(parser=_text_option, help="OIDC issuer URL of the keyless signer."),
+    ] = None,
+    trust_config: Annotated[
+        Path | None,
+        typer.Option(
+            parser=_existing_file,
+            help="Sigstore client trust config (default: the public instance, pinned offline).",
+        ),
+    ] = None,
+    require_rekor: Annotated[
+        bool, typer.Option(help="Keyless: require a Rekor-witnessed signing time.")
+    ] = False,
+    signed_at: Annotated[
+        Any,
+        typer.Option(
+            parser=_signed_at_option,
+            help="Certificate method: check validity at this signing time (default: now).",
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Verify a model directory's model-signing signature."""
-    from secmlops.controls.signing import verify_model_signature
+    """Verify a model directory's model-signing signature against who is trusted: public
+    keys, a CA chain, or a Sigstore identity (offline)."""
+    from secmlops.controls.signer_trust import SignerTrust, verify_signed_model
 
-    verify_model_signature(model_dir, signature=signature, public_key=public_key)
-    typer.echo(f"PASSED: {model_dir} matches {signature}")
+    methods = [
+        name
+        for name, given in (
+            ("--public-key", public_key),
+            ("--certificate-chain", certificate_chain),
+            ("--identity/--issuer", identity or issuer or trust_config or require_rekor),
+        )
+        if given
+    ]
+    fix = (
+        "give exactly one of --public-key PUB, --certificate-chain CA.pem, "
+        "or --identity ID --issuer URL [--trust-config FILE] [--require-rekor]"
+    )
+    if len(methods) != 1:
+        what = "no signer to trust" if not methods else f"both {' and '.join(methods)}"
+        raise InputError(f"verify got {what}", fix=fix)
+    if (identity or issuer or trust_config or require_rekor) and not (identity and issuer):
+        raise InputError("verify needs --identity and --issuer together", fix=fix)
+    if signed_at is not None and not certificate_chain:
+        raise InputError("--signed-at applies to --certificate-chain only", fix=fix)
+    trust = SignerTrust.from_files(
+        public_keys=public_key or [],
+        certificate_chain=certificate_chain or [],
+        identities=[(identity, issuer)] if identity and issuer else [],
+        trust_config=trust_config,
+        require_rekor=require_rekor,
+        source="command-line options",
+    )
+    # Each byte hashed once: a sharded signature reports its manifest's digest, not the
+    # whole-file tree_digest (docs/signing.md, "files or shards").
+    signer = verify_signed_model(
+        model_dir, signature=signature, trust=trust, signed_at=signed_at, whole_files=False
+    )
+    by = f"{signer.identity}" + (f" ({signer.issuer})" if signer.issuer else "")
+    _emit(
+        {"model": str(model_dir), "signature": str(signature), **signer.to_json()},
+        as_json,
+        f"PASSED: {model_dir} matches {signature}, signed by {signer.method} {by}",
+    )
 
 
 @app.command()
@@ -1020,6 +1258,32 @@ def trust_show(keys: KeysOpt = None, as_json: JsonOpt = False) -> None:
         for subject in root.subjects()
         for entry in root.entries_for(subject)
     ]
+    certificates = [
+        {
+            "subject": ca.subject,
+            "fingerprint": ca.fingerprint,
+            "ca": ca.name,
+            "certificate_not_before": ca.certificate.not_valid_before_utc,
+            "certificate_not_after": ca.certificate.not_valid_after_utc,
+            "not_before": ca.window.not_before,
+            "not_after": ca.window.not_after,
+            "demo": ca.demo,
+            "source": ca.source,
+        }
+        for ca in root.certificates
+    ]
+    identities = [
+        {
+            "subject": i.subject,
+            "identity": i.identity,
+            "issuer": i.issuer,
+            "trust_config": i.trust_config,
+            "require_rekor": i.require_rekor,
+            "not_before": i.window.not_before,
+            "not_after": i.window.not_after,
+        }
+        for i in root.identities
+    ]
     lines = [f"trust root {root.path}"]
     for subject in root.subjects():
         lines.append(f"  {subject}:")
@@ -1027,7 +1291,27 @@ def trust_show(keys: KeysOpt = None, as_json: JsonOpt = False) -> None:
             flags = " demo" if entry.demo else ""
             source = f" ({entry.source})" if entry.source else ""
             lines.append(f"    {entry.key_id[:16]}  valid {entry.window.describe()}{flags}{source}")
-    _emit({"path": str(root.path), "keys": rows}, as_json, "\n".join(lines))
+        for ca in (c for c in root.certificates if c.subject == subject):
+            flags = " demo" if ca.demo else ""
+            lines.append(
+                f"    CA {ca.fingerprint[:16]}  {ca.name}  valid {ca.window.describe()}{flags}"
+            )
+        for i in (i for i in root.identities if i.subject == subject):
+            rekor = "Rekor entry required" if i.require_rekor else "no Rekor entry required"
+            lines.append(
+                f"    identity {i.identity}  issuer {i.issuer}  trust {i.trust_config}; "
+                f"{rekor}; valid {i.window.describe()}"
+            )
+    _emit(
+        {
+            "path": str(root.path),
+            "keys": rows,
+            "certificates": certificates,
+            "identities": identities,
+        },
+        as_json,
+        "\n".join(lines),
+    )
 
 
 @trust_app.command("add-key")
@@ -1072,6 +1356,89 @@ def trust_add_key(
     typer.echo(
         f"{role}: added key {entry.key_id[:16]}… (valid {entry.window.describe()}) to {path}"
     )
+
+
+@trust_app.command("add-ca")
+def trust_add_ca(
+    certificate: Annotated[
+        Path,
+        typer.Argument(help="PEM CA certificate of the PKI issuing model-signing certificates."),
+    ],
+    not_before: Annotated[
+        str | None, typer.Option("--not-before", help="Valid from (ISO 8601 or 'now').")
+    ] = None,
+    not_after: Annotated[
+        str | None, typer.Option("--not-after", help="Valid until (ISO 8601 or 'now').")
+    ] = None,
+    keys: KeysOpt = None,
+) -> None:
+    """Trust models signed with a certificate issued under this CA (role model-signer; the
+    leaf is checked at the release's signed time)."""
+    from cryptography import x509
+
+    from secmlops.evidence.trust_root import TrustRoot
+
+    try:
+        loaded = x509.load_pem_x509_certificates(certificate.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise InputError(
+            f"{certificate} is not a readable PEM certificate: {exc}",
+            where=str(certificate),
+            fix="give the CA certificate as PEM (-----BEGIN CERTIFICATE-----)",
+        ) from exc
+    if len(loaded) != 1:
+        raise InputError(
+            f"{certificate} holds {len(loaded)} certificates",
+            where=str(certificate),
+            fix="add each CA certificate on its own",
+        )
+    directory = _keys(keys)
+    path = directory.trust_root_file
+    root = TrustRoot.load(path) if path.exists() else TrustRoot(path)
+    updated = root.with_ca_certificate(
+        loaded[0],
+        not_before=_time_option(not_before, "--not-before"),
+        not_after=_time_option(not_after, "--not-after"),
+        source=str(certificate),
+    )
+    updated.save()
+    ca = updated.certificates[-1]
+    typer.echo(f"model-signer: added CA {ca.name} ({ca.fingerprint[:16]}…) to {path}")
+
+
+@trust_app.command("add-identity")
+def trust_add_identity(
+    identity: Annotated[
+        str, typer.Argument(help="Certificate identity (SAN): an email or a workflow URI.")
+    ],
+    issuer: Annotated[str, typer.Option("--issuer", help="OIDC issuer URL (https://...).")],
+    trust_config: Annotated[
+        str,
+        typer.Option(
+            "--trust-config",
+            help="'sigstore-production' or a Sigstore client trust config file (private instance).",
+        ),
+    ] = "sigstore-production",
+    no_rekor: Annotated[
+        bool,
+        typer.Option("--no-rekor", help="Do not require a Rekor inclusion proof in the bundle."),
+    ] = False,
+    keys: KeysOpt = None,
+) -> None:
+    """Trust models signed keyless through Sigstore by IDENTITY from --issuer (role
+    model-signer; verified offline against the trust config)."""
+    from secmlops.evidence.trust_root import TrustRoot
+
+    directory = _keys(keys)
+    path = directory.trust_root_file
+    root = TrustRoot.load(path) if path.exists() else TrustRoot(path)
+    if trust_config != "sigstore-production":
+        trust_config = str(Path(trust_config).resolve())  # given relative to here
+    updated = root.with_identity(
+        identity, issuer, trust_config=trust_config, require_rekor=not no_rekor
+    )
+    updated.save()
+    typer.echo(f"model-signer: added Sigstore identity {identity} (issuer {issuer}) to {path}")
 
 
 @trust_app.command("retire")

@@ -223,10 +223,19 @@ def promote_to_stage(
             reason="lost the race to move the stage pointer; this VSA never served",
             **facts,
         )
+        command = (
+            f"secmlops rollback {models.model} --stage {stage}"
+            if reason == "rollback"
+            else f"secmlops promote {models.model} {version} --stage {stage}"
+        )
         raise WriteConflict(
             f"{stage} pointer moved while promoting {version}: {exc.message}",
             where=exc.where,
-            fix=exc.fix,
+            # The store's own fix (register a new version) is wrong here: nothing of this
+            # version was overwritten; another promotion simply moved the pointer first.
+            fix=f"another promotion moved the {stage} pointer first and {version} was not "
+            f"deployed (its VSA is marked superseded); check what {stage} serves now and, "
+            f"if {version} should still go there, re-run `{command}`",
             details={**exc.details, "vsa": vsa_key, "superseded": True},
             reason=DeployRefusal.POINTER_RACE_LOST,
             result=report,

@@ -12,6 +12,13 @@ Settings (the environment): ``PREFECT_SERVER_PORT`` (default 4200) and
 ``PREFECT_SERVER_API_AUTH_STRING`` (``user:password``; the server then asks for basic auth and
 every client this module starts gets the same value as ``PREFECT_API_AUTH_STRING``).
 
+The database: SQLite in ``PREFECT_HOME`` by default. ``start --database postgres`` starts a
+local PostgreSQL cluster (:mod:`secmlops.local_postgres`, in ``<state home>/server/postgres``)
+and puts the server on it, for many runs at once; ``stop`` stops it too. A site's own
+PostgreSQL: set ``PREFECT_SERVER_DATABASE_CONNECTION_URL`` (or Prefect's older
+``PREFECT_API_DATABASE_CONNECTION_URL``). The URL (a password in it) reaches the server
+only, never the worker, the flow runs or the set-up commands.
+
 :func:`enter_project_checkout` is the pull step ``prefect.yaml`` names: on the worker, at run
 time, it enters the checkout the worker runs from, so no deploying machine's path is stored in
 the deployment.
@@ -19,6 +26,7 @@ the deployment.
 Example::
 
     secmlops server start     # UI at http://127.0.0.1:4200
+    secmlops server start --database postgres
     secmlops server status
     secmlops server stop
 """
@@ -37,12 +45,13 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
 from secmlops._internal.toolrun import resolve_binary, run_tool, tool_env
 from secmlops.errors import InputError, ToolError
+from secmlops.local_postgres import postgres_status, start_postgres, stop_postgres
 from secmlops.settings import project_root, state_home
 
 #: The process work pool every deployment in ``prefect.yaml`` uses.
@@ -70,6 +79,19 @@ _FOREIGN_PREFECT_VARS = frozenset(
         SERVER_AUTH_VAR,
     }
 )
+#: Where the server's database is (a password in the URL): for the server's eyes only.
+DATABASE_URL_VARS = (
+    "PREFECT_SERVER_DATABASE_CONNECTION_URL",
+    "PREFECT_API_DATABASE_CONNECTION_URL",
+)
+_SERVER_ONLY_VARS = frozenset(
+    {
+        *DATABASE_URL_VARS,
+        "PREFECT_SERVER_DATABASE_PASSWORD",
+        "PREFECT_API_DATABASE_PASSWORD",
+    }
+)
+Database = Literal["sqlite", "postgres"]
 
 Say = Callable[[str], None]
 
@@ -110,6 +132,16 @@ class ServerFiles:
         """The API URL the running server was started with (the port may differ per start)."""
         return self.root / "api-url"
 
+    @property
+    def postgres(self) -> Path:
+        """The local PostgreSQL cluster of ``start --database postgres``."""
+        return self.root / "postgres"
+
+    @property
+    def database(self) -> Path:
+        """What database the running server was started on (``sqlite``, ``postgres``, ...)."""
+        return self.root / "database"
+
 
 def server_files() -> ServerFiles:
     """The local server's files, below the state home (``SECMLOPS_HOME``, else ``.secmlops``)."""
@@ -126,6 +158,9 @@ class ServerStatus:
     worker_pid: int | None
     auth: bool = False
     already_running: bool = False
+    #: The database the server runs on: ``sqlite``, ``postgres`` (the local cluster, with
+    #: where it is) or ``external`` (PREFECT_SERVER_DATABASE_CONNECTION_URL).
+    database: str = "sqlite"
 
     @property
     def running(self) -> bool:
@@ -335,7 +370,40 @@ def _wait_worker_online(api_url: str, auth: str | None, pid: int, files: ServerF
 
 
 def _prefect_names() -> list[str]:
-    return [k for k in os.environ if k.startswith("PREFECT_") and k not in _FOREIGN_PREFECT_VARS]
+    """The Prefect settings a client (set-up command, worker) takes: not the foreign ones, and
+    not the server's database URL."""
+    return [
+        k
+        for k in os.environ
+        if k.startswith("PREFECT_") and k not in _FOREIGN_PREFECT_VARS | _SERVER_ONLY_VARS
+    ]
+
+
+def _external_database_var() -> str | None:
+    """The database URL variable the operator set (a site's own PostgreSQL), if any."""
+    return next((k for k in DATABASE_URL_VARS if os.environ.get(k, "").strip()), None)
+
+
+def _server_database(
+    files: ServerFiles, database: Database | None, say: Say
+) -> tuple[str, dict[str, str]]:
+    """Which database the server is started on, and the variables that point it there."""
+    external = _external_database_var()
+    if external is not None:
+        if database is not None:
+            raise InputError(
+                f"--database {database} and {external} both choose the server's database",
+                where=external,
+                fix=f"unset {external}, or drop --database to use the database it names",
+            )
+        return "external", {external: os.environ[external]}
+    if database == "postgres":
+        cluster = start_postgres(files.postgres)
+        say(f"PostgreSQL runs at {cluster.describe()} (log: {cluster.log})")
+        return f"postgres {cluster.describe()}", {
+            "PREFECT_SERVER_DATABASE_CONNECTION_URL": cluster.connection_url()
+        }
+    return "sqlite", {}
 
 
 def _client_extra(files: ServerFiles, api_url: str, auth: str | None) -> dict[str, str]:
@@ -363,9 +431,9 @@ def _worker_env(
 ) -> dict[str, str]:
     # The worker runs the pipeline, which needs what the operator configured for it (AWS
     # credentials for an S3 registry, SECMLOPS_KEYS, ...): it inherits the environment, less
-    # the Prefect variables that would send it to another server. Each tool a flow runs is
-    # still given only its own allow-list by toolrun.
-    allow = [k for k in os.environ if k not in _FOREIGN_PREFECT_VARS]
+    # the Prefect variables that would send it to another server and the server's database
+    # URL. Each tool a flow runs is still given only its own allow-list by toolrun.
+    allow = [k for k in os.environ if k not in _FOREIGN_PREFECT_VARS | _SERVER_ONLY_VARS]
     return tool_env(allow, {**_client_extra(files, api_url, auth), **_project_extra(project)})
 
 
@@ -379,26 +447,49 @@ def server_status() -> ServerStatus:
     api_url = None
     if server_pid is not None and files.api_url.is_file():
         api_url = files.api_url.read_text().strip() or None
+    database = "sqlite"
+    if server_pid is not None and files.database.is_file():
+        database = files.database.read_text().strip() or "sqlite"
     return ServerStatus(
         files=files,
         api_url=api_url,
         server_pid=server_pid,
         worker_pid=_running_pid(files.worker_pid),
         auth=_auth_string() is not None,
+        database=database,
     )
 
 
-def start_local_server(port: int | None = None, say: Say = lambda _: None) -> ServerStatus:
+def start_local_server(
+    port: int | None = None,
+    say: Say = lambda _: None,
+    *,
+    database: Database | None = None,
+    worker_limit: int | None = None,
+) -> ServerStatus:
     """Start (or complete) the local server, its blocks, deployments and worker.
 
     Idempotent: with the server and its worker running, nothing is started. With the server
     running but no worker (an earlier start failed half-way), the set-up steps run again
     against it (each is idempotent) and a worker is started. Raises ``ToolError`` naming the
     log when a step fails, ``InputError`` for a bad port or auth string, or a taken port.
+
+    ``database``: ``None`` or ``sqlite`` for SQLite in ``PREFECT_HOME`` (or the database
+    ``PREFECT_SERVER_DATABASE_CONNECTION_URL`` names, with ``None``), ``postgres`` for a local
+    PostgreSQL cluster started here (``InputError`` if the running server is on another
+    database). ``worker_limit``: how many flow runs the worker runs at once (default: no limit).
     """
     files = server_files()
     auth = _auth_string()
     status = server_status()
+    if database is not None and status.server_pid is not None:
+        running_on = status.database.split(" ", 1)[0]
+        if running_on != database:
+            raise InputError(
+                f"the local server already runs on {running_on}, not {database}",
+                where=str(files.database),
+                fix="stop it first (`make server-stop`), then start it on the other database",
+            )
     if status.running:
         return replace(status, already_running=True)
 
@@ -419,6 +510,7 @@ def start_local_server(port: int | None = None, say: Say = lambda _: None) -> Se
     files.worker_pid.unlink(missing_ok=True)
 
     server_pid = status.server_pid
+    database_kind = status.database
     if server_pid is None or status.api_url is None:
         port = configured_port() if port is None else port
         api_url = f"http://{HOST}:{port}/api"
@@ -428,13 +520,18 @@ def start_local_server(port: int | None = None, say: Say = lambda _: None) -> Se
                 where=f"{PORT_VAR}={port}",
                 fix=f"stop that program, or choose another port: {PORT_VAR}=4201 make server",
             )
-        say(f"starting the Prefect server on {HOST}:{port} (log: {files.server_log})")
+        database_kind, database_env = _server_database(files, database, say)
+        say(
+            f"starting the Prefect server on {HOST}:{port}, database {database_kind} "
+            f"(log: {files.server_log})"
+        )
         server_env = tool_env(
             _prefect_names(),
             {
                 "PREFECT_HOME": str(files.prefect_home),
                 "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                 **({SERVER_AUTH_VAR: auth} if auth else {}),
+                **database_env,
             },
         )
         server_pid = _launch(
@@ -445,6 +542,7 @@ def start_local_server(port: int | None = None, say: Say = lambda _: None) -> Se
         )
         files.server_pid.write_text(f"{server_pid}\n")
         files.api_url.write_text(f"{api_url}\n")
+        files.database.write_text(f"{database_kind}\n")
         _wait_healthy(api_url, server_pid, files)
     else:
         api_url = status.api_url
@@ -489,8 +587,9 @@ def start_local_server(port: int | None = None, say: Say = lambda _: None) -> Se
     setup("deploying prefect.yaml", "deploy", "--all")
 
     say(f"starting a worker on pool {WORK_POOL} (log: {files.worker_log})")
+    limit = [] if worker_limit is None else ["--limit", str(worker_limit)]
     worker_pid = _launch(
-        [prefect, "worker", "start", "--pool", WORK_POOL],
+        [prefect, "worker", "start", "--pool", WORK_POOL, *limit],
         env=_worker_env(files, api_url, auth, project),
         cwd=project,
         log=files.worker_log,
@@ -503,6 +602,7 @@ def start_local_server(port: int | None = None, say: Say = lambda _: None) -> Se
         server_pid=server_pid,
         worker_pid=worker_pid,
         auth=auth is not None,
+        database=database_kind,
     )
 
 
@@ -512,7 +612,8 @@ def _append(log: Path, title: str, text: object) -> None:
 
 
 def stop_local_server(say: Say = lambda _: None) -> list[tuple[str, int]]:
-    """Stop the worker, then the server, that ``start`` recorded; return what it stopped.
+    """Stop the worker, then the server, then the local PostgreSQL cluster (if ``start
+    --database postgres`` started one), as ``start`` recorded; return what it stopped.
 
     Only the processes named by the pid files (and their process groups) are signalled.
     """
@@ -532,6 +633,13 @@ def stop_local_server(say: Say = lambda _: None) -> list[tuple[str, int]]:
             stopped.append((name, pid))
         pid_file.unlink(missing_ok=True)
     files.api_url.unlink(missing_ok=True)
+    files.database.unlink(missing_ok=True)
+    cluster = postgres_status(files.postgres)
+    if cluster is not None and cluster.pid is not None:
+        say(f"stopping PostgreSQL (pid {cluster.pid})")
+        pid = stop_postgres(files.postgres)
+        if pid is not None:
+            stopped.append(("postgres", pid))
     return stopped
 
 
@@ -573,6 +681,7 @@ def next_steps(status: ServerStatus) -> str:
             ),
             f"worker:      pid {status.worker_pid} on pool {WORK_POOL} "
             f"(log {status.files.worker_log})",
+            f"database:    {status.database}",
             "",
             "Next steps:",
             "  Run from the UI: Deployments -> secure-training -> Run (Custom run to pick",
@@ -600,11 +709,35 @@ def start_cmd(
         int | None,
         typer.Option("--port", help=f"Port on {HOST} [env {PORT_VAR}, default {DEFAULT_PORT}]."),
     ] = None,
+    database: Annotated[
+        str | None,
+        typer.Option(
+            "--database",
+            help="sqlite (default) or postgres: a local PostgreSQL cluster, started here and "
+            "stopped by `server stop`, for many runs at once. A site's own database: set "
+            "PREFECT_SERVER_DATABASE_CONNECTION_URL instead.",
+        ),
+    ] = None,
+    worker_limit: Annotated[
+        int | None,
+        typer.Option("--worker-limit", help="Flow runs the worker runs at once (default: any)."),
+    ] = None,
 ) -> None:
     """Start the server, register blocks, deploy prefect.yaml, start a worker (idempotent)."""
     if port is not None and not 1 <= port <= 65535:
         raise InputError(f"--port {port} is not a TCP port", where="--port")
-    status = start_local_server(port, say=lambda line: typer.echo(line, err=True))
+    if database not in (None, "sqlite", "postgres"):
+        raise InputError(
+            f"--database {database} is neither sqlite nor postgres", where="--database"
+        )
+    if worker_limit is not None and worker_limit < 1:
+        raise InputError(f"--worker-limit {worker_limit} is below 1", where="--worker-limit")
+    status = start_local_server(
+        port,
+        say=lambda line: typer.echo(line, err=True),
+        database="postgres" if database == "postgres" else "sqlite" if database else None,
+        worker_limit=worker_limit,
+    )
     if status.already_running:
         typer.echo(
             f"already running: server pid {status.server_pid}, worker pid {status.worker_pid} "
@@ -641,3 +774,53 @@ def status_cmd() -> None:
         where=str(status.files.root),
         fix="run `make server`",
     )
+
+
+postgres_app = typer.Typer(
+    name="postgres",
+    help="The local PostgreSQL cluster `server start --database postgres` uses.",
+    no_args_is_help=True,
+)
+server_app.add_typer(postgres_app)
+
+
+@postgres_app.command("start")
+def postgres_start_cmd() -> None:
+    """Start the local PostgreSQL cluster (created on first use) on 127.0.0.1 (idempotent)."""
+    files = server_files()
+    cluster = start_postgres(files.postgres)
+    typer.echo(f"PostgreSQL runs (pid {cluster.pid}) at {cluster.describe()}")
+    typer.echo(f"  log: {cluster.log}; password file: {files.postgres / 'user.password'}")
+    typer.echo("  start the server on it: secmlops server start --database postgres")
+
+
+@postgres_app.command("stop")
+def postgres_stop_cmd() -> None:
+    """Stop the local PostgreSQL cluster (refused while the local server runs on it)."""
+    files = server_files()
+    status = server_status()
+    if status.server_pid is not None and status.database.startswith("postgres"):
+        raise InputError(
+            f"the local Prefect server (pid {status.server_pid}) runs on this PostgreSQL",
+            where=str(files.postgres),
+            fix="stop the server with it: `make server-stop` (secmlops server stop)",
+        )
+    pid = stop_postgres(files.postgres)
+    if pid is None:
+        typer.echo(f"nothing to stop: no running PostgreSQL recorded in {files.postgres}")
+    else:
+        typer.echo(f"stopped PostgreSQL (pid {pid}); its data stays in {files.postgres}")
+
+
+@postgres_app.command("status")
+def postgres_status_cmd() -> None:
+    """Say whether the local PostgreSQL cluster runs (exit 3 if it does not)."""
+    files = server_files()
+    cluster = postgres_status(files.postgres)
+    if cluster is None or cluster.pid is None:
+        raise ToolError(
+            "the local PostgreSQL cluster is not running",
+            where=str(files.postgres),
+            fix="run `make postgres-start` (secmlops server postgres start)",
+        )
+    typer.echo(f"PostgreSQL runs (pid {cluster.pid}) at {cluster.describe()}")

@@ -12,7 +12,12 @@ may only *select* an entry by name; everything that decides trust lives here, in
   registry reference) and the digest the site serves, which the scanned image must equal;
 - ``registries``: the model registries a run may write (directory or S3, with the S3
   endpoint and the AWS profile whose credentials may be sent there);
-- ``trivy_db``: where the Trivy DB lives and which DB digests the site accepts.
+- ``trivy_db``: where the Trivy DB lives and which DB digests the site accepts;
+- ``signing``: how the training flow signs models (issue 10): ``method`` ``key`` (the
+  model-signer key: a PEM file, an encrypted one, or a KMS key), ``certificate`` (that key
+  with its leaf certificate and chain from the site's PKI) or ``sigstore`` (keyless, from
+  the CI's ambient OIDC token). No run parameter chooses the method or the key; the deploy
+  gate trusts whoever the trust root's model-signer role lists, not this section.
 
 A run parameter names one entry (``dataset="churn-demo"``); :func:`select` resolves it or
 raises an ``InputError`` listing the names the site allows.
@@ -33,6 +38,7 @@ Example (``secmlops-policy.yaml``)::
         serving:
           target: /srv/images/serving.tar
           digest: sha256:9a0b...
+          repository: registry.example.com/ml/serving   # what the image signature names
       registries:
         prod:
           uri: s3://ml-models/churn
@@ -40,6 +46,11 @@ Example (``secmlops-policy.yaml``)::
       trivy_db:
         cache_dir: /srv/trivy-cache
         sha256: [5e2d...]
+      signing:
+        method: certificate
+        key: kms:alias/model-signer          # empty: SECMLOPS_MODEL_SIGNER_SIGNER, else
+        certificate: /srv/pki/model-signer.crt   #   <keys>/model-signer.pem
+        chain: [/srv/pki/issuing-ca.crt]
 
 Omitted, each catalogue holds the embedded demo entry (``churn-demo``, ``demo``,
 ``default``), so the demo needs no configuration.
@@ -73,6 +84,8 @@ _SCHEMA_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Z
 DEMO_DATASET = "churn-demo"
 DEMO_IMAGE = "demo"
 DEFAULT_REGISTRY = "default"
+#: The repository the demo serving image's signature names (``localhost``: nothing real).
+DEMO_IMAGE_REPOSITORY = "localhost/secmlops-serving"
 
 
 def check_url_has_no_secret(value: str, field: str) -> str:
@@ -135,6 +148,11 @@ class DatasetSource(_Entry):
     )
     s3_endpoint_url: str | None = Field(
         default=None, description="S3 endpoint of the DVC remote (MinIO, moto); empty: AWS."
+    )
+    aws_profile: str | None = Field(
+        default=None,
+        description="AWS profile (of the worker's AWS config) whose credentials the S3 DVC "
+        "remote gets; empty: the worker's environment.",
     )
     git_credentials: str | None = Field(
         default=None,
@@ -199,11 +217,39 @@ class ImageSource(_Entry):
         description="Let Trivy pull target from its container registry (off: local "
         "archives and layouts only).",
     )
+    repository: str | None = Field(
+        default=None,
+        description="The container registry repository the image is served from "
+        "(registry[:port]/path, no tag or digest, e.g. registry.example.com/team/serving): "
+        "the pipeline's cosign signature names it and the deploy gate requires it. Empty: "
+        f"{DEMO_IMAGE_REPOSITORY} for the demo entry; a site entry must name one for its "
+        "image to be signed.",
+    )
 
     @field_validator("target")
     @classmethod
     def _no_secret(cls, value: str) -> str:
         return check_url_has_no_secret(value, "target") if value else value
+
+    @field_validator("repository")
+    @classmethod
+    def _repository_form(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        from secmlops.controls.image_signing import check_repository  # imports the evidence
+
+        try:
+            return check_repository(value, "repository")
+        except InputError as exc:
+            raise ValueError(exc.message) from None
+
+    @property
+    def signed_repository(self) -> str | None:
+        """The repository the image's signature names: ``repository``, the demo's for the
+        demo entry, ``None`` for a site entry that names none (its image cannot be signed)."""
+        if self.repository:
+            return self.repository
+        return DEMO_IMAGE_REPOSITORY if self.is_demo else None
 
     @field_validator("digest")
     @classmethod
@@ -275,6 +321,113 @@ class TrivyDbSource(_Entry):
         return value
 
 
+#: How the flow signs models (``sources.signing.method``).
+SigningMethod = Literal["key", "certificate", "sigstore"]
+#: ``sources.signing.trust_config`` naming the public-good Sigstore instance.
+SIGSTORE_PRODUCTION = "sigstore-production"
+
+
+def _absolute_file(value: str, field: str) -> str:
+    if not value.startswith("/") or "\n" in value or "\x00" in value:
+        raise ValueError(f"{field} {value!r} must be an absolute path on the worker")
+    return value
+
+
+class SigningSource(_Entry):
+    """How the training flow signs models, and with what (site configuration only)."""
+
+    method: SigningMethod = Field(
+        default="key",
+        description="key: the model-signer key signs (model-signing, EC key); certificate: "
+        "that key with its leaf certificate and chain (the trust root lists the CA); "
+        "sigstore: keyless, a Fulcio certificate for the CI's ambient OIDC identity (the "
+        "trust root lists the identity and issuer).",
+    )
+    key: str = Field(
+        default="",
+        description="The model-signer key for key and certificate: file:PATH (or an "
+        "absolute path) of a PEM key, encrypted or not, or kms:KEY_ID_OR_ARN; empty: "
+        "SECMLOPS_MODEL_SIGNER_SIGNER, else <keys>/model-signer.pem.",
+    )
+    certificate: str = Field(
+        default="",
+        description="certificate only: absolute path of the signing (leaf) certificate, "
+        "PEM, issued for the key with codeSigning or digitalSignature usage.",
+    )
+    chain: tuple[str, ...] = Field(
+        default=(),
+        description="certificate only: absolute paths of the intermediate CA certificates "
+        "(PEM) from the leaf up to the CA the trust root lists.",
+    )
+    trust_config: str = Field(
+        default=SIGSTORE_PRODUCTION,
+        description="sigstore only: 'sigstore-production' (the public-good instance) or the "
+        "absolute path of a Sigstore client trust config (a private instance).",
+    )
+    oidc_token: Literal["ambient"] = Field(
+        default="ambient",
+        description="sigstore only: where the OIDC token comes from. Only 'ambient' (the "
+        "CI's workload identity: GitHub Actions, GitLab, Buildkite, cloud metadata); never a "
+        "token in a parameter or a file.",
+    )
+
+    @field_validator("key")
+    @classmethod
+    def _key_spec(cls, value: str) -> str:
+        if not value:
+            return value
+        from secmlops.evidence.signers import parse_signer_spec
+
+        try:
+            spec = parse_signer_spec(value, where="sources.signing.key")
+        except InputError as exc:
+            raise ValueError(exc.message) from exc
+        if spec.kind == "file":
+            _absolute_file(spec.target, "sources.signing.key")
+        return value
+
+    @field_validator("certificate")
+    @classmethod
+    def _certificate_path(cls, value: str) -> str:
+        return _absolute_file(value, "sources.signing.certificate") if value else value
+
+    @field_validator("chain")
+    @classmethod
+    def _chain_paths(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for path in value:
+            _absolute_file(path, "sources.signing.chain entry")
+        return value
+
+    @field_validator("trust_config")
+    @classmethod
+    def _trust_config(cls, value: str) -> str:
+        if value != SIGSTORE_PRODUCTION:
+            _absolute_file(value, "sources.signing.trust_config")
+        return value
+
+    @model_validator(mode="after")
+    def _fits_method(self) -> SigningSource:
+        method = self.method
+        if method == "certificate" and not self.certificate:
+            raise ValueError(
+                "method certificate needs sources.signing.certificate (the leaf certificate "
+                "issued for the model-signer key)"
+            )
+        if method != "certificate" and (self.certificate or self.chain):
+            raise ValueError(
+                f"certificate and chain are for method certificate, not {method}: remove "
+                "them or set method: certificate"
+            )
+        if method == "sigstore" and self.key:
+            raise ValueError(
+                "method sigstore signs with a short-lived key Fulcio certifies: remove "
+                "sources.signing.key"
+            )
+        if method != "sigstore" and self.trust_config != SIGSTORE_PRODUCTION:
+            raise ValueError(f"trust_config is for method sigstore, not {method}")
+        return self
+
+
 E = TypeVar("E", bound=_Entry)
 
 
@@ -302,6 +455,8 @@ class Sources(BaseModel):
         default_factory=lambda: {DEFAULT_REGISTRY: RegistrySource()}
     )
     trivy_db: TrivyDbSource = TrivyDbSource()
+    #: How the flow signs models (default: the model-signer key, as the demo does).
+    signing: SigningSource = SigningSource()
     user_code_dir: str = Field(
         default="ml",
         description="The project's user-code folder (relative to the project root): the "

@@ -111,6 +111,13 @@ def assert_one_sentence(code: int, out: str, err: str, expected: int, argv: list
 
 
 # (id, argv with {placeholders} filled from World, expected exit code)
+# Pieces of the issue 10 rows (verify's trust options, sign --method certificate).
+VSIG = ["verify", "{model}", "--signature", "{text}"]
+VPUB = ["--public-key", "{pub}"]
+VCHAIN = ["--certificate-chain", "{text}"]
+KEYLESS_ID = ["--identity", "a@b", "--issuer", "https://x"]
+SIGN_CERT = ["sign", "{model}", "--method", "certificate", "--key", "{key}"]
+
 ROWS: list[tuple[str, list[str], int]] = [
     # --- global options ---
     ("global-registry-empty", ["--registry", "", "evidence", "m", "v1"], 2),
@@ -188,6 +195,40 @@ ROWS: list[tuple[str, list[str], int]] = [
         ["verify", "{missing}", "--signature", "{text}", "--public-key", "{pub}"],
         2,
     ),
+    # verify: who is trusted (issue 10): exactly one method's options
+    ("verify-no-signer", [*VSIG], 2),
+    ("verify-two-methods", [*VSIG, "--public-key", "{pub}", "--certificate-chain", "{text}"], 2),
+    ("verify-identity-without-issuer", [*VSIG, "--identity", "a@example.com"], 2),
+    ("verify-issuer-without-identity", [*VSIG, "--issuer", "https://example.com"], 2),
+    ("verify-identity-empty", [*VSIG, "--identity", "", "--issuer", "https://x"], 2),
+    ("verify-issuer-newline", [*VSIG, "--identity", "a@b", "--issuer", "x\n"], 2),
+    ("verify-trust-config-missing", [*VSIG, *KEYLESS_ID, "--trust-config", "{missing}"], 2),
+    ("verify-trust-config-no-identity", [*VSIG, *VPUB, "--trust-config", "{text}"], 2),
+    ("verify-chain-not-pem", [*VSIG, "--certificate-chain", "{text}"], 2),
+    ("verify-chain-binary", [*VSIG, "--certificate-chain", "{binary}"], 2),
+    ("verify-chain-dir", [*VSIG, "--certificate-chain", "{empty_dir}"], 2),
+    ("verify-signed-at-bogus", [*VSIG, *VCHAIN, "--signed-at", "yesterday"], 2),
+    ("verify-signed-at-no-zone", [*VSIG, *VCHAIN, "--signed-at", "2026-01-01T00:00:00"], 2),
+    ("verify-signed-at-with-key", [*VSIG, *VPUB, "--signed-at", "2026-01-01T00:00:00Z"], 2),
+    ("verify-signature-not-json", [*VSIG, *VPUB], 2),
+    ("verify-signature-binary", ["verify", "{model}", "--signature", "{binary}", *VPUB], 2),
+    # sign --method (issue 10)
+    ("sign-method-bogus", ["sign", "{model}", "--method", "bogus", "--key", "{key}"], 2),
+    ("sign-method-empty", ["sign", "{model}", "--method", "", "--key", "{key}"], 2),
+    ("sign-key-method-no-key", ["sign", "{model}"], 2),
+    ("sign-certificate-no-cert", [*SIGN_CERT], 2),
+    (
+        "sign-key-with-certificate",
+        ["sign", "{model}", "--key", "{key}", "--certificate", "{text}"],
+        2,
+    ),
+    ("sign-sigstore-with-key", ["sign", "{model}", "--method", "sigstore", "--key", "{key}"], 2),
+    (
+        "sign-certificate-not-pem",
+        [*SIGN_CERT, "--certificate", "{text}", "--signature", "{root}/c.sig"],
+        2,
+    ),
+    ("sign-certificate-missing", [*SIGN_CERT, "--certificate", "{missing}"], 2),
     # --- promote ---
     ("promote-stage-bogus", ["promote", "m", "v1", "--stage", "bogus"], 2),
     ("promote-stage-empty", ["promote", "m", "v1", "--stage", ""], 2),

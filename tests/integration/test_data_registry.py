@@ -206,7 +206,7 @@ def test_missing_remote_object_is_a_tool_failure(tmp_path: Path) -> None:
     registry = create_demo_data_registry(tmp_path / "registry", versions=("v1.0",))
     md5 = git(registry.repo, "show", "v1.0:data/churn.csv.dvc").split("md5: ")[1].split()[0]
     remote_object(registry, md5).unlink()
-    with pytest.raises(ToolError, match="dvc get failed"):
+    with pytest.raises(ToolError, match=r"has no object for data/churn\.csv at v1\.0"):
         pull_dataset(
             registry.url, registry.path, "v1.0", tmp_path / "dest", timeout=60, **allowed(registry)
         )

@@ -291,3 +291,48 @@ def test_code_a_stage_does_not_declare_does_not_run(dataset: Path, tmp_path: Pat
         train_with_dvc(dataset, workspace=tmp_path / "ws2", project_dir=project)
     assert bad.value.where == "dvc.yaml stages.evaluate.deps"
     assert not (tmp_path / "ws2").exists()  # refused before any workspace or dvc
+
+
+def test_parquet_dataset_trains_like_its_csv(
+    trained: TrainingResult, dataset: Path, tmp_path: Path
+) -> None:
+    """Issue 11: a Parquet dataset trains end to end (the stages read CSV: it is staged as
+    one); the result names the Parquet file's digest, and the model is the CSV one's."""
+    parquet = tmp_path / "churn.parquet"
+    pd.read_csv(dataset).to_parquet(parquet, index=False)
+    result = train_with_dvc(parquet, workspace=tmp_path / "ws", project_dir=PROJECT)
+    assert result.dataset_sha256 == sha256_file(parquet)
+    assert result.metrics == trained.metrics
+    assert result.model_digest == trained.model_digest
+
+
+def test_provenance_names_pulled_dataset_and_the_clean_rows_trained_on(
+    trained: TrainingResult,
+) -> None:
+    """Issue 11 quarantine: provenance keeps the pulled dataset (what the gate matches with
+    the data pull) and adds the clean file training got; a wrong clean digest is refused."""
+    pulled = "f" * 64
+    st = provenance_statement(
+        trained,
+        dataset_sha256=pulled,
+        trained_on=("clean/churn.clean.csv", trained.dataset_sha256),
+        dataset_uri="x",
+        dataset_commit="a" * 40,
+        builder_id="b",
+        invocation_id="i",
+        **_run_kwargs("a" * 40),
+    )
+    deps = {d["name"]: d for d in st["predicate"]["buildDefinition"]["resolvedDependencies"]}
+    assert deps["dataset"]["digest"]["sha256"] == pulled
+    assert deps["training-data"]["digest"] == {"sha256": trained.dataset_sha256}
+    with pytest.raises(InputError, match="not the one trained on"):
+        provenance_statement(
+            trained,
+            dataset_sha256=trained.dataset_sha256,
+            trained_on=("clean/x.csv", "0" * 64),
+            dataset_uri="x",
+            dataset_commit="a" * 40,
+            builder_id="b",
+            invocation_id="i",
+            **_run_kwargs("a" * 40),
+        )

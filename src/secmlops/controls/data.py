@@ -91,10 +91,27 @@ PULL_ENV_ALLOW: tuple[str, ...] = (
     "AWS_ENDPOINT_URL",
     "AWS_ENDPOINT_URL_S3",
     "AWS_CA_BUNDLE",
+    "AWS_EC2_METADATA_DISABLED",
+    "AWS_MAX_ATTEMPTS",
+    "AWS_RETRY_MODE",
     "SSH_AUTH_SOCK",
     "GIT_SSH_COMMAND",
     "DVC_SITE_CACHE_DIR",
 )
+#: AWS variables that carry a secret: scrubbed from any tool output kept in an error.
+AWS_SECRET_VARIABLES: tuple[str, ...] = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+)
+#: How long DVC waits on an S3 remote, set by the pull (the site's, whatever the repo's
+#: config says), so an unreachable or silent endpoint fails in seconds, not minutes:
+#: seconds to open a connection, seconds to wait for a read, and botocore's attempts per
+#: request (``standard`` retry mode; ``AWS_MAX_ATTEMPTS`` / ``AWS_RETRY_MODE`` in the
+#: worker's environment override these two).
+S3_CONNECT_TIMEOUT = 10
+S3_READ_TIMEOUT = 60
+S3_MAX_ATTEMPTS = 3
 #: What git may see: an SSH agent or command for ssh:// hosts; never cloud credentials.
 GIT_ENV_ALLOW: tuple[str, ...] = ("SSH_AUTH_SOCK", "GIT_SSH_COMMAND")
 #: What DVC may see for a remote that is not S3 (local, ssh, http): no AWS variables.
@@ -504,11 +521,14 @@ def _remote_plan(
     allowed_remotes: Sequence[str],
     s3_endpoint_url: str | None,
     scratch: Path,
+    aws_profile: str | None = None,
 ) -> _RemotePlan:
     """Check the remote the committed ``.dvc/config`` makes DVC use for the dataset.
 
     Parsed with DVC's own reader (so ``%(...)s`` interpolation and quoting mean what they
-    mean to DVC); the remote is the output's ``remote:`` or else ``core.remote``.
+    mean to DVC); the remote is the output's ``remote:`` or else ``core.remote``. For an S3
+    remote the plan adds the site's settings: its endpoint, its AWS profile, and the
+    pull's connect/read timeouts (:data:`S3_CONNECT_TIMEOUT`, :data:`S3_READ_TIMEOUT`).
     """
     where = f".dvc/config@{commit}"
     allowed_text = ", ".join(redact_url(a) for a in allowed_remotes) or "none"
@@ -585,6 +605,11 @@ def _remote_plan(
         )
     if is_s3 and s3_endpoint_url:
         options["endpointurl"] = s3_endpoint_url
+    if is_s3:
+        options["connect_timeout"] = str(S3_CONNECT_TIMEOUT)
+        options["read_timeout"] = str(S3_READ_TIMEOUT)
+        if aws_profile:
+            options["profile"] = aws_profile
     return _RemotePlan(name=name, url=url, is_s3=is_s3, options=options)
 
 
@@ -630,6 +655,117 @@ def _file_digests(path: Path, *, legacy: bool) -> tuple[str, str, int]:
     return md5, hashlib.sha256(data).hexdigest(), len(data)
 
 
+_AWS_PROFILE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+=,@-]{0,127}")
+# What DVC's stderr says for each failure of a DVC remote (lower-cased substrings). Kept
+# small and specific: anything else is reported with DVC's own error line.
+_DVC_MISSING = ("no storage files available", "nosuchkey", "missing cache files")
+_DVC_DENIED = (
+    "unable to locate credentials",
+    "nocredentialserror",
+    "partial credentials",
+    "invalidaccesskeyid",
+    "signaturedoesnotmatch",
+    "expiredtoken",
+    "invalidtoken",
+    "accessdenied",
+    "access denied",
+    "forbidden",
+    "(403)",
+)
+_DVC_UNREACHABLE = (
+    "could not connect to the endpoint url",
+    "connect timeout on endpoint url",
+    "read timeout on endpoint url",
+    "endpointconnectionerror",
+    "connection refused",
+    "name or service not known",
+    "temporary failure in name resolution",
+)
+
+
+def _scrub_secrets(text: str) -> str:
+    """``text`` with the values of the worker's AWS secret variables replaced by ``***``."""
+    for name in AWS_SECRET_VARIABLES:
+        value = os.environ.get(name, "")
+        if len(value) >= 4:
+            text = text.replace(value, "***")
+    return text
+
+
+def _dvc_error_line(tail: str) -> str:
+    """DVC's own error line (``ERROR: ...``), without its banner; else the last line."""
+    lines = [line.strip() for line in tail.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("ERROR:")]
+    line = errors[-1] if errors else (lines[-1] if lines else "no output")
+    line = re.sub(r"^ERROR:\s*(unexpected error\s*-\s*)?", "", line)
+    return line[:300]
+
+
+def _remote_failure(
+    exc: ToolError,
+    *,
+    plan: _RemotePlan,
+    path: str,
+    rev: str,
+    commit: str,
+    md5: str,
+    s3_endpoint_url: str | None,
+) -> ToolError:
+    """One sentence for a ``dvc get`` that failed: a missing object, refused credentials, an
+    unreachable endpoint, a timeout, or DVC's own error line. All are the site's storage or
+    network, not the data (the bytes are checked only once they arrive): ``ToolError``."""
+    tail = _scrub_secrets(str(exc.details.get("stderr_tail", "")))
+    low = tail.lower()
+    remote = f"the DVC remote {plan.name!r} ({redact_url(plan.url)})"
+    endpoint = redact_url(s3_endpoint_url) if s3_endpoint_url else "AWS S3"
+    where = f"dvc remote {plan.name} {redact_url(plan.url)}" + (
+        f" at {endpoint}" if plan.is_s3 else ""
+    )
+    details = {"stderr_tail": tail, "remote": redact_url(plan.url), "commit": commit}
+    line = _dvc_error_line(tail)
+    if "exit_code" not in exc.details and "did not finish" in exc.message:
+        return ToolError(
+            f"{exc.message} pulling {path} at {rev} from {remote}",
+            where=where,
+            fix="check that the remote's endpoint answers from the worker; raise the pull's "
+            "timeout for a large dataset",
+            details=details,
+        )
+    if any(marker in low for marker in _DVC_MISSING):
+        return ToolError(
+            f"{remote} has no object for {path} at {rev} ({commit[:12]}, md5 {md5}), so "
+            "nothing was pulled",
+            where=where,
+            fix="restore the object: `dvc push` the dataset from a checkout of the registry "
+            "that has it, or copy it back from a backup of the bucket",
+            details=details,
+        )
+    if plan.is_s3 and any(marker in low for marker in _DVC_DENIED):
+        return ToolError(
+            f"{remote} at {endpoint} refused the worker's credentials ({line}); check the "
+            "site's credentials for it",
+            where=where,
+            fix="check the AWS credentials the worker gives this remote (the dataset entry's "
+            "aws_profile, else AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the "
+            "worker's environment) and that they may read the bucket",
+            details=details,
+        )
+    if any(marker in low for marker in _DVC_UNREACHABLE):
+        return ToolError(
+            f"{remote} could not be reached at {endpoint if plan.is_s3 else 'its URL'} ({line})",
+            where=where,
+            fix="check the site's endpoint for this dataset (sources.datasets.NAME."
+            "s3_endpoint_url) and the network path from the worker to it",
+            details=details,
+        )
+    return ToolError(
+        f"dvc get failed for {path} at {rev} from {remote}: {line}",
+        where=where,
+        fix="read the DVC output in the error details (rerun with -v)",
+        details=details,
+    )
+
+
 def _git_auth_env(repo: str, git_auth: tuple[str, str] | None) -> dict[str, str]:
     """git's environment config sending ``git_auth`` to ``repo``'s host only (HTTPS)."""
     if git_auth is None:
@@ -659,6 +795,7 @@ def pull_dataset(
     *,
     allowed_remotes: Sequence[str],
     s3_endpoint_url: str | None = None,
+    aws_profile: str | None = None,
     git_auth: tuple[str, str] | None = None,
     timeout: float = 300,
 ) -> DatasetPull:
@@ -675,12 +812,18 @@ def pull_dataset(
     ``s3_endpoint_url`` or any option that is the site's to decide; otherwise
     ``ControlRefused`` (``REMOTE_NOT_ALLOWED`` / ``REMOTE_OPTION_NOT_ALLOWED``). The site's
     ``s3_endpoint_url`` is what DVC uses for an S3 remote, and AWS credentials from the
-    environment reach DVC only then.
+    environment reach DVC only then; with ``aws_profile`` (a profile of the worker's AWS
+    config) DVC uses that profile's credentials instead, and the ambient
+    ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``/``AWS_PROFILE``
+    are not passed. DVC waits on an S3 endpoint at most :data:`S3_CONNECT_TIMEOUT` s to
+    connect and :data:`S3_READ_TIMEOUT` s per read, with :data:`S3_MAX_ATTEMPTS` attempts.
 
     The file appears in ``dest_dir`` only after its md5 equals the one recorded in the
     ``.dvc`` file at that commit; otherwise ``ControlRefused`` (``CONTENT_MISMATCH``: a
     tampered DVC remote). Unknown revisions, paths and registries raise ``InputError``;
-    git/DVC failures ``ToolError``.
+    git/DVC failures ``ToolError``, with one sentence naming the remote for a missing
+    object, refused credentials (never echoing them) or an unreachable endpoint: those are
+    the site's storage, not the data, and nothing is pulled.
 
     ``git_auth`` (user name, token) is sent to git as an HTTP ``Authorization`` header for
     ``repo``'s own scheme and host only (through git's environment config, never argv or a
@@ -704,6 +847,12 @@ def pull_dataset(
                 where="s3_endpoint_url",
                 fix="give the S3 API endpoint as https://host[:port]",
             )
+    if aws_profile is not None and not _AWS_PROFILE_RE.fullmatch(aws_profile):
+        raise InputError(
+            f"aws_profile {aws_profile!r} is not an AWS profile name",
+            where="aws_profile",
+            fix="name a profile of the worker's AWS config (letters, digits, '_', '-', '.')",
+        )
     dest_dir.mkdir(parents=True, exist_ok=True)
     target = dest_dir / PurePosixPath(path).name
     env = {**BASE_TOOL_ENV, "GIT_CONFIG_GLOBAL": os.devnull, **_git_auth_env(source, git_auth)}
@@ -721,6 +870,7 @@ def pull_dataset(
             allowed_remotes=allowed_remotes,
             s3_endpoint_url=s3_endpoint_url,
             scratch=scratch,
+            aws_profile=aws_profile,
         )
         work = scratch / "repo"
         _write_scratch_repo(work, plan, path, record)
@@ -733,16 +883,40 @@ def pull_dataset(
             "DVC_SYSTEM_CONFIG_DIR": str(empty),
             "DVC_SITE_CACHE_DIR": str(scratch / "site-cache"),
         }
+        dvc_allow: tuple[str, ...] = DVC_ENV_ALLOW_NOT_S3
+        if plan.is_s3:
+            dvc_allow = PULL_ENV_ALLOW
+            if aws_profile:  # the profile's credentials, not the ambient ones
+                ambient = (*AWS_SECRET_VARIABLES, "AWS_PROFILE")
+                dvc_allow = tuple(v for v in PULL_ENV_ALLOW if v not in ambient)
+            for name, value in (
+                ("AWS_RETRY_MODE", "standard"),
+                ("AWS_MAX_ATTEMPTS", str(S3_MAX_ATTEMPTS)),
+            ):
+                if not os.environ.get(name):
+                    dvc_env[name] = value
         staged = dest_dir / f".{target.name}.pull-{uuid.uuid4().hex}"
+        budget = deadline.left("dvc get")
         try:
-            run_tool(
-                [resolve_binary("dvc"), "get", work, path, "-o", staged],
-                timeout=deadline.left("dvc get"),
-                env_allow=PULL_ENV_ALLOW if plan.is_s3 else DVC_ENV_ALLOW_NOT_S3,
-                extra_env=dvc_env,
-                cwd=scratch,
-                what="dvc get",
-            )
+            try:
+                run_tool(
+                    [resolve_binary("dvc"), "get", work, path, "-o", staged],
+                    timeout=budget,
+                    env_allow=dvc_allow,
+                    extra_env=dvc_env,
+                    cwd=scratch,
+                    what="dvc get",
+                )
+            except ToolError as exc:
+                raise _remote_failure(
+                    exc,
+                    plan=plan,
+                    path=path,
+                    rev=rev,
+                    commit=commit,
+                    md5=md5,
+                    s3_endpoint_url=s3_endpoint_url,
+                ) from None
             if not staged.is_file():
                 raise ToolError(
                     f"dvc get reported success but wrote no file for {path}",
@@ -759,8 +933,9 @@ def pull_dataset(
                 }
                 raise ControlRefused(
                     f"{path} at {rev} ({commit[:12]}) does not match the md5 recorded in git: "
-                    f"expected {md5}, got {got_md5} ({got_size} bytes) — the DVC remote or "
-                    "cache holds different bytes than were committed",
+                    f"expected {md5}, got {got_md5} ({got_size} bytes) — the DVC remote "
+                    f"{plan.name!r} ({redact_url(plan.url)}) or a cache on the way holds "
+                    "different bytes than were committed",
                     where=f"{source}:{path}@{commit}",
                     fix="do not use this data; restore the remote object from a trusted copy "
                     "(`dvc push` from a clean checkout) and investigate who changed it",

@@ -393,12 +393,22 @@ def _check_columns(dataset: Path, params: Mapping[str, Any]) -> None:
     import pandas as pd
 
     fields = dataset_columns(params)
-    try:
-        columns = set(pd.read_csv(dataset, nrows=0).columns)
-    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise InputError(
-            f"dataset {dataset} is not a readable CSV: {exc}", where=str(dataset)
-        ) from exc
+    if is_parquet(dataset):
+        import pyarrow.parquet as pq
+
+        try:
+            columns = set(pq.read_schema(dataset).names)
+        except (OSError, ValueError) as exc:  # pyarrow.ArrowInvalid is a ValueError
+            raise InputError(
+                f"dataset {dataset} is not a readable Parquet file: {exc}", where=str(dataset)
+            ) from exc
+    else:
+        try:
+            columns = set(pd.read_csv(dataset, nrows=0).columns)
+        except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+            raise InputError(
+                f"dataset {dataset} is not a readable CSV: {exc}", where=str(dataset)
+            ) from exc
     missing = {
         field: [c for c in names if c not in columns]
         for field, names in fields.items()
@@ -413,17 +423,40 @@ def _check_columns(dataset: Path, params: Mapping[str, Any]) -> None:
         )
 
 
+def is_parquet(dataset: Path) -> bool:
+    """A Parquet dataset (by its ``.parquet`` name); anything else is read as CSV."""
+    return dataset.suffix.lower() == ".parquet"
+
+
+def _stage_dataset(dataset: Path, dest: Path) -> None:
+    """The dataset as the stages read it (``data/dataset.csv``): a CSV is copied byte for byte;
+    a Parquet dataset is written out as CSV (deterministic: pandas' writer, no index), so the
+    user's stages need not read Parquet. Provenance names the dataset as pulled/validated."""
+    if not is_parquet(dataset):
+        shutil.copyfile(dataset, dest)
+        return
+    import pandas as pd
+
+    try:
+        frame = pd.read_parquet(dataset)
+    except (OSError, ValueError) as exc:
+        raise InputError(
+            f"dataset {dataset} is not a readable Parquet file: {exc}", where=str(dataset)
+        ) from exc
+    frame.to_csv(dest, index=False, lineterminator="\n")
+
+
 def train_with_dvc(
     dataset: Path, *, workspace: Path, project_dir: Path, timeout: float = 600
 ) -> TrainingResult:
     """Run ``dvc repro`` (train + evaluate) in a fresh workspace and enforce the gate.
 
     Copies ``project_dir``'s dvc.yaml, params.yaml and the code its stages list in ``deps``
-    into ``workspace``, the dataset to data/dataset.csv, then runs the real dvc binary with
-    only that code importable. ``ToolError`` if dvc or a stage fails, ``InputError`` for a
-    missing/bad input, ``ControlRefused`` (reason :class:`TrainingRefusal`) if a metric
-    misses its threshold (the error names metric, value and threshold; the model stays in
-    the workspace).
+    into ``workspace``, the dataset to data/dataset.csv (a Parquet one written as CSV), then
+    runs the real dvc binary with only that code importable. ``ToolError`` if dvc or a stage
+    fails, ``InputError`` for a missing/bad input, ``ControlRefused`` (reason
+    :class:`TrainingRefusal`) if a metric misses its threshold (the error names metric,
+    value and threshold; the model stays in the workspace).
     """
     for name in PROJECT_FILES:
         if not (project_dir / name).is_file():
@@ -444,7 +477,7 @@ def train_with_dvc(
     for name in PROJECT_FILES:
         shutil.copyfile(project_dir / name, workspace / name)
     (workspace / "data").mkdir()
-    shutil.copyfile(dataset, workspace / DATASET_PATH)
+    _stage_dataset(dataset, workspace / DATASET_PATH)
     code_digests = _copy_code(project_dir, code_deps, workspace)
 
     dvc = resolve_binary("dvc", "SECMLOPS_DVC")
@@ -491,7 +524,7 @@ def train_with_dvc(
         started_at=started_at,
         finished_at=finished_at,
         workspace=workspace,
-        dataset_sha256=sha256_file(workspace / DATASET_PATH),
+        dataset_sha256=sha256_file(dataset),  # the file given, before a Parquet one is staged
         code_digests=code_digests,
         duration_seconds=round(duration, 3),
     )
@@ -544,6 +577,7 @@ def provenance_statement(
     parameters: Mapping[str, Any],
     run: RunRecord,
     sources: RunSources,
+    trained_on: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     """SLSA Provenance v1 for the training run: the model made from this data by this code,
     by this run.
@@ -555,11 +589,15 @@ def provenance_statement(
 
     ``dataset_sha256`` must be the digest of the dataset that was trained on, and
     ``sources.dataset.commit`` the commit it was pulled at (``InputError`` otherwise), so
-    provenance cannot bind the model to data it never saw.
+    provenance cannot bind the model to data it never saw. When a quarantine policy set rows
+    aside, ``trained_on`` is ``(name, sha256)`` of the clean file training got: it must be
+    the one trained on, and is recorded as a second dependency (``training-data``) beside the
+    pulled dataset.
     """
-    if dataset_sha256 != result.dataset_sha256:
+    trained_sha = trained_on[1] if trained_on else dataset_sha256
+    if trained_sha != result.dataset_sha256:
         raise InputError(
-            f"dataset digest {dataset_sha256[:16]}… is not the one trained on "
+            f"dataset digest {trained_sha[:16]}… is not the one trained on "
             f"({result.dataset_sha256[:16]}…)",
             where="provenance",
             fix="pass the sha256 of the dataset file given to train_with_dvc",
@@ -585,6 +623,15 @@ def provenance_statement(
     if _COMMIT.fullmatch(dataset_commit):
         dataset_dep["digest"]["gitCommit"] = dataset_commit
     dependencies = [dataset_dep]
+    if trained_on is not None:
+        dependencies.append(
+            {
+                "name": "training-data",
+                "uri": f"file:{trained_on[0]}",
+                "digest": {"sha256": trained_on[1]},
+                "annotations": {"quarantined": True},
+            }
+        )
     dependencies += [
         {"name": rel, "uri": f"file:{rel}", "digest": {"sha256": sha}}
         for rel, sha in sorted(result.code_digests.items())

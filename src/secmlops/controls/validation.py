@@ -1,30 +1,38 @@
 """Schema validation: a dataset must pass a pandera schema before anything trains on it.
 
 The schema is user code named by a spec, ``"path/to/file.py:ClassName"`` or
-``"package.module:ClassName"`` (a ``DataFrameModel`` subclass or a ``DataFrameSchema``).
-Validation is lazy (every failure is collected), and a failure *raises*
-``ControlRefused`` with a summary per column and check. pandera's global kill switch
-(``PANDERA_VALIDATION_ENABLED=False``, ``pandera.config``) makes ``validate`` silently
-return the data unchecked; this gate notices that, and a canary schema that must fail, and
-refuses rather than pass.
+``"package.module:ClassName"`` (a ``DataFrameModel`` subclass or a ``DataFrameSchema``) of
+either pandera API: ``pandera.pandas`` schemas validate a pandas frame, ``pandera.polars``
+schemas validate a polars frame (Parquet scanned lazily, CSV parsed once; see
+:mod:`secmlops.controls.validation_polars`). CSV and Parquet work with both.
+Validation is lazy (schema-level problems and every failing check are collected in one
+pass), and a failure *raises* ``ControlRefused`` with a summary per column and check.
+A schema may opt in to a quarantine policy (:mod:`secmlops.controls.quarantine`): up to N%
+of rows failing row-level checks are set aside, recorded and digested, never dropped
+silently. pandera's global kill switch (``PANDERA_VALIDATION_ENABLED=False``,
+``pandera.config``) makes ``validate`` silently return the data unchecked; this gate notices
+that, and a canary schema that must fail, and refuses rather than pass.
 
 A pipeline run takes its schema from the *site* (the policy file's ``sources:``), never from
 a run parameter, and loads it with :func:`load_site_schema`: the spec must be
 ``module:Class``, the module a regular file inside the project's user-code folder (or an
 allow-listed installed module), and its sha256, when pinned, is checked **before** the file
 is executed. :func:`load_schema` (any file or module) is for an operator's own shell
-(``secmlops validate``).
+(``secmlops validate``). Both rules are the same for pandas and polars schemas.
 
 Example::
 
     schema = load_site_schema("ml.schema:ChurnDataset", project_dir=Path("."),
                               user_code_dir="ml", sha256=None)
-    result = validate_dataset(Path("data/churn.csv"), schema)
+    result = validate_dataset(Path("data/churn.parquet"), schema,
+                              quarantine_dir=Path("validated"))
     statement = validation_statement(result)  # the flow signs and stores it
 """
 
 from __future__ import annotations
 
+import codecs
+import csv
 import hashlib
 import importlib
 import importlib.metadata
@@ -38,10 +46,10 @@ import re
 import stat
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 import pandera.pandas as pa
@@ -51,16 +59,30 @@ from pandera.errors import SchemaError, SchemaErrors
 from pydantic import BaseModel, ConfigDict, Field
 
 from secmlops._internal.digests import sha256_bytes
+from secmlops.controls.quarantine import (
+    QuarantinePolicy,
+    QuarantineRecord,
+    file_sha256,
+    pandas_failure_cases,
+    quarantine_policy_of,
+    row_failures,
+    write_pandas_split,
+    write_polars_split,
+)
 from secmlops.errors import ControlRefused, InputError, RefusalReason, ToolError
 from secmlops.evidence.predicates import (
     ResourceDescriptor,
-    SchemaFailure,
     TestResultPredicate,
-    ToolRef,
     ValidationSummary,
     dump_predicate,
 )
 from secmlops.evidence.statements import PREDICATE_TEST_RESULT, Subject, make_statement, utc_now
+
+if TYPE_CHECKING:
+    import pandera.polars as pap
+    import polars as pl
+
+    from secmlops.controls.validation_polars import PolarsTable
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +111,11 @@ class ValidationRefusal(RefusalReason):
     """pandera accepted a canary frame that violates its schema."""
     TOO_FEW_ROWS = "too_few_rows"
     """The dataset has fewer rows than ``ValidationPolicy.min_rows``."""
+    DATASET_CHANGED = "dataset_changed"
+    """The dataset's bytes are not the ones expected (the pulled digest), or the file changed
+    while it was validated."""
     SCHEMA_CHECK_FAILED = "schema_check_failed"
-    """At least one check of the schema failed."""
+    """At least one check of the schema failed (beyond what a quarantine policy tolerates)."""
 
 
 class ValidationPolicy(BaseModel):
@@ -122,21 +147,33 @@ class ValidationPolicy(BaseModel):
             )
 
 
+Backend = Literal["pandas", "polars"]
+
+
 @dataclass(frozen=True)
 class SchemaRef:
     """A loaded schema: the pandera object, its name, where it came from, and its digest.
 
-    ``digest`` is the sha256 over the schema's source file and its declared structure, so
-    the evidence changes when the schema's code or any constant it imports changes.
+    ``digest`` is the sha256 over the schema's source file and its declared structure
+    (including its quarantine policy), so the evidence changes when the schema's code or
+    any constant it imports changes. ``schema`` is a ``pandera.pandas`` or a
+    ``pandera.polars`` ``DataFrameSchema``; ``backend`` says which.
     """
 
     spec: str
     name: str
-    schema: pa.DataFrameSchema
+    schema: pa.DataFrameSchema | pap.DataFrameSchema
     digest: str
     source: str | None
     #: sha256 of the source file's bytes (what a site pins as ``schema_sha256``).
     source_sha256: str | None = None
+    #: The quarantine policy the schema declares in its metadata (``None``: none).
+    quarantine: QuarantinePolicy | None = None
+
+    @property
+    def backend(self) -> Backend:
+        """``"polars"`` for a ``pandera.polars`` schema, else ``"pandas"``."""
+        return "pandas" if isinstance(self.schema, pa.DataFrameSchema) else "polars"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -145,6 +182,8 @@ class SchemaRef:
             "digest": self.digest,
             "source": self.source,
             "source_sha256": self.source_sha256,
+            "backend": self.backend,
+            "quarantine": self.quarantine.model_dump() if self.quarantine else None,
         }
 
 
@@ -196,12 +235,37 @@ class ValidationResult:
     pandera_version: str = field(default_factory=lambda: importlib.metadata.version("pandera"))
     #: sha256 of the schema module's file (what a site pins as ``schema_sha256``), if any.
     schema_source_sha256: str | None = None
+    #: Which pandera API ran: ``pandas`` or ``polars``.
+    backend: Backend = "pandas"
+    #: Checks that failed only for rows the schema's quarantine policy set aside.
+    warned_tests: tuple[str, ...] = ()
+    #: The rows set aside and the clean file to train on (``None``: nothing quarantined).
+    quarantine: QuarantineRecord | None = None
+    #: The flow run that ran this validation (``None`` outside a flow run).
+    run_id: str | None = None
+    #: True when a later run reused this result from the cache (see :meth:`reused`).
+    cached: bool = False
+
+    @property
+    def training_data(self) -> tuple[Path, str]:
+        """The file to train on and its sha256: the clean file under quarantine, else the
+        dataset itself."""
+        if self.quarantine is not None:
+            return self.quarantine.clean_path, self.quarantine.clean_sha256
+        return self.data_path, self.data_sha256
+
+    def reused(self, data_path: Path) -> ValidationResult:
+        """This result as reused by a later run on the same bytes at ``data_path``."""
+        return replace(self, data_path=data_path, cached=True)
 
     def summary(self) -> str:
         """One line per failed check, or a one-line pass."""
         head = f"{self.data_path.name} ({self.rows} rows) against {self.schema_name}"
         if self.passed:
-            return f"{head}: passed {self.checks_run} checks"
+            line = f"{head}: passed {self.checks_run} checks"
+            if self.quarantine is not None:
+                line += f"; {self.quarantine.describe()}"
+            return line
         lines = [f"{head}: {len(self.failures)} of {self.checks_run} checks failed"]
         lines += [f"  - {f.describe()}" for f in self.failures]
         return "\n".join(lines)
@@ -223,6 +287,11 @@ class ValidationResult:
             "pandera_reasons": list(self.pandera_reasons),
             "validated_at": self.validated_at,
             "pandera_version": self.pandera_version,
+            "backend": self.backend,
+            "warned_tests": list(self.warned_tests),
+            "quarantine": self.quarantine.to_json() if self.quarantine else None,
+            "run_id": self.run_id,
+            "cached": self.cached,
         }
 
 
@@ -280,19 +349,34 @@ def _import_schema_module(spec: str, module_part: str) -> ModuleType:
         ) from exc
 
 
+def _polars_api() -> Any:
+    """``pandera.polars`` if something imported it (a polars schema did), else ``None``:
+    a pandas-only run never pays for importing polars."""
+    return sys.modules.get("pandera.polars")
+
+
+def _is_model(value: Any) -> bool:
+    polars_api = _polars_api()
+    bases: tuple[type, ...] = (DataFrameModel,)
+    if polars_api is not None:
+        bases += (polars_api.DataFrameModel,)
+    return isinstance(value, type) and issubclass(value, bases) and value not in bases
+
+
+def _is_schema(value: Any) -> bool:
+    polars_api = _polars_api()
+    return isinstance(value, pa.DataFrameSchema) or (
+        polars_api is not None and isinstance(value, polars_api.DataFrameSchema)
+    )
+
+
 def _schema_candidates(module: ModuleType) -> list[str]:
-    found = []
-    for attr, value in vars(module).items():
-        if isinstance(value, pa.DataFrameSchema) or (
-            isinstance(value, type)
-            and issubclass(value, DataFrameModel)
-            and value is not DataFrameModel
-        ):
-            found.append(attr)
-    return sorted(found)
+    return sorted(
+        attr for attr, value in vars(module).items() if _is_schema(value) or _is_model(value)
+    )
 
 
-def schema_tests(schema: pa.DataFrameSchema) -> list[str]:
+def schema_tests(schema: pa.DataFrameSchema | pap.DataFrameSchema) -> list[str]:
     """Every check a schema runs, named ``"<column>:<check>"`` as failures are reported."""
     frame = schema.name or "DataFrameSchema"
     tests: list[str] = []
@@ -316,13 +400,25 @@ def schema_tests(schema: pa.DataFrameSchema) -> list[str]:
     return tests
 
 
-def _structure(schema: pa.DataFrameSchema) -> dict[str, Any]:
-    """A canonical description of what a schema declares (for its digest)."""
+def _structure(
+    schema: pa.DataFrameSchema | pap.DataFrameSchema, quarantine: QuarantinePolicy | None
+) -> dict[str, Any]:
+    """A canonical description of what a schema declares (for its digest).
+
+    The backend and the quarantine policy are added only when they differ from the
+    defaults (pandas, none), so the digests of existing pandas schemas stay as they were.
+    """
 
     def checks(items: list[Any]) -> list[dict[str, Any]]:
         return [{"name": c.name, "error": c.error, "stats": repr(c.statistics)} for c in items]
 
+    extra: dict[str, Any] = {}
+    if not isinstance(schema, pa.DataFrameSchema):
+        extra["backend"] = "polars"
+    if quarantine is not None:
+        extra["quarantine"] = quarantine.model_dump()
     return {
+        **extra,
         "name": schema.name,
         "strict": schema.strict,
         "coerce": schema.coerce,
@@ -348,8 +444,8 @@ def load_schema(spec: str) -> SchemaRef:
     """Load a pandera schema from ``"file.py:Name"`` or ``"package.module:Name"``.
 
     Raises ``InputError`` naming the spec for a missing colon, file or module, an import
-    error, a missing attribute, or an object that is not a pandas ``DataFrameModel``
-    subclass or ``DataFrameSchema``.
+    error, a missing attribute, or an object that is not a pandera (pandas or polars)
+    ``DataFrameModel`` subclass or ``DataFrameSchema``.
     """
     target, sep, attr = spec.strip().rpartition(":")
     if not sep or not target or not attr:
@@ -377,25 +473,28 @@ def _schema_ref(
         hint = f"schemas in it: {', '.join(candidates)}" if candidates else "it defines no schema"
         raise InputError(f"{target} has no attribute {attr!r} ({hint})", where=spec, fix=_SPEC_HELP)
     obj = getattr(module, attr)
-    if isinstance(obj, type) and issubclass(obj, DataFrameModel) and obj is not DataFrameModel:
+    schema: pa.DataFrameSchema | pap.DataFrameSchema
+    if _is_model(obj):
         try:
             schema = obj.to_schema()
         except Exception as exc:
             raise InputError(
                 f"{attr} in {target} is not a valid DataFrameModel: {exc}", where=spec
             ) from exc
-    elif isinstance(obj, pa.DataFrameSchema):
+    elif _is_schema(obj):
         schema = obj
     else:
         raise InputError(
-            f"{attr} in {target} is a {type(obj).__name__}, not a pandera (pandas) "
+            f"{attr} in {target} is a {type(obj).__name__}, not a pandera (pandas or polars) "
             "DataFrameModel subclass or DataFrameSchema",
             where=spec,
-            fix="name a class deriving from pandera.pandas.DataFrameModel or a DataFrameSchema",
+            fix="name a class deriving from pandera.pandas.DataFrameModel or "
+            "pandera.polars.DataFrameModel, or a DataFrameSchema of either",
         )
+    quarantine = quarantine_policy_of(obj, spec)
     source_sha = hashlib.sha256(source).hexdigest() if source is not None else None
     canonical = json.dumps(
-        {"source_sha256": source_sha, "structure": _structure(schema)},
+        {"source_sha256": source_sha, "structure": _structure(schema, quarantine)},
         sort_keys=True,
         separators=(",", ":"),
         default=str,
@@ -407,6 +506,7 @@ def _schema_ref(
         digest=sha256_bytes(canonical),
         source=source_file,
         source_sha256=source_sha,
+        quarantine=quarantine,
     )
 
 
@@ -621,7 +721,7 @@ def load_site_schema(
 # --- the kill switch ----------------------------------------------------------------------
 
 
-def require_validation_enabled() -> None:
+def require_validation_enabled(backend: Backend = "pandas") -> None:
     """Refuse when pandera's checks are switched off or cut short anywhere in this process.
 
     pandera reads ``PANDERA_VALIDATION_ENABLED`` / ``PANDERA_VALIDATION_DEPTH`` at import
@@ -664,41 +764,155 @@ def require_validation_enabled() -> None:
     try:
         canary.validate(pd.DataFrame({"canary": [-1]}))
     except SchemaError:
+        enforcing = True
+    else:
+        enforcing = False
+    if enforcing and backend == "polars":
+        from secmlops.controls.validation_polars import require_polars_enforcing
+
+        enforcing = require_polars_enforcing()
+    if enforcing:
         return
     raise ControlRefused(
-        "pandera accepted a canary frame that violates its schema: validation is not enforcing",
+        f"pandera ({backend}) accepted a canary frame that violates its schema: validation is "
+        "not enforcing",
         where="pandera",
         fix=fix,
         reason=ValidationRefusal.VALIDATION_NOT_ENFORCING,
     )
 
 
-# --- reading and validating ---------------------------------------------------------------
+# --- reading ------------------------------------------------------------------------------
+
+_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+_UNREADABLE_FIX = "check the file is the dataset you meant and is not truncated"
+_CHUNK = 16 << 20
 
 
-def _read_table(path: Path) -> tuple[bytes, pd.DataFrame]:
-    """The file's bytes and the frame parsed from exactly those bytes."""
-    suffix = path.suffix.lower()
-    if suffix not in {".csv", ".parquet", ".pq"}:
+@dataclass(frozen=True)
+class _Opened:
+    """A dataset file as hashed: its format, digest and stat, and for the pandas engine its
+    bytes (parsed from memory). The polars engine reads the file itself, and the gate checks
+    afterwards that it is the file that was hashed (same identity)."""
+
+    path: Path
+    kind: str
+    sha256: str
+    stat: os.stat_result
+    raw: bytes | None
+
+
+class _CsvText:
+    """What :func:`_check_csv_text` needs of a CSV file, gathered chunk by chunk while it is
+    hashed: NUL bytes, UTF-8 validity, the header line and the text after the last line
+    break."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
+        self.has_nul = False
+        self.not_utf8: str | None = None
+        self.header = b""
+        self._header_done = False
+        self.tail = b""  # after the last b"\n" seen so far
+        self.has_newline = False
+
+    def feed(self, chunk: bytes, *, final: bool = False) -> None:
+        self.has_nul = self.has_nul or b"\x00" in chunk
+        if self.not_utf8 is None:
+            try:
+                self._decoder.decode(chunk, final=final)
+            except UnicodeDecodeError as exc:
+                self.not_utf8 = exc.reason
+        if not self._header_done:
+            end = chunk.find(b"\n")
+            self.header += chunk if end < 0 else chunk[:end]
+            self._header_done = end >= 0
+        last = chunk.rfind(b"\n")
+        if last >= 0:
+            self.has_newline, self.tail = True, chunk[last + 1 :]
+        else:
+            self.tail += chunk
+
+
+def _open_dataset(path: Path, *, keep_bytes: bool) -> _Opened:
+    kind = _FORMATS.get(path.suffix.lower())
+    if kind is None:
         raise InputError(
-            f"{path} has an unsupported format {suffix or '(no suffix)'!r}",
+            f"{path} has an unsupported format {path.suffix or '(no suffix)'!r}",
             where=str(path),
-            fix="give a .csv file (or .parquet with pyarrow installed)",
+            fix="give a .csv or .parquet file",
         )
-    if suffix != ".csv" and importlib.util.find_spec("pyarrow") is None:
-        raise InputError(
-            f"{path} is parquet, but pyarrow is not installed to read it",
-            where=str(path),
-            fix="add pyarrow to the project's dependencies, or export the dataset as CSV",
-        )
+    text = _CsvText() if kind == "csv" else None
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as handle:
+            st = os.fstat(handle.fileno())
+            raw: bytes | None = None
+            if keep_bytes:
+                raw = handle.read()
+                digest = sha256_bytes(raw)
+                chunks: Sequence[bytes] = [raw]
+            else:
+                hasher = hashlib.sha256()
+                chunks = iter(lambda: handle.read(_CHUNK), b"")  # type: ignore[assignment]
+            for chunk in chunks:
+                if not keep_bytes:
+                    hasher.update(chunk)
+                if text is not None:
+                    text.feed(chunk)
+            if not keep_bytes:
+                digest = hasher.hexdigest()
     except FileNotFoundError as exc:
         raise InputError(f"dataset {path} does not exist", where=str(path)) from exc
     except OSError as exc:
         raise InputError(f"dataset {path} cannot be read: {exc}", where=str(path)) from exc
+    if st.st_size == 0:
+        raise InputError(
+            f"dataset {path} is empty (no header, no rows)",
+            where=str(path),
+            fix="check the data pull; an empty file is never a valid dataset",
+        )
+    if text is not None:
+        text.feed(b"", final=True)
+        _check_csv_text(path, text)
+    return _Opened(path, kind, digest, st, raw)
+
+
+def _check_csv_text(path: Path, text: _CsvText) -> None:
+    """Refuse what no CSV parser should be trusted to guess at: binary bytes, text that is
+    not UTF-8, and a file that ends inside a line with fewer fields than the header (a
+    truncated file: parsers fill the missing fields with nulls)."""
+    if text.has_nul:
+        raise InputError(
+            f"dataset {path} cannot be parsed as csv: it holds NUL bytes (binary, not text)",
+            where=str(path),
+            fix=_UNREADABLE_FIX,
+        )
+    if text.not_utf8 is not None:
+        raise InputError(
+            f"dataset {path} cannot be parsed as csv: it is not UTF-8 text ({text.not_utf8})",
+            where=str(path),
+            fix="export the dataset as UTF-8 CSV",
+        )
+    if not text.tail or not text.has_newline:
+        return  # ends at a line break (a cut there is not visible here: the pull's digest
+        # is what catches it), or a header alone
+    header, final = (
+        next(csv.reader([line.decode()])) for line in (text.header.rstrip(b"\r"), text.tail)
+    )
+    if len(final) < len(header):
+        raise InputError(
+            f"dataset {path} is truncated: its last line has {len(final)} of the header's "
+            f"{len(header)} fields",
+            where=str(path),
+            fix=_UNREADABLE_FIX,
+        )
+
+
+def _read_pandas(opened: _Opened) -> pd.DataFrame:
+    """The pandas frame parsed from exactly the hashed bytes."""
+    path, raw = opened.path, opened.raw or b""  # kept for pandas (keep_bytes=True)
     try:
-        if suffix == ".csv":
+        if opened.kind == "csv":
             frame = pd.read_csv(io.BytesIO(raw))
         else:
             frame = pd.read_parquet(io.BytesIO(raw))
@@ -710,11 +924,21 @@ def _read_table(path: Path) -> tuple[bytes, pd.DataFrame]:
         ) from exc
     except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         raise InputError(
-            f"dataset {path} cannot be parsed as {suffix[1:]}: {exc}",
+            f"dataset {path} cannot be parsed as {opened.kind}: {exc}",
             where=str(path),
-            fix="check the file is the dataset you meant and is not truncated",
+            fix=_UNREADABLE_FIX,
         ) from exc
-    return raw, frame
+    if opened.kind == "csv" and not frame.index.equals(pd.RangeIndex(len(frame))):
+        # pandas turns the extra leading fields of over-long lines into an index.
+        raise InputError(
+            f"dataset {path} cannot be parsed as csv: some lines have more fields than the header",
+            where=str(path),
+            fix=_UNREADABLE_FIX,
+        )
+    return frame.reset_index(drop=True) if opened.kind == "parquet" else frame
+
+
+# --- validating ---------------------------------------------------------------------------
 
 
 def _summarise(
@@ -748,11 +972,24 @@ def _summarise(
     )
 
 
-def _run_schema(
+@dataclass(frozen=True)
+class _SchemaRun:
+    """What one pass of a schema over a dataset found, for either backend."""
+
+    failures: tuple[CheckFailure, ...] = ()
+    cases: list[dict[str, Any]] = field(default_factory=list)
+    pandera_reasons: tuple[str, ...] = ()
+    #: Per failing row, the tests it failed (``row``, ``reason``); ``None`` unless the
+    #: schema has a quarantine policy and every failure is row-level.
+    failing_rows: pl.DataFrame | None = None
+
+
+def _run_pandas(
     ref: SchemaRef, frame: pd.DataFrame, data: Path, policy: ValidationPolicy
-) -> tuple[tuple[CheckFailure, ...], list[dict[str, Any]], tuple[str, ...]]:
-    """Validate lazily: the failures grouped per check, the capped raw failure cases, and
-    pandera's ``SchemaErrorReason`` values behind them."""
+) -> _SchemaRun:
+    """Validate lazily: the failures grouped per check, the capped raw failure cases,
+    pandera's ``SchemaErrorReason`` values behind them, and (under a quarantine policy) the
+    failing rows."""
     try:
         # Pin the config for this call so nothing set elsewhere in the process weakens it.
         with pandera_config.config_context(
@@ -767,7 +1004,14 @@ def _run_schema(
             head.to_json(orient="records", default_handler=str)
         )
         codes = tuple(sorted({_reason_code(e) for e in exc.schema_errors}))
-        return _summarise(fc, ref.name, policy.max_examples_per_check), cases, codes
+        rows = (
+            row_failures(pandas_failure_cases(fc), schema_name=ref.name)
+            if ref.quarantine is not None
+            else None
+        )
+        return _SchemaRun(
+            _summarise(fc, ref.name, policy.max_examples_per_check), cases, codes, rows
+        )
     except SchemaError as exc:
         failure = CheckFailure(
             column=str(getattr(exc.schema, "name", ref.name)),
@@ -775,14 +1019,50 @@ def _run_schema(
             count=1,
             examples=(str(exc)[:200],),
         )
-        return (failure,), [], (_reason_code(exc),)
+        return _SchemaRun((failure,), [], (_reason_code(exc),))
     except Exception as exc:
         raise ToolError(
             f"validating {data} with schema {ref.name} crashed: {type(exc).__name__}: {exc}",
             where=ref.spec,
             fix="a custom check in the schema raised; fix the check (it did not pass)",
         ) from exc
-    return (), [], ()
+    return _SchemaRun()
+
+
+def _run_polars(ref: SchemaRef, table: PolarsTable, policy: ValidationPolicy) -> _SchemaRun:
+    from secmlops.controls.validation_polars import run_polars_schema
+
+    found = run_polars_schema(
+        ref.schema,  # type: ignore[arg-type]
+        ref.name,
+        ref.spec,
+        table,
+        max_cases=policy.max_failure_cases_reported,
+        per_check=policy.max_examples_per_check,
+        want_rows=ref.quarantine is not None,
+    )
+    failures = tuple(
+        CheckFailure(column=col, check=chk, count=n, examples=ex)
+        for col, chk, n, ex in found.failures
+    )
+    return _SchemaRun(failures, found.cases, found.pandera_reasons, found.failing_rows)
+
+
+def _run_polars_unchanged(
+    ref: SchemaRef, table: PolarsTable, policy: ValidationPolicy, digest: str
+) -> _SchemaRun:
+    """:func:`_run_polars`; a read error on a file that changed since it was hashed is the
+    change (``DATASET_CHANGED``), not bad input."""
+    from secmlops.controls.validation_polars import file_identity
+
+    try:
+        return _run_polars(ref, table, policy)
+    except (InputError, ToolError):
+        if file_identity(table.path) != table.identity:
+            raise _changed(
+                table.path, digest, "(changed)", "changed while it was validated"
+            ) from None
+        raise
 
 
 def _reason_code(error: SchemaError) -> str:
@@ -790,79 +1070,213 @@ def _reason_code(error: SchemaError) -> str:
     return str(code.value) if code is not None else "unknown"
 
 
-def check_dataset(
-    data: Path, schema: SchemaRef | str, *, policy: ValidationPolicy | None = None
-) -> tuple[ValidationResult, list[dict[str, Any]]]:
-    """Run the schema on ``data`` and report; does not raise for a failing dataset.
+def _changed(path: Path, expected: str, actual: str, why: str) -> ControlRefused:
+    found = {"file": str(path), "expected_sha256": expected, "actual_sha256": actual}
+    return ControlRefused(
+        f"dataset {path} {why}; it was not validated",
+        where=str(path),
+        fix="pull the dataset again; nothing may change it between the pull and the gate",
+        details=dict(found),
+        reason=ValidationRefusal.DATASET_CHANGED,
+        result=found,
+    )
 
-    Returns the result and the (capped) raw failure cases. Use :func:`validate_dataset`
-    as the gate; this is for callers that want a FAILED result as evidence.
-    """
-    policy = policy or ValidationPolicy()
-    ref = load_schema(schema) if isinstance(schema, str) else schema
+
+def _require_strict(ref: SchemaRef, policy: ValidationPolicy) -> None:
     if not ref.schema.strict and not policy.allow_non_strict_schema_unsafe:
         raise InputError(
             f"schema {ref.name} is not strict, so it would pass columns it does not declare",
             where=ref.spec,
             fix="set strict = True in the schema's Config (or the DataFrameSchema)",
         )
-    require_validation_enabled()
-    raw, frame = _read_table(data)
+
+
+def check_dataset(
+    data: Path,
+    schema: SchemaRef | str,
+    *,
+    policy: ValidationPolicy | None = None,
+    quarantine_dir: Path | None = None,
+    expected_sha256: str | None = None,
+) -> tuple[ValidationResult, list[dict[str, Any]]]:
+    """Run the schema on ``data`` and report; does not raise for a failing dataset.
+
+    Returns the result and the (capped) raw failure cases. Use :func:`validate_dataset`
+    as the gate; this is for callers that want a FAILED result as evidence.
+
+    ``expected_sha256``: the digest the bytes must have (the data pull's); another digest is
+    refused (``DATASET_CHANGED``) before any check runs. ``quarantine_dir``: where the clean
+    and quarantined rows go when the schema's quarantine policy applies (default: beside
+    ``data``).
+    """
+    policy = policy or ValidationPolicy()
+    ref = load_schema(schema) if isinstance(schema, str) else schema
+    _require_strict(ref, policy)
+    require_validation_enabled(ref.backend)
+    opened = _open_dataset(data, keep_bytes=ref.backend == "pandas")
+    if expected_sha256 is not None and opened.sha256 != expected_sha256:
+        raise _changed(data, expected_sha256, opened.sha256, "is not the pulled file")
+    frame: pd.DataFrame | None = None
+    table: PolarsTable | None = None
+    if ref.backend == "pandas":
+        frame = _read_pandas(opened)
+        rows, columns = len(frame), tuple(str(c) for c in frame.columns)
+    else:
+        from secmlops.controls.validation_polars import read_polars_table
+
+        table = read_polars_table(data, opened.kind, opened.sha256, opened.stat)
+        rows, columns = table.rows, table.columns
+    digest = opened.sha256
+    del opened  # the bytes (CSV, pandas parquet) live on in the parsed frame only
     tests = schema_tests(ref.schema)
     min_rows_test = f"{ref.name}:min_rows({policy.min_rows})"
-    failures: tuple[CheckFailure, ...] = ()
-    cases: list[dict[str, Any]] = []
-    pandera_reasons: tuple[str, ...] = ()
-    if len(frame) < policy.min_rows:
+    if rows < policy.min_rows:
         # Too few rows: nothing else is worth checking, and no other check ran.
-        failures = (
-            CheckFailure(
-                column=ref.name,
-                check=f"min_rows({policy.min_rows})",
-                count=1,
-                examples=(f"{len(frame)} rows",),
-            ),
+        run = _SchemaRun(
+            failures=(
+                CheckFailure(
+                    column=ref.name,
+                    check=f"min_rows({policy.min_rows})",
+                    count=1,
+                    examples=(f"{rows} rows",),
+                ),
+            )
         )
         tests = [min_rows_test]
     else:
         tests.append(min_rows_test)
-        failures, cases, pandera_reasons = _run_schema(ref, frame, data, policy)
+        if table is not None:
+            run = _run_polars_unchanged(ref, table, policy, digest)
+        elif frame is not None:
+            run = _run_pandas(ref, frame, data, policy)
+    quarantine: QuarantineRecord | None = None
+    warned: list[str] = []
+    failures = run.failures
+    if (
+        failures
+        and ref.quarantine is not None
+        and run.failing_rows is not None
+        and ref.quarantine.allows(run.failing_rows.height, rows)
+    ):
+        quarantine = _quarantine(
+            ref,
+            ref.quarantine,
+            policy,
+            data,
+            table.frame if table is not None else frame,
+            run.failing_rows,
+            run.failures,
+            rows,
+            quarantine_dir or data.parent,
+        )
+        warned = sorted({f.test_name for f in failures})
+        failures = ()
+    if table is not None:
+        from secmlops.controls.validation_polars import file_identity
+
+        # The polars engine read the file itself (a scan reads it once per check, and the
+        # quarantine split once more): it must still be the file that was hashed.
+        if file_identity(data) != table.identity:
+            raise _changed(data, digest, "(changed)", "changed while it was validated")
     failed = sorted({f.test_name for f in failures})
-    passed = [t for t in tests if t not in set(failed)]
+    passed = [t for t in tests if t not in set(failed) | set(warned)]
     result = ValidationResult(
         data_path=data,
-        data_sha256=sha256_bytes(raw),
-        rows=len(frame),
-        columns=tuple(str(c) for c in frame.columns),
+        data_sha256=digest,
+        rows=rows,
+        columns=columns,
         schema_name=ref.name,
         schema_spec=ref.spec,
         schema_digest=ref.digest,
         schema_source_sha256=ref.source_sha256,
         passed=not failures,
-        checks_run=len(set(tests) | set(failed)),
+        checks_run=len(set(tests) | set(failed) | set(warned)),
         passed_tests=tuple(passed),
         failed_tests=tuple(failed),
         failures=failures,
-        pandera_reasons=pandera_reasons,
+        pandera_reasons=run.pandera_reasons if failures else (),
+        backend=ref.backend,
+        warned_tests=tuple(warned),
+        quarantine=quarantine,
     )
-    return result, cases
+    return result, run.cases
+
+
+def _quarantine(
+    ref: SchemaRef,
+    declared: QuarantinePolicy,
+    policy: ValidationPolicy,
+    data: Path,
+    source: pd.DataFrame | pl.LazyFrame | None,
+    failing_rows: pl.DataFrame,
+    failures: tuple[CheckFailure, ...],
+    rows: int,
+    out_dir: Path,
+) -> QuarantineRecord:
+    """Write the failing rows (with their reasons) and the clean rows, then validate the
+    clean file again with no tolerance: it must pass, or the dataset is refused."""
+    if isinstance(source, pd.DataFrame):
+        clean, held = write_pandas_split(source, failing_rows, data, out_dir)
+    elif source is not None:
+        clean, held = write_polars_split(source, failing_rows, data, out_dir)
+    else:
+        raise ToolError(f"validating {data}: no frame to quarantine rows from", where=ref.spec)
+    strict = replace(ref, quarantine=None)
+    recheck, _ = check_dataset(clean, strict, policy=policy)
+    if not recheck.passed:
+        raise ControlRefused(
+            f"the clean rows of {data.name} (failing rows quarantined) still fail "
+            f"{ref.name}: {recheck.summary()}",
+            where=f"{clean} vs {ref.spec}",
+            fix="a check of the schema depends on the rows as a whole; fix the data at its source",
+            details={"result": recheck.to_json()},
+            reason=ValidationRefusal.SCHEMA_CHECK_FAILED,
+            result=recheck,
+        )
+    return QuarantineRecord(
+        max_failing_percent=declared.max_failing_percent,
+        rows=rows,
+        failing_rows=failing_rows.height,
+        quarantine_path=held,
+        quarantine_sha256=file_sha256(held),
+        clean_path=clean,
+        clean_sha256=recheck.data_sha256,
+        clean_rows=recheck.rows,
+        failures=failures,
+    )
 
 
 def validate_dataset(
-    data: Path, schema: SchemaRef | str, *, policy: ValidationPolicy | None = None
+    data: Path,
+    schema: SchemaRef | str,
+    *,
+    policy: ValidationPolicy | None = None,
+    quarantine_dir: Path | None = None,
+    expected_sha256: str | None = None,
 ) -> ValidationResult:
     """The schema gate: return the result if ``data`` passes, else raise ``ControlRefused``.
 
     The error's message lists each failed (column, check) with a count and examples; its
     ``reason`` is a :class:`ValidationRefusal`, its ``result`` the :class:`ValidationResult`
-    (also as ``details["result"]``, with the capped raw failure cases).
+    (also as ``details["result"]``, with the capped raw failure cases). Under the schema's
+    quarantine policy a dataset with few enough failing rows passes, and
+    ``result.quarantine`` names the clean file to train on (``result.training_data``).
     """
-    result, cases = check_dataset(data, schema, policy=policy)
+    result, cases = check_dataset(
+        data, schema, policy=policy, quarantine_dir=quarantine_dir, expected_sha256=expected_sha256
+    )
     if not result.passed:
         min_rows = f"min_rows({(policy or ValidationPolicy()).min_rows})"
         too_few = any(f.check == min_rows for f in result.failures)
+        ref = schema if isinstance(schema, SchemaRef) else None
+        note = ""
+        if ref is not None and ref.quarantine is not None and not too_few:
+            note = (
+                f" (the schema quarantines at most {ref.quarantine.max_failing_percent:g}% "
+                "of rows, and only for row-level checks)"
+            )
         raise ControlRefused(
-            f"dataset failed schema validation: {result.summary()}",
+            f"dataset failed schema validation: {result.summary()}{note}",
             where=f"{data} vs {result.schema_spec}",
             fix="fix the data at its source (or the schema, through review) and pull again",
             details={"result": result.to_json(), "failure_cases": cases},
@@ -874,10 +1288,62 @@ def validate_dataset(
     return result
 
 
+def validation_cache_key(
+    data_sha256: str, schema: SchemaRef, policy: ValidationPolicy | None = None
+) -> str:
+    """The key a validation result may be reused under: the dataset's bytes, the schema (its
+    file, declared structure and quarantine policy: ``schema.digest``), the gate's policy,
+    and the versions of everything that judges (secmlops, pandera, and pandas or polars).
+
+    A change to any of them is a different key, so a reused result is never one about
+    other data, another schema or a looser policy.
+    """
+    engine = "polars" if schema.backend == "polars" else "pandas"
+    material = {
+        "data_sha256": data_sha256,
+        "schema_digest": schema.digest,
+        "policy": (policy or ValidationPolicy()).model_dump(mode="json"),
+        "versions": {
+            name: importlib.metadata.version(name) for name in ("secmlops", "pandera", engine)
+        },
+    }
+    return sha256_bytes(json.dumps(material, sort_keys=True, separators=(",", ":")).encode())
+
+
 def validation_statement(result: ValidationResult) -> dict[str, Any]:
-    """The in-toto test-result v0.1 statement for a validation; subject = the dataset."""
+    """The in-toto test-result v0.1 statement for a validation; subject = the dataset.
+
+    Under quarantine the clean file and the quarantine file are subjects too
+    (``clean/<name>``, ``quarantine/<name>``), the checks that failed only for quarantined
+    rows are ``warnedTests``, and the summary records the counts. A result reused from the
+    cache says so (``cached``, and the run that validated it).
+    """
+    subjects = [Subject(result.data_path.name, result.data_sha256)]
+    extension: dict[str, Any] = {}
+    q = result.quarantine
+    if q is not None:
+        subjects += [
+            Subject(f"clean/{q.clean_path.name}", q.clean_sha256),
+            Subject(f"quarantine/{q.quarantine_path.name}", q.quarantine_sha256),
+        ]
+        extension["quarantine"] = {
+            "maxFailingPercent": q.max_failing_percent,
+            "rows": q.rows,
+            "failingRows": q.failing_rows,
+            "cleanRows": q.clean_rows,
+            "clean": {"name": q.clean_path.name, "digest": {"sha256": q.clean_sha256}},
+            "quarantine": {
+                "name": q.quarantine_path.name,
+                "digest": {"sha256": q.quarantine_sha256},
+            },
+            "failures": [f.to_json() for f in q.failures],
+        }
+    extension["backend"] = result.backend
+    extension["cached"] = result.cached
+    if result.run_id is not None:
+        extension["validatedInRun"] = result.run_id
     return make_statement(
-        [Subject(result.data_path.name, result.data_sha256)],
+        subjects,
         PREDICATE_TEST_RESULT,
         dump_predicate(
             TestResultPredicate(
@@ -895,14 +1361,17 @@ def validation_statement(result: ValidationResult) -> dict[str, Any]:
                 ],
                 passed_tests=list(result.passed_tests),
                 failed_tests=list(result.failed_tests),
-                warned_tests=[],
-                summary=ValidationSummary(
-                    rows=result.rows,
-                    columns=list(result.columns),
-                    checks_run=result.checks_run,
-                    failures=[SchemaFailure.model_validate(f.to_json()) for f in result.failures],
-                    validated_at=result.validated_at,
-                    tool=ToolRef(name="pandera", version=result.pandera_version),
+                warned_tests=list(result.warned_tests),
+                summary=ValidationSummary.model_validate(
+                    {
+                        "rows": result.rows,
+                        "columns": list(result.columns),
+                        "checksRun": result.checks_run,
+                        "failures": [f.to_json() for f in result.failures],
+                        "validatedAt": result.validated_at,
+                        "tool": {"name": "pandera", "version": result.pandera_version},
+                        **extension,
+                    }
                 ),
             ),
             exclude_none=True,

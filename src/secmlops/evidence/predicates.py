@@ -116,8 +116,28 @@ class SchemaFailure(_Strict):
     examples: list[str]
 
 
+class QuarantineFile(_Strict):
+    """One file a quarantine split wrote: its name and digest."""
+
+    name: str
+    digest: dict[str, str]
+
+
+class QuarantineSummary(_Camel):
+    """Rows a schema's quarantine policy set aside (issue 11): training gets ``clean``."""
+
+    max_failing_percent: float
+    rows: int
+    failing_rows: int
+    clean_rows: int
+    clean: QuarantineFile
+    quarantine: QuarantineFile
+    failures: list[SchemaFailure]
+
+
 class ValidationSummary(_Camel):
-    """Our data in a test result: what was validated, with which tool."""
+    """Our data in a test result: what was validated, with which tool and backend, and
+    whether the result was reused from an earlier run (``cached``, ``validated_in_run``)."""
 
     rows: int
     columns: list[str]
@@ -125,6 +145,10 @@ class ValidationSummary(_Camel):
     failures: list[SchemaFailure]
     validated_at: str
     tool: ToolRef
+    backend: Literal["pandas", "polars"] | None = None
+    quarantine: QuarantineSummary | None = None
+    cached: bool | None = None
+    validated_in_run: str | None = None
 
 
 class TestResultPredicate(_Camel):
