@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -123,6 +124,21 @@ def world_copy(pipeline_world: PipelineWorld, tmp_path: Path) -> PipelineWorld:
     )
 
 
+def _send(req: urllib.request.Request, attempts: int = 6) -> bytes:
+    """The response body; 503/429 (a SQLite-backed server busy under the suite's load, which
+    Prefect's own client retries too: the request was not applied) are retried with backoff,
+    every other error is raised."""
+    for attempt in range(attempts):
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - loopback
+                return bytes(resp.read())
+        except urllib.error.HTTPError as exc:
+            if exc.code not in (429, 503) or attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
 class PrefectServer:
     """A running Prefect server (UI and API), its worker's environment and its state dir."""
 
@@ -156,8 +172,9 @@ class PrefectServer:
         return proc.stdout
 
     def get(self, path: str) -> Any:
-        with urllib.request.urlopen(f"{self.api}{path}", timeout=30) as resp:  # noqa: S310 - loopback
-            return json.loads(resp.read())
+        req = urllib.request.Request(f"{self.api}{path}")  # noqa: S310 - loopback
+        body_bytes = _send(req)
+        return json.loads(body_bytes)
 
     def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
         req = urllib.request.Request(  # noqa: S310 - loopback
@@ -166,9 +183,8 @@ class PrefectServer:
             method="POST",
             headers={"Content-Type": "application/json"},
         )
-        with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - loopback
-            body_bytes = resp.read()
-            return json.loads(body_bytes) if body_bytes else None
+        body_bytes = _send(req)
+        return json.loads(body_bytes) if body_bytes else None
 
     def deployment(self, name: str) -> dict[str, Any]:
         """The deployment ``flow-name/deployment-name``."""

@@ -21,6 +21,15 @@ from secmlops.errors import InputError, ToolError
 from tests.conftest import free_port
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _api_up() -> None:
+    """Start this process's Prefect API once, before any test's threads race to start it
+    (three threads starting the ephemeral server at once on a loaded machine: "Server
+    process did not start")."""
+    with get_client(sync_client=True) as client:
+        client.read_global_concurrency_limits(limit=1, offset=0)
+
+
 def _model() -> str:
     return f"lock-test-{uuid.uuid4().hex[:8]}"
 
