@@ -64,7 +64,6 @@ BUNDLE_MEDIA_TYPES = (
     "application/vnd.dev.sigstore.bundle+json;version=0.2",
     "application/vnd.dev.sigstore.bundle+json;version=0.1",
 )
-IN_TOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
 _MAX_SIGNATURE_BYTES = 16 << 20
 
 
