@@ -30,6 +30,7 @@ from pandera import config as pandera_config
 from pandera.errors import SchemaError, SchemaErrors
 
 from secmlops.controls.quarantine import row_failures
+from secmlops.controls.validation_polars_proof import without_proven_checks
 from secmlops.errors import InputError, ToolError
 
 # Checks pandera reports against the whole frame; their failure_case is a column name.
@@ -107,11 +108,21 @@ def _parse_csv(path: Path) -> pl.DataFrame:
 
 def require_polars_enforcing() -> bool:
     """Does the polars engine reject a canary frame that violates its schema?"""
-    canary = pap.DataFrameSchema({"canary": pap.Column(int, pap.Check.ge(0))}, name="canary")
+    canary = pap.DataFrameSchema(
+        {"canary": pap.Column(int, pap.Check.ge(0), unique=True)}, name="canary"
+    )
+    frame = pl.DataFrame({"canary": [-1, -1, None]})
     try:
-        canary.validate(pl.DataFrame({"canary": [-1]}), lazy=False)
-    except (SchemaError, SchemaErrors):
-        return True
+        # The proof pass first, as in the gate: it must not take a failing check away.
+        without_proven_checks(canary, frame.lazy()).schema.validate(frame, lazy=True)
+    except SchemaErrors as exc:
+        return {e.reason_code.value for e in exc.schema_errors if e.reason_code} >= {
+            "dataframe_check",
+            "series_contains_duplicates",
+            "series_contains_nulls",
+        }
+    except SchemaError:
+        return False
     return False
 
 
@@ -143,7 +154,8 @@ def run_polars_schema(
             validation_enabled=True,
             validation_depth=pandera_config.ValidationDepth.SCHEMA_AND_DATA,
         ):
-            _without_proven_core_checks(schema, table).validate(table.frame, lazy=True)
+            proven = without_proven_checks(schema, table.frame)
+            proven.schema.validate(table.frame, lazy=True)
     except SchemaErrors as exc:
         fc = exc.failure_cases
         if not isinstance(fc, pl.DataFrame):
@@ -152,6 +164,7 @@ def run_polars_schema(
                 where=spec,
                 fix="check the pandera version (polars failure cases are expected)",
             ) from exc
+        fc = proven.renumber(fc)
         codes = tuple(sorted({_reason_code(e) for e in exc.schema_errors}))
         cases = [
             {k: (None if v is None else str(v)) for k, v in row.items()}
@@ -176,56 +189,6 @@ def run_polars_schema(
             fix="a custom check in the schema raised; fix the check (it did not pass)",
         ) from exc
     return PolarsRun((), [], (), None)
-
-
-def _without_proven_core_checks(
-    schema: pap.DataFrameSchema, table: PolarsTable
-) -> pap.DataFrameSchema:
-    """``schema`` minus the ``unique`` and non-nullable flags that one aggregate query proves.
-
-    pandera runs each column's not-null check and uniqueness check as its own query, which
-    builds a per-row mask to name the failing rows (``is_duplicated`` alone is a third of a
-    10M-row validation). One query over all such columns counts nulls (and NaNs, for float
-    columns, as pandera does) and distinct values (the same equality as ``is_duplicated``:
-    nulls equal nulls). A flag is dropped only for a column the counts prove passes; any
-    other keeps it, so pandera names its failing rows exactly as before. The test names and
-    results are the same either way.
-    """
-    names = set(table.columns)
-    dtypes = table.frame.collect_schema()
-    columns = [
-        (name, column)
-        for name, column in schema.columns.items()
-        if not column.regex and name in names
-    ]
-    unique = [name for name, column in columns if column.unique]
-    not_null = [name for name, column in columns if not column.nullable]
-    if not unique and not not_null:
-        return schema
-
-    def missing(name: str) -> pl.Expr:
-        nulls = pl.col(name).null_count()
-        if dtypes[name] in (pl.Float32, pl.Float64):
-            nulls = nulls + pl.col(name).is_nan().sum()
-        return nulls
-
-    counts = table.frame.select(
-        *(pl.col(name).n_unique().alias(f"distinct_{i}") for i, name in enumerate(unique)),
-        *(missing(name).alias(f"missing_{i}") for i, name in enumerate(not_null)),
-        pl.len().alias("rows"),
-    ).collect()
-    rows = counts["rows"].item()
-    updates: dict[str, dict[str, Any]] = {}
-    for i, name in enumerate(unique):
-        if counts[f"distinct_{i}"].item() == rows:
-            updates.setdefault(name, {})["unique"] = False
-    for i, name in enumerate(not_null):
-        if counts[f"missing_{i}"].item() == 0:
-            updates.setdefault(name, {})["nullable"] = True
-    if not updates:
-        return schema
-    updated: pap.DataFrameSchema = schema.update_columns(updates)
-    return updated
 
 
 def _reason_code(error: SchemaError) -> str:
