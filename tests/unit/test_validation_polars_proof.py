@@ -52,6 +52,13 @@ def _fails_in_polars(data: PolarsData) -> pl.LazyFrame:
     return data.lazyframe.select(pl.col("kind").cast(pl.Int64) > 0)
 
 
+def _no_x(value: str) -> bool:
+    """An element-wise check that raises as the query runs (on the value ``"X"``)."""
+    if value == "X":
+        raise ValueError("no X here")
+    return True
+
+
 def schema(*extra_frame_checks: pap.Check) -> pap.DataFrameSchema:
     return pap.DataFrameSchema(
         {
@@ -162,15 +169,24 @@ def test_the_gate_reports_what_pandera_alone_reports(
 
 @pytest.mark.parametrize(
     "broken",
-    [pap.Check(_raises, name="broken"), pap.Check(_fails_in_polars, name="fails_in_polars")],
-    ids=["raises", "fails in polars"],
+    [
+        pap.Check(_raises, name="broken"),
+        pap.Check(_fails_in_polars, name="fails_in_polars"),
+        pap.Check(
+            lambda data: data.lazyframe.select(
+                pl.col("kind").map_elements(_no_x, return_dtype=pl.Boolean)
+            ),
+            name="raises_while_running",
+        ),
+    ],
+    ids=["raises", "fails in polars", "raises while running"],
 )
 def test_a_check_that_cannot_run_is_left_to_pandera(
     broken: pap.Check, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A check that raises (or makes the query fail) is never taken out: pandera runs it and
     reports its error as that check's failure, as without the proof pass."""
-    table = _table(_set("n", [3], 500)(good()), tmp_path / "rows.parquet")
+    table = _table(_set("kind", [2], "X")(_set("n", [3], 500)(good())), tmp_path / "rows.parquet")
     s = schema(broken)
     reduced = without_proven_checks(s, table.frame).schema
     assert any(check.name == broken.name for check in reduced.checks)
