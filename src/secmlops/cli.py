@@ -1374,18 +1374,10 @@ def trust_add_ca(
 ) -> None:
     """Trust models signed with a certificate issued under this CA (role model-signer; the
     leaf is checked at the release's signed time)."""
-    from cryptography import x509
-
+    from secmlops.controls.signer_trust import load_certificates
     from secmlops.evidence.trust_root import TrustRoot
 
-    try:
-        loaded = x509.load_pem_x509_certificates(certificate.read_bytes())
-    except (OSError, ValueError) as exc:
-        raise InputError(
-            f"{certificate} is not a readable PEM certificate: {exc}",
-            where=str(certificate),
-            fix="give the CA certificate as PEM (-----BEGIN CERTIFICATE-----)",
-        ) from exc
+    loaded = load_certificates(certificate, "CA certificate")
     if len(loaded) != 1:
         raise InputError(
             f"{certificate} holds {len(loaded)} certificates",

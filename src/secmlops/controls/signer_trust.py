@@ -202,7 +202,7 @@ class SignerTrust:
         roots: list[x509.Certificate] = []
         intermediates: list[x509.Certificate] = []
         for path in certificate_chain:
-            for cert in load_certificates(path):
+            for cert in load_certificates(path, "CA certificate file"):
                 (roots if _is_self_signed(cert) else intermediates).append(cert)
         if trust_config is not None and not trust_config.is_file():
             raise InputError(
@@ -448,24 +448,25 @@ def b64_field(value: Any, signature: Path, what: str) -> bytes:
         raise _malformed_input(signature, f"its {what} is not base64") from exc
 
 
-def load_certificates(path: Path) -> list[x509.Certificate]:
-    """Every PEM certificate in ``path``; ``InputError`` naming the file if there is none."""
+def load_certificates(path: Path, what: str = "certificate file") -> list[x509.Certificate]:
+    """Every PEM certificate in ``path``; ``InputError`` naming the file (as ``what``) if it
+    cannot be read or holds none. The one loader for signing, verifying and the trust root."""
     try:
         data = path.read_bytes()
-        certs = x509.load_pem_x509_certificates(data)
     except OSError as exc:
         raise InputError(
-            f"certificate file {path} cannot be read ({exc.strerror or exc})",
+            f"{what} {path} cannot be read ({exc.strerror or exc})",
             where=str(path),
-            fix="pass a PEM file with the CA certificate(s)",
+            fix=f"pass the {what} as a PEM file",
         ) from exc
+    try:
+        return x509.load_pem_x509_certificates(data)
     except ValueError as exc:
         raise InputError(
-            f"certificate file {path} holds no PEM certificate ({_short(exc)})",
+            f"{what} {path} is not a PEM X.509 certificate ({_short(exc)})",
             where=str(path),
-            fix="pass a PEM file with the CA certificate(s) (-----BEGIN CERTIFICATE-----)",
+            fix=f"pass the {what} as a PEM file (-----BEGIN CERTIFICATE-----)",
         ) from exc
-    return certs
 
 
 def _is_ca(cert: x509.Certificate) -> bool:

@@ -188,19 +188,21 @@ class CertificateSigner:
         certificates per file allowed). ``InputError`` for an unreadable or malformed file,
         a certificate that does not match the key, cannot sign code (neither KeyUsage
         digitalSignature nor ExtendedKeyUsage codeSigning), or is not valid now."""
+        from secmlops.controls.signer_trust import load_certificates  # imports this module
+
         signer = (
             private_key
             if isinstance(private_key, Signer)
             else _load_file_signer(private_key, subject)
         )
-        leaf = _load_certificates(certificate, "signing certificate")
+        leaf = load_certificates(certificate, "signing certificate")
         if len(leaf) != 1:
             raise InputError(
                 f"signing certificate {certificate} holds {len(leaf)} certificates, not one",
                 where=str(certificate),
                 fix="pass the leaf certificate alone; put the CA certificates in the chain",
             )
-        others = tuple(c for path in chain for c in _load_certificates(path, "certificate chain"))
+        others = tuple(c for path in chain for c in load_certificates(path, "certificate chain"))
         return cls(signer, leaf[0], others)
 
     @property
@@ -240,25 +242,6 @@ def _check_curve(public_key: PublicKey, where: str) -> None:
             where=where,
             fix="use a P-256, P-384 or P-521 key",
         )
-
-
-def _load_certificates(path: Path, what: str) -> list[x509.Certificate]:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InputError(
-            f"cannot read {what} {path}: {exc.strerror or exc}",
-            where=str(path),
-            fix=f"pass the {what} as a PEM file",
-        ) from exc
-    try:
-        return x509.load_pem_x509_certificates(data)
-    except ValueError as exc:
-        raise InputError(
-            f"{what} {path} is not a PEM X.509 certificate ({exc})",
-            where=str(path),
-            fix=f"pass the {what} as a PEM file (-----BEGIN CERTIFICATE-----)",
-        ) from exc
 
 
 def _check_certificate(certificate: x509.Certificate, signer: Signer) -> None:
