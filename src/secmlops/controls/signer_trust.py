@@ -37,7 +37,6 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -46,14 +45,21 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from secmlops.controls.signing_native import pae, pae_compat
+from secmlops.controls.signing import require_model_dir
+from secmlops.controls.signing_native import (
+    check_statement_against_model,
+    curve_hash,
+    key_hint,
+    pae,
+    pae_compat,
+)
 from secmlops.errors import ControlRefused, InputError, RefusalReason
 
 if TYPE_CHECKING:
-    from secmlops.controls.model_hashing import ModelDigests
+    pass
 
 SigningMethod = Literal["key", "certificate", "sigstore"]
 #: The methods, in the order messages list them.
@@ -300,7 +306,7 @@ def verify_signed_model(
     verify``) and reports the manifest's digest. Raises ``ControlRefused`` (which file, what
     mismatched) or ``InputError`` (missing path, malformed signature); returns who signed.
     """
-    root = _require_model_dir(model_dir)
+    root = require_model_dir(model_dir)
     bundle = read_bundle(signature)
     if bundle.path.resolve().is_relative_to(root):
         raise InputError(
@@ -348,7 +354,9 @@ def verify_signed_model(
         )
         identity, issuer, details = keyless.identity, keyless.issuer, keyless.to_json()
         payload_type, payload = keyless.payload_type, keyless.payload
-    digests = check_statement(root, payload_type, payload, bundle.path, whole_files=whole_files)
+    digests = check_statement_against_model(
+        root, payload_type, payload, bundle.path, whole_files=whole_files
+    )
     return VerifiedSigner(
         method=method,
         identity=identity,
@@ -368,16 +376,6 @@ _METHOD_NAMES: dict[SigningMethod, str] = {
 
 
 # --- reading the bundle ---------------------------------------------------------------------
-
-
-def _require_model_dir(model_dir: Path) -> Path:
-    if model_dir.is_symlink() or not model_dir.is_dir():
-        raise InputError(
-            f"model directory {model_dir} does not exist (or is a symlink)",
-            where=str(model_dir),
-            fix="pass the directory holding the model files",
-        )
-    return model_dir.resolve()
 
 
 def read_bundle(signature: Path) -> SignedBundle:
@@ -500,7 +498,7 @@ def _verify_with_trusted_key(
     candidates = list(keys)
     if isinstance(hint, str) and hint:
         # model-signing's hint: sha256 of the key's PEM SubjectPublicKeyInfo.
-        candidates = [k for k in keys if _pem_hint(k) == hint]
+        candidates = [k for k in keys if key_hint(k) == hint]
         if not candidates:
             raise ControlRefused(
                 f"model signature {bundle.path} was made by a key (hint {hint[:16]}…) that is "
@@ -524,29 +522,15 @@ def _verify_with_trusted_key(
     )
 
 
-def _pem_hint(key: ec.EllipticCurvePublicKey) -> str:
-    pem = key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return hashlib.sha256(pem).hexdigest()
-
-
-_CURVE_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
-    "secp256r1": hashes.SHA256,
-    "secp384r1": hashes.SHA384,
-    "secp521r1": hashes.SHA512,
-}
-
-
 def verify_dsse_signature(key: ec.EllipticCurvePublicKey, payload: bytes, sig: bytes) -> bool:
     """Whether ``sig`` is ``key``'s ECDSA signature over the DSSE PAE of an in-toto payload,
     as model-signing makes it (and its pre-1.0 encoding, which it still accepts)."""
-    algorithm = _CURVE_HASHES.get(key.curve.name)
+    algorithm = curve_hash(key)
     if algorithm is None:
         return False
     attempts = (
-        (pae(payload), algorithm()),
-        (pae_compat(payload), algorithm()),
+        (pae(payload), algorithm),
+        (pae_compat(payload), algorithm),
         # model-signing v0.2 hashed with SHA-256 whatever the curve.
         (pae_compat(payload), hashes.SHA256()),
     )
@@ -560,20 +544,6 @@ def verify_dsse_signature(key: ec.EllipticCurvePublicKey, payload: bytes, sig: b
 
 
 # --- the statement against the directory ------------------------------------------------------
-
-
-def check_statement(
-    root: Path, payload_type: str, payload: bytes, signature: Path, *, whole_files: bool = True
-) -> ModelDigests:
-    """Check a signature-verified statement against the model directory ``root`` (resolved):
-    every signed digest matches and the directory holds exactly the signed files (one pass).
-    Returns that pass's digests (``model_digest``: see :func:`verify_signed_model`).
-    ``ControlRefused`` with a ``SignatureRefusal`` otherwise."""
-    from secmlops.controls.signing_native import check_statement_against_model
-
-    return check_statement_against_model(
-        root, payload_type, payload, signature, whole_files=whole_files
-    )
 
 
 def _malformed_input(signature: Path, why: str) -> InputError:

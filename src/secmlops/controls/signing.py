@@ -282,7 +282,7 @@ def _check_certificate(certificate: x509.Certificate, signer: Signer) -> None:
         )
 
 
-def _require_model_dir(model_dir: Path) -> Path:
+def require_model_dir(model_dir: Path) -> Path:
     if model_dir.is_symlink() or not model_dir.is_dir():
         raise InputError(
             f"model directory {model_dir} does not exist (or is a symlink)",
@@ -372,7 +372,7 @@ def hash_for_signing(
     """
     from secmlops.controls.signing_native import payload_bytes, statement_for
 
-    root = _require_model_dir(model_dir)
+    root = require_model_dir(model_dir)
     sig_path = _outside(root, signature)
     if shard_size is not None and (
         not isinstance(shard_size, int) or isinstance(shard_size, bool) or shard_size <= 0
@@ -522,7 +522,7 @@ def verify_model_signature(model_dir: Path, *, signature: Path, public_key: Path
     """
     from secmlops.controls.signing_native import NotNativelyVerifiable, verify_key_signed_model
 
-    root = _require_model_dir(model_dir)
+    root = require_model_dir(model_dir)
     _require_file(signature, "model signature", "pass the model.sig stored with this model version")
     _require_file(public_key, "public key", "pass the model signer's public key (.pub, PEM)")
     _outside(root, signature)

@@ -69,7 +69,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from secmlops.controls.model_hashing import ModelDigests, ModelReadError, hash_model, walk
-from secmlops.controls.signing import SignatureRefusal
+from secmlops.controls.signing import SUPPORTED_CURVES, SignatureRefusal
 from secmlops.errors import ControlRefused, InputError
 from secmlops.evidence.statements import key_id
 
@@ -81,11 +81,6 @@ PREDICATE_TYPE_COMPAT = "https://model_signing/Digests/v0.1"
 # What model-signing's verifier skips by default (hashing.Config(): ignore_git_paths=True).
 GIT_PATHS = (".git", ".gitattributes", ".github", ".gitignore")
 
-_CURVE_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
-    "secp256r1": hashes.SHA256,
-    "secp384r1": hashes.SHA384,
-    "secp521r1": hashes.SHA512,
-}
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -193,7 +188,7 @@ def payload_bytes(statement: dict[str, Any]) -> bytes:
 def key_material(public_key: ec.EllipticCurvePublicKey) -> dict[str, Any]:
     """Verification material of a key-signed bundle: the key's hint, as model-signing."""
     return {
-        "publicKey": {"hint": hashlib.sha256(_pem(public_key)).hexdigest()},
+        "publicKey": {"hint": key_hint(public_key)},
         "tlogEntries": [],
     }
 
@@ -229,9 +224,14 @@ def bundle_text(payload: bytes, sig: bytes, material: dict[str, Any]) -> str:
     return json.dumps(bundle, separators=(",", ":"), ensure_ascii=False)
 
 
+def key_hint(public_key: ec.EllipticCurvePublicKey) -> str:
+    """model-signing's key hint: the sha256 of the key's PEM SubjectPublicKeyInfo."""
+    return hashlib.sha256(_pem(public_key)).hexdigest()
+
+
 def curve_hash(public_key: ec.EllipticCurvePublicKey) -> hashes.HashAlgorithm | None:
     """The hash model-signing pairs with the key's curve, ``None`` for other curves."""
-    algorithm = _CURVE_HASHES.get(public_key.curve.name)
+    algorithm = SUPPORTED_CURVES.get(public_key.curve.name)
     return algorithm() if algorithm else None
 
 
@@ -288,11 +288,11 @@ def _read_bundle(
         raise NotNativelyVerifiable("envelope does not hold exactly one signature")
     payload = _b64(envelope["payload"])
     sig = _b64(signatures[0]["sig"])
-    if public_key.curve.name not in _CURVE_HASHES:
+    if public_key.curve.name not in SUPPORTED_CURVES:
         raise NotNativelyVerifiable(f"unsupported curve {public_key.curve.name}")
     # model-signing compares the hint with the sha256 of the key's PEM SubjectPublicKeyInfo
     # (SecMLOps' own key id hashes the DER); an empty or absent hint is not checked.
-    if hint and hint != hashlib.sha256(_pem(public_key)).hexdigest():
+    if hint and hint != key_hint(public_key):
         raise ControlRefused(
             "model signature does not verify: Key mismatch: the signature names another "
             f"public key (hint {hint}) than the one given",
@@ -339,7 +339,7 @@ def pae_compat(payload: bytes) -> bytes:
 def _verify_dsse(
     payload: bytes, sig: bytes, signature: Path, public_key: ec.EllipticCurvePublicKey
 ) -> None:
-    algorithm = ec.ECDSA(_CURVE_HASHES[public_key.curve.name]())
+    algorithm = ec.ECDSA(SUPPORTED_CURVES[public_key.curve.name]())
     for encoded in (pae(payload), pae_compat(payload)):
         try:
             public_key.verify(sig, encoded, algorithm)

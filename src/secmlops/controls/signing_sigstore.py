@@ -35,7 +35,6 @@ Example::
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 from collections.abc import Sequence
@@ -426,12 +425,3 @@ def assemble_keyless_bundle(
             fix="pass Rekor's entry response as returned by POST /api/v1/log/entries",
         ) from exc
     return str(bundle.to_json())
-
-
-def envelope_json(payload: bytes, payload_type: str, sig: bytes) -> dict[str, Any]:
-    """A DSSE envelope as JSON (one signature)."""
-    return {
-        "payload": base64.b64encode(payload).decode(),
-        "payloadType": payload_type,
-        "signatures": [{"sig": base64.b64encode(sig).decode()}],
-    }

@@ -422,19 +422,6 @@ class ModelSignerTrust:
             parts.append("identities " + ", ".join(e.label for e in self.identities))
         return "; ".join(parts) or "nothing"
 
-    def demo_fingerprints(self) -> frozenset[str]:
-        """Fingerprints of CA certificates marked ``demo: true`` (production refuses them)."""
-        return frozenset(e.fingerprint for e in self.certificates if e.demo)
-
-    def trusted_keys(self) -> TrustedKeys:
-        trusted = TrustedKeys()
-        for entry in self.keys:
-            trusted.add(MODEL_SIGNER, entry.public_key, entry.window)
-        return trusted
-
-    def ca_entry(self, fingerprint: str) -> CaCertificateEntry | None:
-        return next((e for e in self.certificates if e.fingerprint == fingerprint), None)
-
     def signer_trusts(self) -> list[TrustedModelSigner]:
         """This trust as :class:`~secmlops.controls.signer_trust.SignerTrust` objects to
         verify with: one for every key together, one per CA certificate and one per Sigstore
