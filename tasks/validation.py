@@ -19,7 +19,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from prefect.runtime import flow_run
 
-from secmlops.controls.quarantine import QuarantineRecord, file_sha256
+from secmlops._internal.digests import sha256_file
+from secmlops.controls.quarantine import QuarantineRecord
 from secmlops.controls.validation import (
     SchemaRef,
     ValidationPolicy,
@@ -107,10 +108,10 @@ def _outputs_intact(record: QuarantineRecord) -> bool:
     """Are a reused result's clean and quarantine files still there, byte for byte?"""
     try:
         return (
-            file_sha256(record.clean_path) == record.clean_sha256
-            and file_sha256(record.quarantine_path) == record.quarantine_sha256
+            sha256_file(record.clean_path) == record.clean_sha256
+            and sha256_file(record.quarantine_path) == record.quarantine_sha256
         )
-    except OSError:
+    except (OSError, InputError):
         return False
 
 

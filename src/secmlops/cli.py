@@ -21,6 +21,7 @@ from secmlops.errors import ControlRefused, InputError, SecMLOpsError
 
 if TYPE_CHECKING:  # the CLI imports heavy modules lazily, per command
     from secmlops.evidence.keys import KeyDirectory
+    from secmlops.evidence.trust_root import TrustRoot
     from secmlops.registry.models import ModelRegistry
 
 
@@ -1337,11 +1338,8 @@ def trust_add_key(
     """Accept a public key for a role or approver (rotation: add the new key, then retire the
     old one). The trust root is created if missing; one key for two roles is refused."""
     from secmlops.evidence.signers import public_key_of
-    from secmlops.evidence.trust_root import TrustRoot
 
-    directory = _keys(keys)
-    path = directory.trust_root_file
-    root = TrustRoot.load(path) if path.exists() else TrustRoot(path)
+    root = _trust_root(keys)
     public = public_key_of(public_key)
     updated = root.with_key(
         role,
@@ -1354,8 +1352,16 @@ def trust_add_key(
     updated.save()
     entry = updated.entries[-1]
     typer.echo(
-        f"{role}: added key {entry.key_id[:16]}… (valid {entry.window.describe()}) to {path}"
+        f"{role}: added key {entry.key_id[:16]}… (valid {entry.window.describe()}) to {root.path}"
     )
+
+
+def _trust_root(keys: Path | None) -> TrustRoot:
+    """The key directory's trust root, or a new empty one at its path (saved by the caller)."""
+    from secmlops.evidence.trust_root import TrustRoot
+
+    path = _keys(keys).trust_root_file
+    return TrustRoot.load(path) if path.exists() else TrustRoot(path)
 
 
 @trust_app.command("add-ca")
@@ -1375,7 +1381,6 @@ def trust_add_ca(
     """Trust models signed with a certificate issued under this CA (role model-signer; the
     leaf is checked at the release's signed time)."""
     from secmlops.controls.signer_trust import load_certificates
-    from secmlops.evidence.trust_root import TrustRoot
 
     loaded = load_certificates(certificate, "CA certificate")
     if len(loaded) != 1:
@@ -1384,9 +1389,7 @@ def trust_add_ca(
             where=str(certificate),
             fix="add each CA certificate on its own",
         )
-    directory = _keys(keys)
-    path = directory.trust_root_file
-    root = TrustRoot.load(path) if path.exists() else TrustRoot(path)
+    root = _trust_root(keys)
     updated = root.with_ca_certificate(
         loaded[0],
         not_before=_time_option(not_before, "--not-before"),
@@ -1395,7 +1398,7 @@ def trust_add_ca(
     )
     updated.save()
     ca = updated.certificates[-1]
-    typer.echo(f"model-signer: added CA {ca.name} ({ca.fingerprint[:16]}…) to {path}")
+    typer.echo(f"model-signer: added CA {ca.name} ({ca.fingerprint[:16]}…) to {root.path}")
 
 
 @trust_app.command("add-identity")
@@ -1419,18 +1422,15 @@ def trust_add_identity(
 ) -> None:
     """Trust models signed keyless through Sigstore by IDENTITY from --issuer (role
     model-signer; verified offline against the trust config)."""
-    from secmlops.evidence.trust_root import TrustRoot
 
-    directory = _keys(keys)
-    path = directory.trust_root_file
-    root = TrustRoot.load(path) if path.exists() else TrustRoot(path)
+    root = _trust_root(keys)
     if trust_config != "sigstore-production":
         trust_config = str(Path(trust_config).resolve())  # given relative to here
     updated = root.with_identity(
         identity, issuer, trust_config=trust_config, require_rekor=not no_rekor
     )
     updated.save()
-    typer.echo(f"model-signer: added Sigstore identity {identity} (issuer {issuer}) to {path}")
+    typer.echo(f"model-signer: added Sigstore identity {identity} (issuer {issuer}) to {root.path}")
 
 
 @trust_app.command("retire")

@@ -45,7 +45,7 @@ import socket
 import stat
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -315,15 +315,7 @@ def postgres_status(root: Path) -> PostgresCluster | None:
         pid = None
     if pid is not None and not _postmaster_alive(pid):
         pid = None
-    return PostgresCluster(
-        root=cluster.root,
-        port=cluster.port,
-        database=cluster.database,
-        user=cluster.user,
-        auth=cluster.auth,
-        pid=pid,
-        created=cluster.created,
-    )
+    return replace(cluster, pid=pid)
 
 
 # -- start / stop ------------------------------------------------------------------------------

@@ -28,7 +28,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,11 +149,6 @@ def quarantine_policy_of(obj: Any, spec: str) -> QuarantinePolicy | None:
 # --- which rows failed, and why -----------------------------------------------------------
 
 
-def is_schema_level(check: str) -> bool:
-    """Does a failure of ``check`` concern the schema rather than particular rows?"""
-    return check in SCHEMA_LEVEL_CHECKS or check.startswith(_SCHEMA_LEVEL_PREFIXES)
-
-
 def row_failures(failure_cases: pl.DataFrame, *, schema_name: str) -> pl.DataFrame | None:
     """Per failing row, the tests it failed: columns ``row`` (u32) and ``reason``.
 
@@ -221,12 +215,6 @@ def output_paths(data: Path, out_dir: Path) -> tuple[Path, Path]:
         out_dir / f"{data.stem}.clean{data.suffix}",
         out_dir / f"{data.stem}.quarantine{data.suffix}",
     )
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, streamed."""
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def write_polars_split(

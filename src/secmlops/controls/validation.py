@@ -58,11 +58,10 @@ from pandera.api.pandas.model import DataFrameModel
 from pandera.errors import SchemaError, SchemaErrors
 from pydantic import BaseModel, ConfigDict, Field
 
-from secmlops._internal.digests import sha256_bytes
+from secmlops._internal.digests import sha256_bytes, sha256_file
 from secmlops.controls.quarantine import (
     QuarantinePolicy,
     QuarantineRecord,
-    file_sha256,
     pandas_failure_cases,
     quarantine_policy_of,
     row_failures,
@@ -1049,20 +1048,26 @@ def _run_polars(ref: SchemaRef, table: PolarsTable, policy: ValidationPolicy) ->
 
 
 def _run_polars_unchanged(
-    ref: SchemaRef, table: PolarsTable, policy: ValidationPolicy, digest: str
+    ref: SchemaRef, table: PolarsTable, policy: ValidationPolicy
 ) -> _SchemaRun:
     """:func:`_run_polars`; a read error on a file that changed since it was hashed is the
     change (``DATASET_CHANGED``), not bad input."""
-    from secmlops.controls.validation_polars import file_identity
-
     try:
         return _run_polars(ref, table, policy)
     except (InputError, ToolError):
-        if file_identity(table.path) != table.identity:
-            raise _changed(
-                table.path, digest, "(changed)", "changed while it was validated"
-            ) from None
+        _require_unchanged(table)
         raise
+
+
+def _require_unchanged(table: PolarsTable) -> None:
+    """The polars engine reads the file itself (a scan once per query, the quarantine split
+    once more): it must still be the file that was hashed (``DATASET_CHANGED`` if not)."""
+    from secmlops.controls.validation_polars import file_identity
+
+    if file_identity(table.path) != table.identity:
+        raise _changed(
+            table.path, table.sha256, "(changed)", "changed while it was validated"
+        ) from None
 
 
 def _reason_code(error: SchemaError) -> str:
@@ -1146,7 +1151,7 @@ def check_dataset(
     else:
         tests.append(min_rows_test)
         if table is not None:
-            run = _run_polars_unchanged(ref, table, policy, digest)
+            run = _run_polars_unchanged(ref, table, policy)
         elif frame is not None:
             run = _run_pandas(ref, frame, data, policy)
     quarantine: QuarantineRecord | None = None
@@ -1172,12 +1177,7 @@ def check_dataset(
         warned = sorted({f.test_name for f in failures})
         failures = ()
     if table is not None:
-        from secmlops.controls.validation_polars import file_identity
-
-        # The polars engine read the file itself (a scan reads it once per check, and the
-        # quarantine split once more): it must still be the file that was hashed.
-        if file_identity(data) != table.identity:
-            raise _changed(data, digest, "(changed)", "changed while it was validated")
+        _require_unchanged(table)
     failed = sorted({f.test_name for f in failures})
     passed = [t for t in tests if t not in set(failed) | set(warned)]
     result = ValidationResult(
@@ -1238,7 +1238,7 @@ def _quarantine(
         rows=rows,
         failing_rows=failing_rows.height,
         quarantine_path=held,
-        quarantine_sha256=file_sha256(held),
+        quarantine_sha256=sha256_file(held),
         clean_path=clean,
         clean_sha256=recheck.data_sha256,
         clean_rows=recheck.rows,
@@ -1298,7 +1298,7 @@ def validation_cache_key(
     A change to any of them is a different key, so a reused result is never one about
     other data, another schema or a looser policy.
     """
-    engine = "polars" if schema.backend == "polars" else "pandas"
+    engine = schema.backend
     material = {
         "data_sha256": data_sha256,
         "schema_digest": schema.digest,

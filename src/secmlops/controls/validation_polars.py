@@ -88,9 +88,8 @@ def read_polars_table(path: Path, kind: str, sha256: str, st: os.stat_result) ->
             where=str(path),
             fix="check the data pull; an empty file is never a valid dataset",
         ) from exc
-    except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
-        raise _unreadable(path, kind, exc) from exc
-    except pl.exceptions.PanicException as exc:  # a corrupt file can make polars panic
+    # (a corrupt file can make polars panic)
+    except (pl.exceptions.PolarsError, pl.exceptions.PanicException, OSError, ValueError) as exc:
         raise _unreadable(path, kind, exc) from exc
     return PolarsTable(path, frame, sha256, rows, columns, _identity(st))
 
@@ -176,10 +175,8 @@ def run_polars_schema(
         check = str(exc.check or exc.reason_code)
         failure = (str(getattr(exc.schema, "name", schema_name)), check, 1, (str(exc)[:200],))
         return PolarsRun((failure,), [], (_reason_code(exc),), None)
-    except (pl.exceptions.PolarsError, OSError) as exc:
+    except (pl.exceptions.PolarsError, pl.exceptions.PanicException, OSError) as exc:
         # Raised outside any check (pandera wraps check errors as failures): reading the data.
-        raise _unreadable(table.path, table.path.suffix.lstrip(".") or "data", exc) from exc
-    except pl.exceptions.PanicException as exc:
         raise _unreadable(table.path, table.path.suffix.lstrip(".") or "data", exc) from exc
     except Exception as exc:
         raise ToolError(
