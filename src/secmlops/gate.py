@@ -117,6 +117,19 @@ _FROM_EVIDENCE_REFUSAL = {
 }
 
 
+_FROM_IMAGE_SIGNING_REFUSAL = {
+    ImageSigningRefusal.BLOB_DIGEST_MISMATCH: GateRefusal.EVIDENCE_CHANGED,
+    ImageSigningRefusal.MALFORMED_SIGNATURES: GateRefusal.MALFORMED_EVIDENCE,
+    ImageSigningRefusal.MISSING_SIGNATURE: GateRefusal.MISSING_EVIDENCE,
+    ImageSigningRefusal.BAD_SIGNATURE: GateRefusal.BAD_SIGNATURE,
+    ImageSigningRefusal.KEY_NOT_VALID: GateRefusal.UNTRUSTED_SIGNER,
+    ImageSigningRefusal.WRONG_DIGEST: GateRefusal.WRONG_SUBJECT,
+    ImageSigningRefusal.WRONG_REFERENCE: GateRefusal.SOURCE_MISMATCH,
+    ImageSigningRefusal.SCAN_NOT_OF_THIS_IMAGE: GateRefusal.WRONG_SUBJECT,
+    ImageSigningRefusal.SCAN_NOT_PASSED: GateRefusal.SCAN_FAILED_POLICY,
+}
+
+
 def gate_reason(exc: BaseException, default: GateRefusal = GateRefusal.CHECK_ERROR) -> GateRefusal:
     """The :class:`GateRefusal` an exception raised inside a gate check stands for.
 
@@ -129,6 +142,8 @@ def gate_reason(exc: BaseException, default: GateRefusal = GateRefusal.CHECK_ERR
         return exc.reason
     if isinstance(exc.reason, EvidenceRefusal):
         return _FROM_EVIDENCE_REFUSAL[exc.reason]
+    if isinstance(exc.reason, ImageSigningRefusal):
+        return _FROM_IMAGE_SIGNING_REFUSAL[exc.reason]
     return default
 
 
@@ -651,19 +666,6 @@ def _check_build_evidence(gate: _Gate, entry: Control[Any]) -> tuple[str, list[s
     return f"signed by {ev.signer}", [ref.key]
 
 
-_FROM_IMAGE_SIGNING_REFUSAL = {
-    ImageSigningRefusal.BLOB_DIGEST_MISMATCH: GateRefusal.EVIDENCE_CHANGED,
-    ImageSigningRefusal.MALFORMED_SIGNATURES: GateRefusal.MALFORMED_EVIDENCE,
-    ImageSigningRefusal.MISSING_SIGNATURE: GateRefusal.MISSING_EVIDENCE,
-    ImageSigningRefusal.BAD_SIGNATURE: GateRefusal.BAD_SIGNATURE,
-    ImageSigningRefusal.KEY_NOT_VALID: GateRefusal.UNTRUSTED_SIGNER,
-    ImageSigningRefusal.WRONG_DIGEST: GateRefusal.WRONG_SUBJECT,
-    ImageSigningRefusal.WRONG_REFERENCE: GateRefusal.SOURCE_MISMATCH,
-    ImageSigningRefusal.SCAN_NOT_OF_THIS_IMAGE: GateRefusal.WRONG_SUBJECT,
-    ImageSigningRefusal.SCAN_NOT_PASSED: GateRefusal.SCAN_FAILED_POLICY,
-}
-
-
 def _signed_image_repository(gate: _Gate) -> str:
     """The repository the site's image entry (the one the release's provenance recorded)
     says the image is served from: what its signature must name."""
@@ -749,13 +751,11 @@ def _check_image_signature(gate: _Gate, version: str) -> tuple[str, list[str]]:
                 detached=True,
             )
         except ControlRefused as exc:
-            reason = (
-                _FROM_IMAGE_SIGNING_REFUSAL.get(exc.reason, GateRefusal.BAD_SIGNATURE)
-                if isinstance(exc.reason, ImageSigningRefusal)
-                else GateRefusal.BAD_SIGNATURE
-            )
             raise ControlRefused(
-                exc.message.replace(tmp, prefix), where=where, fix=exc.fix, reason=reason
+                exc.message.replace(tmp, prefix),
+                where=where,
+                fix=exc.fix,
+                reason=gate_reason(exc, GateRefusal.BAD_SIGNATURE),
             ) from exc
     gate.policy.require_key_allowed(gate.keys, verified.key_id, where=where)
     scan = gate.verified.get("image-scan")
