@@ -293,12 +293,14 @@ def test_code_a_stage_does_not_declare_does_not_run(dataset: Path, tmp_path: Pat
     assert not (tmp_path / "ws2").exists()  # refused before any workspace or dvc
 
 
+@pytest.mark.parametrize("suffix", [".parquet", ".pq"])
 def test_parquet_dataset_trains_like_its_csv(
-    trained: TrainingResult, dataset: Path, tmp_path: Path
+    suffix: str, trained: TrainingResult, dataset: Path, tmp_path: Path
 ) -> None:
     """Issue 11: a Parquet dataset trains end to end (the stages read CSV: it is staged as
-    one); the result names the Parquet file's digest, and the model is the CSV one's."""
-    parquet = tmp_path / "churn.parquet"
+    one); the result names the Parquet file's digest, and the model is the CSV one's. Both
+    names validation reads as Parquet are staged as Parquet."""
+    parquet = tmp_path / f"churn{suffix}"
     pd.read_csv(dataset).to_parquet(parquet, index=False)
     result = train_with_dvc(parquet, workspace=tmp_path / "ws", project_dir=PROJECT)
     assert result.dataset_sha256 == sha256_file(parquet)

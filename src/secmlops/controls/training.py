@@ -424,8 +424,9 @@ def _check_columns(dataset: Path, params: Mapping[str, Any]) -> None:
 
 
 def is_parquet(dataset: Path) -> bool:
-    """A Parquet dataset (by its ``.parquet`` name); anything else is read as CSV."""
-    return dataset.suffix.lower() == ".parquet"
+    """A Parquet dataset (by its ``.parquet`` or ``.pq`` name, as validation reads it);
+    anything else is read as CSV."""
+    return dataset.suffix.lower() in (".parquet", ".pq")
 
 
 def _stage_dataset(dataset: Path, dest: Path) -> None:
